@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.veil-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all lint bench setup clean
+
+$(STAMP): pyproject.toml requirements/crypten.txt requirements/torch-cpu.txt tools/bootstrap.sh tools/check_env.py
+	bash tools/bootstrap.sh
+	@touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/veil demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/lint-imports
+
+# Default suite: fast tests plus real multi-process MPC runs; `slow` ones go with test-all.
+test: lint
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,iqr,ops $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks build src/*.egg-info

@@ -1,0 +1,93 @@
+"""Make CrypTen 0.4.1 import and run on current torch without touching site-packages.
+
+CrypTen's ``crypten/nn/onnx_converter.py`` imports ``torch.onnx.symbolic_registry`` and then
+``torch.onnx._internal.registration``; both modules are gone from current torch, so a plain
+``import crypten`` fails. Veil never uses CrypTen's ONNX path (model conversion is Veil's own, in
+``veil.models``), so for the duration of the import we register a stand-in module whose
+``registry`` refuses every use with a clear error, and remove it again afterwards so nothing else
+in the process ever sees it.
+
+This is the only module of Veil that imports ``crypten``; everything else calls
+:func:`import_crypten`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import types
+from typing import Any
+
+from veil.errors import BackendUnavailableError, UnsupportedOperationError
+
+_REGISTRATION = "torch.onnx._internal.registration"
+_lock = threading.Lock()
+_crypten: Any = None
+
+INSTALL_HINT = (
+    "install it without its broken metadata: `pip install --no-deps crypten==0.4.1` "
+    "(its run-time needs numpy, pyyaml, omegaconf and onnx come with Veil); "
+    "`make test` in a Veil checkout does this for you"
+)
+
+
+class _OnnxRegistryStandIn:
+    """Stands in for torch's removed ONNX symbolic registry; any use is an error."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise UnsupportedOperationError(
+            f"CrypTen's ONNX model import (registry.{name}) does not work on torch "
+            f"{_torch_version()}; use veil.models to convert torch models for MPC instead"
+        )
+
+
+def _torch_version() -> str:
+    torch = sys.modules.get("torch")
+    return getattr(torch, "__version__", "unknown")
+
+
+def _needs_stand_in() -> bool:
+    try:
+        importlib.import_module(_REGISTRATION)
+    except ImportError:
+        return True
+    return False
+
+
+def import_crypten() -> Any:
+    """Import and return the ``crypten`` module, applying Veil's compatibility shim once.
+
+    Raises :class:`BackendUnavailableError` naming the install command when crypten (or one of
+    the packages it needs at import time) is missing.
+    """
+    global _crypten
+    if _crypten is not None:
+        return _crypten
+    with _lock:
+        if _crypten is not None:
+            return _crypten
+        try:
+            import torch  # noqa: F401  (crypten needs torch first; report it clearly)
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "veil.mpc needs torch, which is not installed: run `pip install torch==2.13.0` "
+                "(the CPU build on machines without a GPU)"
+            ) from exc
+        stand_in = None
+        if "crypten" not in sys.modules and _needs_stand_in():
+            stand_in = types.ModuleType(_REGISTRATION)
+            stand_in.registry = _OnnxRegistryStandIn()  # type: ignore[attr-defined]
+            sys.modules[_REGISTRATION] = stand_in
+        try:
+            crypten = importlib.import_module("crypten")
+        except ImportError as exc:
+            missing = getattr(exc, "name", None) or str(exc)
+            raise BackendUnavailableError(
+                f"crypten could not be imported (missing module: {missing}); {INSTALL_HINT}"
+            ) from exc
+        finally:
+            if stand_in is not None and sys.modules.get(_REGISTRATION) is stand_in:
+                del sys.modules[_REGISTRATION]
+        _crypten = crypten
+        return crypten
