@@ -64,7 +64,10 @@ def params_digest(description: Any) -> bytes:
 
 def pack(kind: str, body: bytes, *, params_hash: bytes = NO_PARAMS) -> bytes:
     """Wrap ``body`` in a versioned envelope of the given ``kind``."""
-    kind_b = kind.encode("ascii")
+    try:
+        kind_b = kind.encode("ascii")
+    except (UnicodeEncodeError, AttributeError) as exc:
+        raise SerializationError(f"envelope kind must be an ASCII string, got {kind!r}") from exc
     if not 1 <= len(kind_b) <= 64:
         raise SerializationError(f"envelope kind must be 1..64 ASCII bytes, got {kind!r}")
     if len(params_hash) != 32:
