@@ -1,0 +1,166 @@
+"""Small reference models trained at first use on scikit-learn's digits (nothing is downloaded).
+
+``load_digits`` ships inside scikit-learn: 1797 8×8 grey images, pixels 0..16, which we scale to
+``[0, 1]``. A fixed split (seeded ``torch.Generator``, 80/20) gives 1437 training and 360 test
+images. Training is deterministic (a local generator seeds init and shuffling; torch's global seed
+is never touched) and takes seconds; the weights are cached as a ``state_dict`` under
+``$VEIL_CACHE_DIR/zoo`` (default ``~/.cache/veil/zoo``) and read back with
+``torch.load(..., weights_only=True)``, so a tampered cache file cannot run code. A cache file
+that does not fit the architecture is ignored and the model retrained.
+
+Models (``names()``):
+
+``digits-logreg``    Linear(64, 10)
+``digits-mlp``       64 → 32 → ReLU → 10
+``digits-cnn``       Conv(1→4, 3×3) → ReLU → MaxPool 2 → Conv(4→8, 3×3) → ReLU → AvgPool 2 → 32 → 10
+``digits-mlp-poly``  the MLP with a fixed quadratic activation (HE-friendly, trained as such)
+``digits-cnn-poly``  the CNN with quadratic activations and average pooling (HE-friendly)
+
+The ``-poly`` models *are* polynomial networks, so CKKS evaluates exactly what was trained.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from veil.errors import ConfigurationError
+from veil.models.approx import PolyActivation
+
+__all__ = ["ZooEntry", "names", "load", "digits", "cache_dir", "POLY_ACT"]
+
+_VERSION = 1
+_SEED = 20261122
+# The HE-friendly activation: least-squares fit of ReLU on [-4, 4] (0.427 + 0.5x + 0.106x²),
+# rounded. Fixed, not trained; CKKS evaluates it exactly.
+POLY_ACT = (0.43, 0.5, 0.11)
+
+
+@dataclass
+class ZooEntry:
+    """A trained zoo model with its held-out digits test set.
+
+    ``x_test`` is float32 of shape ``(n, *input_shape)``, pixels in ``[0, 1]``; ``y_test`` the
+    labels. Unpacks as ``model, x_test, y_test = zoo.load(name)``.
+    """
+
+    name: str
+    model: nn.Module
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    input_shape: tuple[int, ...]
+    accuracy: float
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.x_test, self.y_test))
+
+
+def _act(poly: bool) -> nn.Module:
+    return PolyActivation(POLY_ACT) if poly else nn.ReLU()
+
+
+def _mlp(poly: bool) -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 32), _act(poly), nn.Linear(32, 10))
+
+
+def _cnn(poly: bool) -> nn.Module:
+    pool = nn.AvgPool2d(2) if poly else nn.MaxPool2d(2)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), _act(poly), pool,
+        nn.Conv2d(4, 8, 3, padding=1), _act(poly), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+# name -> (builder, input shape, epochs, learning rate)
+_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int, float]] = {
+    "digits-logreg": (lambda: nn.Sequential(nn.Linear(64, 10)), (64,), 60, 0.05),
+    "digits-mlp": (lambda: _mlp(False), (64,), 60, 0.01),
+    "digits-mlp-poly": (lambda: _mlp(True), (64,), 60, 0.005),
+    "digits-cnn": (lambda: _cnn(False), (1, 8, 8), 40, 0.01),
+    "digits-cnn-poly": (lambda: _cnn(True), (1, 8, 8), 40, 0.005),
+}
+
+
+def names() -> list[str]:
+    """Names of the zoo models."""
+    return sorted(_MODELS)
+
+
+def cache_dir() -> pathlib.Path:
+    """Where trained weights are cached: ``$VEIL_CACHE_DIR/zoo`` or ``~/.cache/veil/zoo``."""
+    root = os.environ.get("VEIL_CACHE_DIR")
+    base = pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "veil"
+    return base / "zoo"
+
+
+def digits(input_shape: tuple[int, ...] = (64,)) -> tuple[torch.Tensor, ...]:
+    """``(x_train, y_train, x_test, y_test)`` of sklearn's digits, scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(_SEED))
+    x, y = x[perm].reshape(len(x), *input_shape), y[perm]
+    n_test = 360
+    return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+
+
+def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float) -> None:
+    gen = torch.Generator().manual_seed(_SEED + 1)
+    with torch.no_grad():  # deterministic init from the local generator
+        for p in net.parameters():
+            bound = 1.0 / max(1, p.shape[-1] if p.ndim == 1 else p[0].numel()) ** 0.5
+            p.copy_(torch.rand(p.shape, generator=gen) * 2 * bound - bound)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            loss = loss_fn(net(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+    net.eval()
+
+
+def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((net(x).argmax(1) == y).float().mean())
+
+
+def load(name: str, *, retrain: bool = False) -> ZooEntry:
+    """Load zoo model ``name`` (training and caching it on first use) with its test set."""
+    if name not in _MODELS:
+        raise ConfigurationError(f"no zoo model {name!r}; available: {', '.join(names())}")
+    build, shape, epochs, lr = _MODELS[name]
+    net = build()
+    x_train, y_train, x_test, y_test = digits(shape)
+    path = cache_dir() / f"{name}-v{_VERSION}.pt"
+    loaded = False
+    if path.is_file() and not retrain:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+            loaded = True
+        except (RuntimeError, OSError, ValueError, KeyError, TypeError, EOFError):
+            loaded = False  # corrupt or foreign cache file: retrain below
+    if not loaded:
+        _train(net, x_train, y_train, epochs, lr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(net.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: concurrent loaders never see a half-written file
+    net.eval()
+    return ZooEntry(name, net, x_test, y_test, shape, _accuracy(net, x_test, y_test))

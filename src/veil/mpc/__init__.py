@@ -1,0 +1,58 @@
+"""Secret-shared computation on CrypTen: sessions of parties, sharing, revealing.
+
+``from veil import mpc`` is cheap: torch and crypten are imported when a session starts.
+
+    from veil import mpc
+
+    def job(party):                      # a module-level function; runs once in every party
+        x = party.share(data if party.rank == 0 else None, src=0)
+        return party.reveal(x.relu().sum(), to=[0])
+
+    mpc.run(job, parties=3)              # -> [value, None, None]
+
+Trust model (details in docs/security/mpc.md): semi-honest parties; with the default
+``provider="dealer"`` a separate dealer process holding no inputs supplies the Beaver triples.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from veil.errors import PartyFailure
+
+__all__ = [
+    "run",
+    "run_party",
+    "Party",
+    "PartyFailure",
+    "PROVIDERS",
+    "cat",
+    "stack",
+    "where",
+    "is_shared",
+]
+
+_LAZY = {
+    "run": ("veil.mpc._launch", "run"),
+    "run_party": ("veil.mpc._cluster", "run_party"),
+    "Party": ("veil.mpc.session", "Party"),
+    "PROVIDERS": ("veil.mpc.providers", "PROVIDERS"),
+    "cat": ("veil.mpc.tensor", "cat"),
+    "stack": ("veil.mpc.tensor", "stack"),
+    "where": ("veil.mpc.tensor", "where"),
+    "is_shared": ("veil.mpc.tensor", "is_shared"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'veil.mpc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

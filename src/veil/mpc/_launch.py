@@ -1,0 +1,375 @@
+"""``veil.mpc.run``: run a job as N party processes (plus the dealer) on this machine.
+
+Processes are started from a *forkserver* that has torch and crypten preloaded
+(:mod:`veil.mpc._preload`), so a party starts in tens of milliseconds instead of paying the 2-3 s
+of importing torch that ``spawn`` costs, without forking the caller (which may hold threads, CUDA
+or open sockets). Each party process:
+
+* puts itself in its own process group (the launcher kills the whole group);
+* asks the kernel to SIGKILL it when its parent (the forkserver, which exits with the launcher)
+  dies (``prctl(PR_SET_PDEATHSIG)``), and watches a pipe from the launcher as a second line;
+* reports phases, its result or its failure to the launcher over a pipe.
+
+Results come back over ``multiprocessing`` pipes, i.e. they are pickled. That is acceptable here
+because both ends are this user's own processes on this machine; nothing that another party sent
+over the network is ever unpickled outside CrypTen's restricted unpickler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import importlib.util
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from veil.errors import ConfigurationError, PartyFailure
+from veil.mpc._monitor import TICK, rank_label
+from veil.mpc.providers import DEFAULT_TIMEOUT, SessionConfig, make_config
+
+__all__ = ["run", "JobRef", "job_ref", "resolve_job"]
+
+_GRACE = 2.0  # after a report that blames another party: wait this long for a firmer one
+_PR_SET_PDEATHSIG = 1
+_ctx_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """How a party process finds the job: module, qualified name and source file."""
+
+    module: str
+    qualname: str
+    path: str | None
+
+
+def job_ref(job: Callable[..., Any]) -> JobRef:
+    """Check that ``job`` can be found by name in another process; ConfigurationError if not."""
+    if not callable(job):
+        raise ConfigurationError(f"job must be a function job(party, ...), got {job!r}")
+    qualname = getattr(job, "__qualname__", None)
+    module = getattr(job, "__module__", None)
+    if not qualname or not module or "<lambda>" in qualname or "<locals>" in qualname:
+        raise ConfigurationError(
+            f"job {qualname or job!r} cannot be sent to the party processes: jobs must be "
+            "module-level functions (def job(party, ...): at the top level of a module), not "
+            "lambdas, closures or nested functions; pass data through args=/per_party_args=")
+    mod = sys.modules.get(module)
+    path = getattr(mod, "__file__", None) or getattr(job, "__globals__", {}).get("__file__")
+    if mod is None and path:  # loaded from a file without registering the module
+        return JobRef(module=module, qualname=qualname, path=str(path))
+    if module == "__main__" and not path:
+        raise ConfigurationError(
+            "the job is defined in an interactive session (no source file), so the party "
+            "processes cannot import it; put it in a .py module and import it from there")
+    target: Any = mod
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if target is not job:
+        raise ConfigurationError(
+            f"job {module}.{qualname} is not reachable by that name (decorated or replaced?); "
+            "pass a plain module-level function")
+    return JobRef(module=module, qualname=qualname, path=path)
+
+
+def resolve_job(ref: JobRef) -> Callable[..., Any]:
+    """Import the job named by ``ref`` in this (party) process."""
+    mod: Any = None
+    if ref.module == "__main__":
+        mod = sys.modules.get("__mp_main__")
+        if getattr(mod, "__file__", None) != ref.path:
+            mod = None
+        name = "__veil_job_main__"
+    else:
+        name = ref.module
+        try:
+            mod = importlib.import_module(ref.module)
+        except ImportError:
+            mod = None
+    if mod is None:
+        if ref.path is None:
+            raise ConfigurationError(f"cannot import job module {ref.module!r}")
+        mod = sys.modules.get(name)
+        if mod is None or getattr(mod, "__file__", None) != ref.path:
+            spec = importlib.util.spec_from_file_location(name, ref.path)
+            if spec is None or spec.loader is None:
+                raise ConfigurationError(f"cannot load job module from {ref.path!r}")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+    target: Any = mod
+    for part in ref.qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _context() -> Any:
+    with _ctx_lock:
+        ctx = multiprocessing.get_context("forkserver")
+        from multiprocessing import forkserver
+
+        if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
+            ctx.set_forkserver_preload(["veil.mpc._preload"])
+        return ctx
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | None,
+                args: tuple[Any, ...], out: Any, life: Any) -> None:
+    """Entry point of every local party / dealer process."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    _die_with_parent()
+    lock = threading.Lock()
+
+    def watchdog() -> None:  # the launcher's end of `life` closes when the launcher dies
+        with contextlib.suppress(BaseException):
+            life.recv()
+        os._exit(70)
+
+    threading.Thread(target=watchdog, name="veil-mpc-watchdog", daemon=True).start()
+
+    def report(kind: str, payload: Any) -> None:
+        # Plain pickle (not multiprocessing's ForkingPickler, which would pass tensors through
+        # shared memory that vanishes when this process exits).
+        data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
+        with lock:
+            out.send_bytes(data)
+
+    def finish_failed(failure: PartyFailure) -> None:
+        with contextlib.suppress(BaseException):
+            report("failure", failure)
+        if rank == 0:
+            time.sleep(4 * TICK)  # keep the session store up so the others can read why
+        os._exit(3)
+
+    try:
+        from veil.mpc._party import run_process
+
+        job = resolve_job(ref) if ref is not None else None
+        result = run_process(job, rank=rank, master=master, config=config, args=args,
+                             reporter=report, fail_fast=finish_failed)
+    except PartyFailure as failure:
+        finish_failed(failure)
+    except BaseException as exc:
+        finish_failed(PartyFailure(
+            f"{rank_label(rank, config.world_size)} could not run: {type(exc).__name__}: {exc}",
+            rank=rank, phase="start"))
+    try:
+        report("result", result)
+    except Exception as exc:
+        finish_failed(PartyFailure(
+            f"party {rank}'s job returned a value that cannot be sent back "
+            f"({type(exc).__name__}: {exc}); return tensors, numbers, dicts or lists",
+            rank=rank, phase="result"))
+    os._exit(0)
+
+
+def run(
+    job: Callable[..., Any],
+    parties: int = 3,
+    *,
+    args: Sequence[Any] = (),
+    per_party_args: Sequence[Sequence[Any]] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    provider: str = "dealer",
+    allow_party0_sees_inputs: bool = False,
+    device: str = "auto",
+    precision_bits: int = 16,
+) -> list[Any]:
+    """Run ``job(party, *args, *per_party_args[rank])`` in ``parties`` processes on this machine.
+
+    Returns each party's return value, index = rank. Raises :class:`PartyFailure` naming the rank
+    and phase if any party raises, dies, hangs or cannot be reached (every wait is bounded by
+    ``timeout`` seconds); no process is left behind. ``provider="dealer"`` (default) adds a
+    dealer process that holds no inputs; ``provider="tfp"`` lets party 0 generate the triples and
+    needs ``allow_party0_sees_inputs=True``.
+    """
+    config = make_config(world_size=parties, provider=provider, timeout=timeout,
+                         allow_party0_sees_inputs=allow_party0_sees_inputs,
+                         precision_bits=precision_bits, device=device)
+    ref = job_ref(job)
+    args = tuple(args)
+    if per_party_args is not None:
+        per_party = [tuple(a) for a in per_party_args]
+        if len(per_party) != parties:
+            raise ConfigurationError(
+                f"per_party_args must hold one tuple per party ({parties}), got {len(per_party)}")
+    else:
+        per_party = [() for _ in range(parties)]
+    ctx = _context()
+    master = f"127.0.0.1:{_free_port()}"
+    total = parties + (1 if config.has_dealer else 0)
+    procs: list[Any] = []
+    conns: dict[Any, int] = {}
+    lifelines: list[Any] = []
+    ok = False
+    try:
+        for rank in range(total):
+            out_r, out_w = ctx.Pipe(duplex=False)
+            life_r, life_w = ctx.Pipe(duplex=False)
+            job_args = args + per_party[rank] if rank < parties else ()
+            proc = ctx.Process(
+                target=_child_main, daemon=True, name=f"veil-mpc-{rank_label(rank, parties)}",
+                args=(rank, master, config, ref if rank < parties else None, job_args, out_w,
+                      life_r))
+            proc.start()
+            out_w.close()
+            life_r.close()
+            procs.append(proc)
+            conns[out_r] = rank
+            lifelines.append(life_w)
+        results = _collect(procs, conns, config)
+        ok = True
+        return results
+    finally:
+        _kill_all(procs, graceful=ok)
+        for c in list(conns) + lifelines:
+            c.close()
+
+
+def _collect(procs: list[Any], conns: dict[Any, int], config: SessionConfig) -> list[Any]:
+    ws = config.world_size
+    results: dict[int, Any] = {}
+    failures: dict[int, PartyFailure] = {}
+    deaths: dict[int, int] = {}
+    phases = {r: "start" for r in range(len(procs))}
+    open_conns = dict(conns)
+    sentinels = {p.sentinel: r for r, p in enumerate(procs)}
+    first_blame: float | None = None
+    stopped_since: dict[int, float] = {}
+
+    def drain(conn: Any) -> None:
+        rank = open_conns[conn]
+        try:
+            while conn.poll():
+                # Our own child process on this machine (see the module docstring): trusted.
+                kind, payload = pickle.loads(conn.recv_bytes())  # noqa: S301
+                if kind == "phase":
+                    phases[rank] = str(payload)
+                elif kind == "result":
+                    results[rank] = payload
+                elif kind == "failure":
+                    failures[rank] = payload
+        except (EOFError, OSError):
+            del open_conns[conn]
+
+    while len(results) < ws:
+        if any(f.rank == r for r, f in failures.items()) or deaths:
+            break
+        if first_blame is not None and time.monotonic() - first_blame > _GRACE:
+            break
+        ready = multiprocessing.connection.wait(list(open_conns) + list(sentinels), timeout=0.2)
+        for obj in ready:
+            if obj in open_conns:
+                drain(obj)
+        for obj in ready:
+            if obj in sentinels:
+                rank = sentinels.pop(obj)
+                for conn, r in list(open_conns.items()):
+                    if r == rank:
+                        drain(conn)
+                code = procs[rank].exitcode
+                if rank not in results and rank not in failures and code != 0:
+                    deaths[rank] = code if code is not None else -1
+                elif rank not in results and rank not in failures and rank < ws:
+                    deaths[rank] = 0
+        if failures and first_blame is None:
+            first_blame = time.monotonic()
+        _check_stopped(procs, sentinels, stopped_since, deaths, config.timeout + _GRACE * 2)
+    if len(results) == ws:  # every party passed the final barrier: the session succeeded
+        return [results[r] for r in range(ws)]
+    raise _choose_failure(failures, deaths, phases, ws)
+
+
+def _proc_state(pid: int) -> str:
+    """One-letter state from /proc (``T`` = stopped); ``?`` where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1].decode()
+    except (OSError, ValueError):
+        return "?"
+
+
+def _check_stopped(procs: list[Any], alive: dict[Any, int], since: dict[int, float],
+                   deaths: dict[int, int], limit: float) -> None:
+    """Backstop for a stopped (SIGSTOP) party that the others failed to report in time."""
+    now = time.monotonic()
+    for rank in list(alive.values()):
+        if _proc_state(procs[rank].pid) in ("T", "t"):
+            if now - since.setdefault(rank, now) > limit:
+                deaths[rank] = -signal.SIGSTOP
+        else:
+            since.pop(rank, None)
+
+
+def _choose_failure(failures: dict[int, PartyFailure], deaths: dict[int, int],
+                    phases: dict[int, str], ws: int) -> PartyFailure:
+    own = sorted(r for r, f in failures.items() if f.rank == r)
+    if own:
+        f = failures[own[0]]
+        return PartyFailure(str(f), rank=f.rank, phase=f.phase)
+    if deaths:
+        rank = min(deaths)
+        code = deaths[rank]
+        how = ("was stopped (SIGSTOP) and never resumed" if code == -signal.SIGSTOP else
+               f"was killed by {signal.Signals(-code).name}" if code < 0 and
+               -code in signal.Signals._value2member_map_ else
+               f"exited with status {code} without reporting")
+        seen = "; ".join(f"{rank_label(r, ws)}: {f}" for r, f in sorted(failures.items()))
+        return PartyFailure(
+            f"{rank_label(rank, ws)} {how} during phase {phases[rank]!r}"
+            + (f" (others saw: {seen})" if seen else ""), rank=rank, phase=phases[rank])
+    if failures:
+        # A rank that reported a failure itself was alive to do so: it is not the culprit.
+        blamed = Counter(f.rank for f in failures.values()
+                         if f.rank is not None and f.rank not in failures)
+        if blamed:
+            culprit = blamed.most_common(1)[0][0]
+            f = next(f for f in failures.values() if f.rank == culprit)
+            return PartyFailure(str(f), rank=culprit, phase=phases.get(culprit, f.phase))
+        f = failures[min(failures)]
+        return PartyFailure(str(f), rank=f.rank, phase=f.phase)
+    return PartyFailure("the session ended without results from every party", rank=None,
+                        phase="finish")
+
+
+def _kill_all(procs: list[Any], *, graceful: bool) -> None:
+    """Wait briefly for clean exits, then SIGKILL every party's process group and reap it."""
+    deadline = time.monotonic() + (5.0 if graceful else 0.0)
+    for p in procs:
+        if p.pid is None:
+            continue
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+        if p.exitcode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+    for p in procs:
+        if p.pid is not None:
+            p.join(timeout=5.0)

@@ -1,0 +1,270 @@
+"""Always-on communication accounting: bytes and rounds per party, per operation, per session.
+
+CrypTen counts communication only in verbose mode (and then counts 8 bytes per element whatever
+the dtype, and ``world_size`` peers even for the two-member dealer group). :func:`install` wraps
+the methods of CrypTen's ``DistributedCommunicator`` with a few integer additions each, so the
+counts are always available and cheap.
+
+The model (what one party counts; ``n`` = payload bytes of the tensor, ``p`` = members of the
+group the call runs in):
+
+============================  ==================  ======================
+call                          bytes_sent          bytes_received
+============================  ==================  ======================
+send / isend                  n                   0
+recv / irecv                  0                   n
+broadcast (source)            (p - 1) * n         0
+broadcast (others)            0                   n
+all_reduce, all_gather        (p - 1) * n         (p - 1) * n
+reduce, gather (destination)  0                   (p - 1) * n
+reduce, gather (others)       n                   0
+scatter (source)              sum of others' n    0
+scatter (others)              0                   own n
+barrier                       0                   0
+object messages               8 + encoded size    8 + encoded size
+============================  ==================  ======================
+
+Each call counts one round (CrypTen's definition). These are the bytes of the logical protocol
+(the direct exchange); the transport (gloo) may route collectives differently. Traffic with the
+dealer (CrypTen's TTP groups) is counted in the totals and, separately, under ``"dealer"``.
+
+Per-operation breakdown: communication is attributed to the outermost named operation in
+progress, either one of the MPC tensor operations wrapped here (mul, matmul, lt, relu, exp, ...)
+or a block opened with :func:`operation`. Counters are per process (each party counts its own).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from veil.errors import ConfigurationError
+
+__all__ = ["install", "is_installed", "stats", "reset", "operation", "record", "TRACKED_OPS"]
+
+_TENSOR_CALLS = (
+    "send", "recv", "isend", "irecv", "broadcast", "all_reduce", "all_gather", "reduce",
+    "gather", "scatter", "barrier",
+)
+# MPC tensor operations whose communication is attributed to them (outermost wins).
+TRACKED_OPS = (
+    "add", "sub", "mul", "div", "matmul", "conv1d", "conv2d", "square", "pow", "lt", "le",
+    "gt", "ge", "eq", "ne", "relu", "sign", "abs", "exp", "log", "reciprocal", "sqrt",
+    "sigmoid", "tanh", "softmax", "log_softmax", "max", "min", "argmax", "argmin",
+    "max_pool2d", "avg_pool2d", "where", "get_plain_text", "reveal", "sum", "mean", "dot",
+    "polynomial", "inv_sqrt", "cos", "sin",
+)
+# Python operators look methods up on the class directly, bypassing CrypTen's dispatch.
+_OPERATORS = {
+    "__add__": "add", "__radd__": "add", "__sub__": "sub", "__rsub__": "sub", "__mul__": "mul",
+    "__rmul__": "mul", "__matmul__": "matmul", "__truediv__": "div", "__pow__": "pow",
+    "__abs__": "abs", "__lt__": "lt", "__le__": "le", "__gt__": "gt", "__ge__": "ge",
+}
+
+
+class _Ledger:
+    __slots__ = ("sent", "received", "rounds", "dealer", "ops", "stack")
+
+    def __init__(self) -> None:
+        self.sent = self.received = self.rounds = 0
+        self.dealer = [0, 0, 0]
+        self.ops: dict[str, list[int]] = {}
+        self.stack: list[str] = []
+
+    def add(self, sent: int, received: int, dealer: bool) -> None:
+        self.sent += sent
+        self.received += received
+        self.rounds += 1
+        if dealer:
+            d = self.dealer
+            d[0] += sent
+            d[1] += received
+            d[2] += 1
+        if self.stack:
+            op = self.ops[self.stack[0]]
+            op[0] += sent
+            op[1] += received
+            op[2] += 1
+
+
+_ledger = _Ledger()
+_lock = threading.Lock()
+_installed: dict[str, Any] = {"crypten": None}
+
+
+def is_installed(crypten: Any) -> bool:
+    """Whether :func:`install` has wrapped this process's CrypTen communicator."""
+    cls = crypten.communicator.DistributedCommunicator
+    return bool(getattr(cls, "_veil_accounting", False))
+
+
+def _group_info(comm: Any, group: Any) -> tuple[int, bool]:
+    """(members of ``group``, whether it involves the dealer)."""
+    if group is None or group is getattr(comm, "main_group", None):
+        return comm.get_world_size(), False
+    import torch.distributed as dist
+
+    dealer = group is getattr(comm, "ttp_group", None) or group is getattr(
+        comm, "ttp_comm_group", None)
+    return dist.get_world_size(group), dealer
+
+
+def _nbytes(t: Any) -> int:
+    t = getattr(t, "_tensor", t)  # CUDALongTensor wraps a tensor
+    return t.numel() * t.element_size()
+
+
+def record(comm: Any, group: Any, *, sent: int = 0, received: int = 0) -> None:
+    """Count one communication round of this party (used by Veil's object messages)."""
+    if comm is None or not is_installed_cls(type(comm)):
+        return
+    _ledger.add(sent, received, _group_info(comm, group)[1])
+
+
+def is_installed_cls(cls: type) -> bool:
+    return bool(getattr(cls, "_veil_accounting", False))
+
+
+def _count(name: str, comm: Any, args: tuple, kwargs: dict, result: Any) -> tuple[int, int, Any]:
+    rank = comm.get_rank()
+    group = kwargs.get("group")
+    if name == "broadcast" and group is None and len(args) > 2:
+        group = args[2]
+    p, _ = _group_info(comm, group)
+    if name == "barrier":
+        return 0, 0, group
+    if name in ("send", "isend"):
+        return _nbytes(args[0]), 0, group
+    if name in ("recv", "irecv"):
+        return 0, _nbytes(args[0]), group
+    batched = kwargs.get("batched", False)
+    n = sum(_nbytes(x) for x in args[0]) if batched else (
+        _nbytes(args[0]) if name != "scatter" else 0)
+    if name == "broadcast":
+        src = args[1] if len(args) > 1 else kwargs["src"]
+        return ((p - 1) * n, 0, group) if src == rank else (0, n, group)
+    if name in ("all_reduce", "all_gather"):
+        return (p - 1) * n, (p - 1) * n, group
+    if name in ("reduce", "gather"):
+        dst = args[1] if len(args) > 1 else kwargs["dst"]
+        return (0, (p - 1) * n, group) if dst == rank else (n, 0, group)
+    # scatter(scatter_list, src, ...)
+    src = args[1] if len(args) > 1 else kwargs["src"]
+    if src == rank:
+        return sum(_nbytes(x) for i, x in enumerate(args[0]) if i != rank), 0, group
+    return 0, _nbytes(result), group
+
+
+def _wrap_call(name: str, fn: Any) -> Any:
+    @functools.wraps(fn)
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = fn(self, *args, **kwargs)
+        if self.get_world_size() >= 2:
+            sent, received, group = _count(name, self, args, kwargs, result)
+            _ledger.add(sent, received, _group_info(self, group)[1])
+        return result
+
+    counted._veil_original = fn  # type: ignore[attr-defined]
+    return counted
+
+
+def _wrap_op(name: str, fn: Any) -> Any:
+    @functools.wraps(fn)
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        stack = _ledger.stack
+        if stack:
+            return fn(*args, **kwargs)
+        entry = _ledger.ops.get(name)
+        if entry is None:
+            entry = _ledger.ops[name] = [0, 0, 0, 0]
+        entry[3] += 1
+        stack.append(name)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            stack.pop()
+
+    tracked._veil_original = fn  # type: ignore[attr-defined]
+    return tracked
+
+
+@contextmanager
+def operation(name: str) -> Iterator[None]:
+    """Attribute the communication inside this block to ``name`` (unless an outer one is open).
+
+    Example: ``with accounting.operation("share"): x = party.share(t, src=0)``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"an operation name must be a non-empty str, got {name!r}")
+    stack = _ledger.stack
+    if stack:
+        yield
+        return
+    entry = _ledger.ops.get(name)
+    if entry is None:
+        entry = _ledger.ops[name] = [0, 0, 0, 0]
+    entry[3] += 1
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def install(crypten: Any) -> None:
+    """Wrap CrypTen's communicator (and MPC tensor ops) for always-on accounting. Idempotent.
+
+    Also installs Veil's pickle-free object messages (:mod:`veil.mpc._messages`), which report
+    their exact sizes here.
+    """
+    from veil.mpc import _messages
+
+    _messages.install(crypten)
+    with _lock:
+        cls = crypten.communicator.DistributedCommunicator
+        if getattr(cls, "_veil_accounting", False):
+            return
+        for name in _TENSOR_CALLS:
+            setattr(cls, name, _wrap_call(name, getattr(cls, name)))
+        mpc_cls = crypten.mpc.MPCTensor
+        for attr, name in [*((n, n) for n in TRACKED_OPS), *_OPERATORS.items()]:
+            try:
+                fn = inspect.getattr_static(mpc_cls, attr)
+            except AttributeError:
+                continue
+            if inspect.isfunction(fn):
+                setattr(mpc_cls, attr, _wrap_op(name, fn))
+        cls._veil_accounting = True
+        _installed["crypten"] = crypten
+
+
+def _op_dict(v: list[int]) -> dict[str, int]:
+    return {"bytes_sent": v[0], "bytes_received": v[1], "rounds": v[2], "calls": v[3]}
+
+
+def stats() -> dict[str, Any]:
+    """This party's counters since the last :func:`reset`.
+
+    Keys: ``bytes_sent``, ``bytes_received``, ``rounds`` (totals), ``dealer`` (the part of the
+    totals exchanged with the dealer, same keys) and ``operations`` (name -> bytes_sent,
+    bytes_received, rounds, calls). Cheap: a few dict look-ups.
+    """
+    d = _ledger.dealer
+    return {
+        "bytes_sent": _ledger.sent,
+        "bytes_received": _ledger.received,
+        "rounds": _ledger.rounds,
+        "dealer": {"bytes_sent": d[0], "bytes_received": d[1], "rounds": d[2]},
+        "operations": {k: _op_dict(v) for k, v in _ledger.ops.items()},
+    }
+
+
+def reset() -> None:
+    """Zero every counter of this party (an operation block in progress keeps its name)."""
+    _ledger.sent = _ledger.received = _ledger.rounds = 0
+    _ledger.dealer = [0, 0, 0]
+    _ledger.ops = {name: [0, 0, 0, 0] for name in _ledger.stack}

@@ -1,0 +1,38 @@
+"""Release controls: minimum cohort, differential privacy, budget ledger, audit log.
+
+* :class:`ReleasePolicy` refuses aggregates over fewer than ``min_cohort`` rows.
+* :mod:`veil.privacy.mechanisms`: exact discrete Laplace / Gaussian noise from the OS CSPRNG.
+* :class:`DPConfig` declares one differentially private release (ε, δ, mechanism, bounds).
+* :class:`BudgetLedger` refuses releases past a dataset's budget.
+* :class:`AuditLog` / :func:`verify`: append-only, hash-chained record of every release.
+
+Imports only the standard library (no numpy), so it is cheap to import.
+"""
+
+from __future__ import annotations
+
+from veil.privacy.audit import AuditLog, AuditReport, verify
+from veil.privacy.dp import DPConfig
+from veil.privacy.ledger import BudgetLedger, Charge
+from veil.privacy.mechanisms import (
+    NoiseGroup,
+    sample_discrete_gaussian,
+    sample_discrete_laplace,
+    sample_noise,
+)
+from veil.privacy.policy import DEFAULT_MIN_COHORT, ReleasePolicy
+
+__all__ = [
+    "AuditLog",
+    "AuditReport",
+    "verify",
+    "DPConfig",
+    "BudgetLedger",
+    "Charge",
+    "NoiseGroup",
+    "sample_discrete_gaussian",
+    "sample_discrete_laplace",
+    "sample_noise",
+    "DEFAULT_MIN_COHORT",
+    "ReleasePolicy",
+]

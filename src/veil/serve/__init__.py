@@ -1,0 +1,42 @@
+"""Encrypted inference over HTTP: a FastAPI server holding a model, a client holding the key.
+
+The client generates a CKKS context with the parameters the server publishes (``GET /model``),
+uploads only its *public* part once (content-addressed by SHA-256), then sends ciphertexts and
+decrypts the encrypted predictions. The server never sees a secret key or a plaintext.
+
+>>> from veil.serve import Client                    # doctest: +SKIP
+>>> Client("http://127.0.0.1:8000").predict(x)       # `veil serve --model linear:digits`
+
+Names are imported lazily (``import veil.serve`` does not load FastAPI, numpy or TenSEAL).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "Client": "client",
+    "create_app": "app",
+    "serve": "runner",
+    "ServerConfig": "config",
+    "Evaluator": "evaluator",
+    "LinearEvaluator": "evaluator",
+    "ModelInfo": "evaluator",
+    "load_evaluator": "evaluator",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'veil.serve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"veil.serve.{module_name}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

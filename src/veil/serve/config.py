@@ -1,0 +1,88 @@
+"""Server settings: limits, deadlines, queue and worker counts, checked once at construction."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veil.errors import ConfigurationError
+
+__all__ = ["ServerConfig", "MiB"]
+
+MiB = 1024 * 1024
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and resources of a :func:`veil.serve.create_app` server.
+
+    Every limit is enforced *before* the corresponding bytes are parsed: ``Content-Length`` is
+    checked against the limit first, and the streamed body is counted as it arrives, so an
+    oversized or lying upload is cut off at the limit and never reaches TenSEAL.
+
+    ``workers`` processes evaluate the model (TenSEAL holds the GIL, so threads would not run in
+    parallel); each caches up to ``contexts_per_worker`` loaded public contexts by their SHA-256.
+    At most ``workers + queue_size`` evaluations are admitted at once; beyond that the server
+    answers 503 with ``Retry-After: retry_after_s``. ``body_timeout_s`` bounds how long a client
+    may take to send a body (slow senders get 408); ``request_deadline_s`` (predictions) and
+    ``context_deadline_s`` (context checks) then bound the time from the complete body to the
+    answer, queueing included (504 after it; a worker skips a request whose deadline passed).
+    ``max_contexts`` bounds the on-disk context store
+    (least recently used contexts are evicted; clients upload them again on 404).
+    """
+
+    max_context_bytes: int = 256 * MiB
+    max_request_bytes: int = 32 * MiB
+    max_ciphertexts: int = 512
+    workers: int = field(default_factory=_default_workers)
+    queue_size: int = 32
+    request_deadline_s: float = 60.0
+    context_deadline_s: float = 120.0
+    body_timeout_s: float = 60.0
+    retry_after_s: int = 1
+    contexts_per_worker: int = 4
+    max_contexts: int = 64
+    store_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        ints = {
+            "max_context_bytes": self.max_context_bytes,
+            "max_request_bytes": self.max_request_bytes,
+            "max_ciphertexts": self.max_ciphertexts,
+            "workers": self.workers,
+            "retry_after_s": self.retry_after_s,
+            "contexts_per_worker": self.contexts_per_worker,
+            "max_contexts": self.max_contexts,
+        }
+        for name, value in ints.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(
+                    f"ServerConfig.{name} must be a positive integer, got {value!r}"
+                )
+        if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or (
+            self.queue_size < 0
+        ):
+            raise ConfigurationError(
+                f"ServerConfig.queue_size must be an integer >= 0, got {self.queue_size!r}"
+            )
+        for name in ("request_deadline_s", "context_deadline_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 < value < 24 * 3600
+            ):
+                raise ConfigurationError(
+                    f"ServerConfig.{name} must be a number of seconds in (0, 86400), "
+                    f"got {value!r}"
+                )
+        if self.store_dir is not None and not isinstance(self.store_dir, Path):
+            object.__setattr__(self, "store_dir", Path(self.store_dir))
+
+    @property
+    def max_in_flight(self) -> int:
+        """Evaluations admitted at once (running plus queued)."""
+        return self.workers + self.queue_size

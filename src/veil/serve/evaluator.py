@@ -1,0 +1,302 @@
+"""What the server evaluates: a model behind a small interface, and its public description.
+
+An :class:`Evaluator` is built once in the parent process (for ``GET /model``) and pickled to
+every worker process. It never holds a secret key: ``bind(public_ctx)`` compiles the model for one
+uploaded public context and returns a function from the request's ciphertexts to the result's.
+
+Inputs and outputs travel as ``models.encrypted`` messages (:mod:`veil.protocols.inference`, the
+format of :class:`veil.models.EncryptedValues`), and the public description is a
+:class:`veil.models.Plan` summary, so a ``veil.serve`` client and ``veil.models`` agree on the
+two layouts:
+
+``batched``
+    one ciphertext per input feature, holding that feature of up to ``slots`` rows (one row per
+    slot). Linear layers are plaintext-weighted sums of ciphertexts: no rotations, so no Galois
+    keys and an uploaded context of about 1 MB. The server learns the row count.
+``single``
+    one sample packed in a vector (rotations: Galois keys, tens of MB); lower latency for one row.
+
+Models are named by a spec string (``veil serve --model SPEC``), see :func:`load_evaluator`:
+``linear:digits`` (built in, numpy only) or ``zoo:NAME[:single]`` (``veil.models.zoo``, compiled
+with ``veil.models``; models with ReLU are made HE-friendly with ``models.fix`` first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from veil.errors import ConfigurationError, KeyMismatchError, SerializationError
+
+__all__ = [
+    "ModelInfo",
+    "Evaluator",
+    "BoundModel",
+    "LinearEvaluator",
+    "CompiledEvaluator",
+    "load_evaluator",
+    "params_from_description",
+    "digits_linear",
+]
+
+# (input tensors, n_samples, im2col windows) -> output tensors
+BoundModel = Callable[[Sequence[Any], int, int], list[Any]]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Public description of a served model (``GET /model``): architecture sizes, no weights.
+
+    ``plan`` is a :meth:`veil.models.Plan.summary` dict: layout, input shape and encoding,
+    output size, depth, CKKS parameters (``describe()`` form) and whether Galois keys are needed.
+    """
+
+    name: str
+    plan: dict[str, Any]
+    description: str = ""
+
+    @property
+    def layout(self) -> str:
+        return str(self.plan["layout"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.plan["input_shape"])
+
+    @property
+    def output_size(self) -> int:
+        return int(self.plan["output_size"])
+
+    @property
+    def galois_keys(self) -> bool:
+        return bool(self.plan["galois_keys"])
+
+    @property
+    def params(self) -> Any:
+        """The ``veil.he.CKKSParams`` to generate the client's context with (128-bit checked)."""
+        return params_from_description(self.plan["params"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "plan": self.plan}
+
+
+class Evaluator(Protocol):
+    """A model the server can run on ciphertexts of a client's public context."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def bind(self, ctx: Any) -> BoundModel:
+        """Compile for ``ctx`` (a public ``veil.he.CKKSContext``); raise VeilErrors on misuse."""
+        ...
+
+
+def params_from_description(desc: Any, *, allow_insecure: bool = False) -> Any:
+    """Rebuild ``CKKSParams`` from a ``describe()`` dict, with the caller's own security check.
+
+    A server cannot talk a client into weak parameters: only the caller's ``allow_insecure``
+    counts (nothing in the description can set it).
+    """
+    from veil.he import CKKSParams
+
+    keys = {"scheme", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits"}
+    if not isinstance(desc, dict) or set(desc) != keys or desc["scheme"] != "ckks":
+        raise SerializationError(
+            f"server's CKKS parameters must be an object with exactly {sorted(keys)} and scheme "
+            f"'ckks', got {desc!r:.200}; upgrade Veil on the client or the server"
+        )
+    bits = desc["coeff_mod_bit_sizes"]
+    if not isinstance(bits, list):
+        raise SerializationError(f"coeff_mod_bit_sizes must be a list, got {bits!r:.80}")
+    return CKKSParams(desc["poly_modulus_degree"], tuple(bits), desc["scale_bits"],
+                      allow_insecure=allow_insecure)
+
+
+def _check_params(ctx: Any, want: dict[str, Any]) -> None:
+    if ctx.params.describe() != want:
+        raise KeyMismatchError(
+            f"context parameters {ctx.params.describe()} differ from the model's {want}; "
+            "generate the context with the parameters of GET /model"
+        )
+
+
+class LinearEvaluator:
+    """``y = x @ weight + bias`` in the ``batched`` layout: depth 1, no Galois keys.
+
+    The server holds ``weight`` (features × outputs) and ``bias`` in plaintext; it learns the
+    batch's row count and nothing about the values. The client learns the outputs, which is
+    what a prediction reveals in any case. Needs only numpy and ``veil.he`` (no torch).
+    """
+
+    def __init__(self, name: str, weight: Any, bias: Any, *, params: Any | None = None,
+                 description: str = "") -> None:
+        import numpy as np
+
+        from veil.he import CKKSParams
+
+        weight = np.asarray(weight, dtype=np.float64)
+        bias = np.asarray(bias, dtype=np.float64)
+        if weight.ndim != 2 or bias.shape != (weight.shape[1],):
+            raise ConfigurationError(
+                f"linear model needs weight (features, outputs) and bias (outputs,), got "
+                f"{weight.shape} and {bias.shape}"
+            )
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise ConfigurationError("linear model weights contain NaN or inf; retrain the model")
+        self.weight, self.bias = weight, bias
+        params = CKKSParams.for_depth(1) if params is None else params
+        plan = {"layout": "batched", "input_shape": [weight.shape[0]],
+                "output_size": weight.shape[1], "depth": 1, "params": params.describe(),
+                "galois_keys": False, "input_encoding": {"kind": "features"},
+                "stages": [["affine", "linear", weight.shape[0], weight.shape[1], 1]]}
+        self._info = ModelInfo(name, plan, description)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def bind(self, ctx: Any) -> BoundModel:
+        from veil.he.ckks import linear_combination
+
+        _check_params(ctx, self._info.plan["params"])
+        weight_t = self.weight.T.copy()  # (outputs, features): one output per row
+        features = self.weight.shape[0]
+
+        def run(cts: Sequence[Any], n_samples: int, windows: int) -> list[Any]:
+            if len(cts) != features or windows:
+                raise ConfigurationError(
+                    f"model {self._info.name!r} takes {features} feature ciphertexts "
+                    f"(layout 'batched'), got {len(cts)}"
+                )
+            return list(linear_combination(list(cts), weight_t, self.bias))
+
+        return run
+
+
+class CompiledEvaluator:
+    """A torch model compiled with ``veil.models`` (``plan`` + ``compile``) for each context."""
+
+    def __init__(self, name: str, net: Any, input_shape: tuple[int, ...], *,
+                 layout: str = "batched", description: str = "") -> None:
+        from veil import models
+
+        self.net, self.input_shape, self.layout = net, tuple(input_shape), layout
+        plan = models.plan(net, self.input_shape, layout=layout)
+        self._info = ModelInfo(name, plan.summary(), description)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def bind(self, ctx: Any) -> BoundModel:
+        from veil import models
+
+        _check_params(ctx, self._info.plan["params"])
+        compiled = models.compile(self.net, ctx, input_shape=self.input_shape,
+                                  layout=self.layout)
+
+        def run(cts: Sequence[Any], n_samples: int, windows: int) -> list[Any]:
+            enc = models.EncryptedValues(self.layout, n_samples, list(cts), windows)
+            return list(compiled(enc).tensors)
+
+        return run
+
+
+_DIGITS_CACHE: dict[str, LinearEvaluator] = {}
+
+
+def digits_linear() -> LinearEvaluator:
+    """A linear classifier for scikit-learn's bundled digits (8×8 images, 64 → 10 scores).
+
+    Inputs are pixel intensities scaled to [0, 1] (``load_digits().data / 16``); outputs are 10
+    class scores (argmax = predicted digit). Fitted in closed form (ridge regression onto one-hot
+    labels, lambda = 1), so it is deterministic and takes milliseconds; about 94.5 % training
+    accuracy, close to logistic regression on this data.
+    """
+    if "digits" not in _DIGITS_CACHE:
+        import numpy as np
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        x = np.hstack([data.data / 16.0, np.ones((len(data.data), 1))])
+        y = np.eye(10)[data.target]
+        coef = np.linalg.solve(x.T @ x + np.eye(x.shape[1]), x.T @ y)
+        acc = float((np.argmax(x @ coef, axis=1) == data.target).mean())
+        _DIGITS_CACHE["digits"] = LinearEvaluator(
+            "linear:digits", coef[:-1], coef[-1],
+            description="ridge linear classifier on sklearn digits; input: 64 pixels / 16; "
+            f"output: 10 class scores (training accuracy {acc:.3f})",
+        )
+    return _DIGITS_CACHE["digits"]
+
+
+def zoo_evaluator(name: str, *, layout: str = "batched") -> CompiledEvaluator:
+    """A ``veil.models.zoo`` model; ReLU/MaxPool models are made HE-friendly by ``models.fix``.
+
+    ``fix`` replaces ReLU by a degree-4 polynomial fitted on [-6, 6] (a different function:
+    the description says so and states the accuracy of what is actually served).
+    """
+    from veil import models
+    from veil.models import zoo
+
+    if name not in zoo.names():
+        raise ConfigurationError(f"unknown zoo model {name!r}; choose one of {zoo.names()}")
+    entry = zoo.load(name)
+    net, note = entry.model, "trained as served"
+    if models.validate(net, scheme="ckks", input_shape=entry.input_shape):
+        net = models.fix(net, relu="poly", domain=(-6, 6), degree=4)
+        note = "ReLU replaced by a degree-4 polynomial on [-6, 6]"
+    import torch
+
+    with torch.no_grad():
+        acc = float((net(entry.x_test).argmax(1) == entry.y_test).float().mean())
+    return CompiledEvaluator(
+        f"zoo:{name}", net, entry.input_shape, layout=layout,
+        description=f"veil.models.zoo {name!r} ({note}); input: digits pixels in [0, 1], shape "
+        f"{entry.input_shape}; output: 10 logits; plaintext test accuracy of the served "
+        f"function {acc:.3f}",
+    )
+
+
+_BUILTIN: dict[str, Callable[[], Evaluator]] = {"linear:digits": digits_linear}
+
+
+def load_evaluator(spec: str) -> Evaluator:
+    """Resolve a model spec: ``linear:digits`` or ``zoo:NAME`` / ``zoo:NAME:single``."""
+    if not isinstance(spec, str):
+        raise ConfigurationError(f"model spec must be a string, got {type(spec).__name__}")
+    if spec in _BUILTIN:
+        return _BUILTIN[spec]()
+    parts = spec.split(":")
+    if parts[0] == "zoo" and len(parts) in (2, 3):
+        layout = parts[2] if len(parts) == 3 else "batched"
+        if layout not in ("batched", "single"):
+            raise ConfigurationError(f"layout in {spec!r} must be 'batched' or 'single'")
+        return zoo_evaluator(parts[1], layout=layout)
+    raise ConfigurationError(
+        f"unknown model {spec!r}; use one of {sorted(_BUILTIN)} or 'zoo:NAME[:single]' for a "
+        "model of veil.models.zoo"
+    )
+
+
+def check_rows(x: Any, info: ModelInfo) -> Any:
+    """Client-side input check: a float array of rows of the model's input shape, finite."""
+    import numpy as np
+
+    arr = np.asarray(x, dtype=np.float64)
+    shape = info.input_shape
+    width = math.prod(shape)
+    if arr.shape in (shape, (width,)):
+        arr = arr.reshape(1, width)
+    elif arr.ndim >= 2 and arr.shape[1:] in (shape, (width,)) and arr.shape[0] >= 1:
+        arr = arr.reshape(arr.shape[0], width)
+    else:
+        raise ConfigurationError(
+            f"model {info.name!r} takes rows of shape {shape} (or {width} values), got an "
+            f"array of shape {np.shape(x)}"
+        )
+    if not np.isfinite(arr).all():
+        raise ConfigurationError("input contains NaN or inf; CKKS cannot encode them")
+    return arr

@@ -1,0 +1,150 @@
+"""Code that runs inside the server's worker processes (TenSEAL holds the GIL, so processes).
+
+Each worker receives the :class:`~veil.serve.evaluator.Evaluator` once (initializer), then loads
+uploaded public contexts from the content-addressed store on first use and keeps the
+``cache_size`` most recently used ones, with the model compiled for each. Only VeilErrors and
+TimeoutError leave these functions; any other failure is translated, so the parent can map every
+outcome to an HTTP status without parsing tracebacks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from veil.errors import ConfigurationError, SerializationError, VeilError
+
+__all__ = ["init_worker", "check_context", "evaluate", "ping"]
+
+_state: dict[str, Any] = {}
+
+
+def init_worker(evaluator: Any, store_dir: str, cache_size: int) -> None:
+    """Process initializer: the model (an Evaluator, or a spec string loaded here), the store."""
+    if isinstance(evaluator, str):
+        from veil.serve.evaluator import load_evaluator
+
+        evaluator = load_evaluator(evaluator)
+    _state["evaluator"] = evaluator
+    _state["store"] = Path(store_dir)
+    _state["cache"] = OrderedDict()
+    _state["cache_size"] = cache_size
+    import veil.he.ckks  # noqa: F401  (pay TenSEAL's import cost at start, not per request)
+
+
+def ping(seconds: float = 0.0) -> int:
+    """Used to start and warm the pool; returns this worker's pid."""
+    import os
+
+    if seconds:
+        time.sleep(seconds)
+    return os.getpid()
+
+
+def _load_context(data: bytes, max_bytes: int) -> Any:
+    from veil.he import CKKSContext
+
+    try:
+        ctx = CKKSContext.load(data, max_bytes=max_bytes)
+    except VeilError:
+        raise
+    except Exception as exc:  # TenSEAL's own errors on malformed bytes
+        raise SerializationError(
+            f"could not load the uploaded context ({type(exc).__name__}: {exc}); send "
+            "ctx.public().serialize() of a veil.he.CKKSContext"
+        ) from exc
+    if ctx.has_secret_key:
+        raise ConfigurationError(
+            "the uploaded context contains a SECRET KEY; the server refuses and did not store "
+            "it. Upload ctx.public().serialize() instead (and consider this key exposed)"
+        )
+    return ctx
+
+
+def _bound(context_id: str, path: Path | None, max_bytes: int) -> tuple[Any, Any]:
+    cache: OrderedDict = _state["cache"]
+    if context_id in cache:
+        cache.move_to_end(context_id)
+        return cache[context_id]
+    if path is None:
+        path = _state["store"] / f"{context_id}.ctx"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise SerializationError(
+            f"context {context_id[:16]}… is no longer stored on the server; upload it again"
+        ) from exc
+    ctx = _load_context(data, max_bytes)
+    del data
+    model = _state["evaluator"].bind(ctx)
+    cache[context_id] = (ctx, model)
+    while len(cache) > _state["cache_size"]:
+        cache.popitem(last=False)
+    return ctx, model
+
+
+def check_context(context_id: str, tmp_path: str, max_bytes: int, deadline: float) -> dict:
+    """Validate an uploaded context (public, right parameters, model compiles) and cache it.
+
+    Nothing is cached if any check fails; the parent deletes the file then.
+    """
+    if time.monotonic() > deadline:
+        raise TimeoutError("context check started after its deadline")
+    _state["cache"].pop(context_id, None)
+    _bound(context_id, Path(tmp_path), max_bytes)
+    return {"context_id": context_id}
+
+
+def evaluate(context_id: str, payload: bytes, max_bytes: int, max_ciphertexts: int,
+             deadline: float) -> bytes:
+    """Open a ``models.encrypted`` request, run the model for its context, return the result.
+
+    Checks, in order: envelope (size, kind, length, digest) and frame count (one pass), header
+    (layout of this model, sample count, windows, count), then each ciphertext under the
+    context (parameter hash, key id, level, scale); only then the model runs.
+    """
+    from veil.protocols.inference import KIND_ENCRYPTED, pack_frames, unpack_frames
+
+    if time.monotonic() > deadline:
+        raise TimeoutError("request started after its deadline (server overloaded)")
+    header, frames = unpack_frames(payload, KIND_ENCRYPTED, max_bytes=max_bytes,
+                                   max_frames=max_ciphertexts)
+    del payload
+    evaluator = _state["evaluator"]
+    info = evaluator.info
+    layout, n, windows = header.get("layout"), header.get("n_samples"), header.get("windows", 0)
+    if layout != info.layout:
+        raise ConfigurationError(
+            f"request uses layout {layout!r:.40} but model {info.name!r} takes {info.layout!r}; "
+            "encrypt with the plan of GET /model"
+        )
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or isinstance(windows, bool) or \
+            not isinstance(windows, int) or windows < 0 or header.get("count") != len(frames) \
+            or not frames:
+        raise SerializationError(
+            f"invalid models.encrypted header {header!r:.200}: needs n_samples >= 1, windows >= "
+            "0 and count equal to the number of ciphertext frames (at least one)"
+        )
+    if layout == "single" and n != 1:
+        raise ConfigurationError(f"the single layout carries one sample per request, got {n}")
+    ctx, model = _bound(context_id, None, max_bytes)
+    tensors = [ctx.load_tensor(f, max_bytes=max_bytes) for f in frames]
+    del frames
+    for t in tensors:
+        if len(t.shape) != 1 or (layout == "batched" and t.shape != (n,)):
+            raise SerializationError(
+                f"ciphertext of shape {t.shape} does not fit layout {layout!r} with {n} samples"
+            )
+    try:
+        outs = model(tensors, n, windows)
+    except VeilError:
+        raise
+    except Exception as exc:  # anything TenSEAL lets through on mismatched ciphertexts
+        raise SerializationError(
+            f"evaluation failed on the supplied ciphertexts ({type(exc).__name__}: {exc}); "
+            "encrypt fresh ciphertexts under the uploaded context"
+        ) from exc
+    out_header = {"layout": layout, "n_samples": n, "windows": 0, "count": len(outs)}
+    return pack_frames(KIND_ENCRYPTED, out_header, [t.serialize() for t in outs])

@@ -1,0 +1,124 @@
+"""Turning user inputs (arrays, tensors, DataFrames, CSV files) into validated float64 tables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veil.errors import ConfigurationError
+
+__all__ = ["load_table", "validate_datasets", "MAX_CSV_BYTES"]
+
+MAX_CSV_BYTES = 2 * 1024**3
+
+
+def _who(party: int | None, source: Any) -> str:
+    label = f" ({source})" if isinstance(source, (str, os.PathLike)) else ""
+    return f"party {party}{label}" if party is not None else f"the data{label}"
+
+
+def _read_csv(path: Path, who: str) -> Any:
+    if not path.is_file():
+        raise ConfigurationError(f"{who}: no such CSV file {str(path)!r}")
+    size = path.stat().st_size
+    if size > MAX_CSV_BYTES:
+        raise ConfigurationError(
+            f"{who}: {path} is {size} bytes, over the {MAX_CSV_BYTES}-byte limit; split it")
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except (ValueError, OSError) as exc:
+        raise ConfigurationError(f"{who}: cannot read {path} as CSV ({exc})") from exc
+
+
+def load_table(
+    source: Any, columns: Sequence[str] | None = None, *, party: int | None = None
+) -> tuple[np.ndarray, tuple[str, ...], bool]:
+    """Return ``(rows × columns float64 array, column names, was_1d)`` for one party's data.
+
+    Raises :class:`ConfigurationError` naming the party and the column for missing columns,
+    non-numeric columns, NaN/inf values and empty tables.
+    """
+    who = _who(party, source)
+    frame = None
+    if isinstance(source, (str, os.PathLike)):
+        frame = _read_csv(Path(source), who)
+    elif type(source).__name__ == "DataFrame" and hasattr(source, "columns"):
+        frame = source
+    if frame is not None:
+        names = [str(c) for c in frame.columns]
+        wanted = list(names) if columns is None else [str(c) for c in columns]
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise ConfigurationError(
+                f"{who} has no column {missing[0]!r}; its columns are {names}")
+        out = np.empty((len(frame), len(wanted)))
+        for j, c in enumerate(wanted):
+            col = frame[c]
+            if col.dtype.kind not in "biuf":
+                raise ConfigurationError(
+                    f"{who}: column {c!r} is not numeric (dtype {col.dtype}); convert or drop it")
+            out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        arr, cols, was_1d = out, tuple(wanted), False
+    else:
+        if hasattr(source, "detach") and hasattr(source, "cpu"):
+            source = source.detach().cpu().numpy()
+        try:
+            arr = np.asarray(source, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"{who}: expected numbers (array, tensor, DataFrame or CSV path), got "
+                f"{type(source).__name__}") from exc
+        was_1d = arr.ndim == 1
+        if was_1d:
+            arr = arr.reshape(-1, 1)
+        if arr.ndim != 2:
+            raise ConfigurationError(f"{who}: expected a 1-D or 2-D table, got shape {arr.shape}")
+        d = arr.shape[1]
+        if columns is None:
+            cols = ("x",) if was_1d else tuple(f"x{j}" for j in range(d))
+        else:
+            cols = tuple(str(c) for c in columns)
+            if len(cols) != d:
+                raise ConfigurationError(
+                    f"{who} has {d} columns but {len(cols)} names were given ({list(cols)})")
+    if arr.shape[0] == 0:
+        raise ConfigurationError(f"{who} has no rows")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        j = int(np.argmax(bad.any(axis=0)))
+        raise ConfigurationError(
+            f"{who}: column {cols[j]!r} has {int(bad[:, j].sum())} missing or non-finite value(s) "
+            f"(first at row {int(np.argmax(bad[:, j]))}); drop or impute them before a joint "
+            "computation")
+    return arr, cols, was_1d
+
+
+def validate_datasets(
+    datasets: Sequence[Any], columns: Sequence[str] | None
+) -> tuple[list[np.ndarray], tuple[str, ...], bool]:
+    """Load and check every party's data before any protocol starts (same columns everywhere)."""
+    if isinstance(datasets, (str, os.PathLike)) or not isinstance(datasets, Sequence) or len(
+        datasets
+    ) < 2:
+        raise ConfigurationError(
+            "a joint computation needs a list of at least two datasets, one per party")
+    tables = [load_table(src, columns, party=i) for i, src in enumerate(datasets)]
+    first_cols = tables[0][1]
+    for i, (arr, cols, _) in enumerate(tables[1:], 1):
+        if cols != first_cols:
+            extra = [c for c in cols if c not in first_cols] or [c for c in first_cols
+                                                                 if c not in cols]
+            raise ConfigurationError(
+                f"party {i} has columns {list(cols)} but party 0 has {list(first_cols)} "
+                f"(column {extra[0] if extra else cols[0]!r} differs); pass columns=[...] to pick "
+                "the shared ones")
+        if arr.shape[1] != tables[0][0].shape[1]:
+            raise ConfigurationError(
+                f"party {i} has {arr.shape[1]} columns, party 0 has {tables[0][0].shape[1]}")
+    return [t[0] for t in tables], first_cols, all(t[2] for t in tables)

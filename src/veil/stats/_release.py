@@ -1,0 +1,133 @@
+"""Release options shared by the in-job API and the joint driver: policy, DP, ledger, audit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from veil.errors import ConfigurationError
+from veil.privacy import AuditLog, BudgetLedger, DPConfig, ReleasePolicy
+from veil.privacy.dp import Block
+from veil.privacy.mechanisms import NoiseGroup, sample_noise
+from veil.protocols import statistics as st
+
+__all__ = ["Release", "make_release", "noise_in_units", "to_plain"]
+
+
+@dataclass(frozen=True)
+class Release:
+    """A validated request: what to compute and under which release controls."""
+
+    spec: st.Spec
+    policy: ReleasePolicy
+    dp: DPConfig | None
+    ledger: BudgetLedger | None
+    audit: AuditLog | None
+
+    def check_rows(self, rows: float) -> None:
+        self.policy.check_cohort(rows, what=", ".join(self.spec.stats))
+
+    def groups(self, frac_bits: Sequence[int] | int) -> list[NoiseGroup]:
+        if self.dp is None or self.spec.bounds is None:
+            return []
+        sens = st.sensitivities(self.spec, self.spec.bounds)
+        bits = [frac_bits] * len(sens) if isinstance(frac_bits, int) else list(frac_bits)
+        out: list[NoiseGroup] = []
+        for (name, size, l1, l2), f in zip(sens, bits):
+            out.extend(self.dp.calibrate([Block(name, size, l1, l2)], frac_bits=f))
+        # calibrate splits the budget over the blocks it sees; we passed them one at a time,
+        # so split here instead: scale every group as if ε (or ρ) were divided by len(sens)
+        return [_split_budget(g, len(sens)) for g in out]
+
+    def charge(self, dataset: str) -> None:
+        if self.dp is not None and self.ledger is not None:
+            eps, delta = self.dp.cost()
+            self.ledger.charge(dataset, epsilon=eps, delta=delta,
+                               statistic=",".join(self.spec.stats))
+
+    def check_budget(self, dataset: str) -> None:
+        if self.dp is not None and self.ledger is not None:
+            eps, delta = self.dp.cost()
+            self.ledger.check(dataset, epsilon=eps, delta=delta)
+
+    def log(self, *, parties: int, backend: str, rows: Any, datasets: Sequence[str]) -> None:
+        if self.audit is None:
+            return
+        self.audit.append({
+            "parties": parties, "datasets": list(datasets), "statistic": list(self.spec.stats),
+            "columns": list(self.spec.columns), "backend": backend,
+            "rows": None if rows is None else int(rows),
+            "epsilon": None if self.dp is None else self.dp.epsilon,
+            "delta": None if self.dp is None else self.dp.delta,
+            "mechanism": None if self.dp is None else self.dp.mechanism,
+            "min_cohort": self.policy.min_cohort,
+        })
+
+
+def _split_budget(g: NoiseGroup, k: int) -> NoiseGroup:
+    # Laplace: ε/k multiplies the scale by k; Gaussian: ρ/k multiplies σ² by k
+    return NoiseGroup(g.name, g.size, g.mechanism, g.scale * k)
+
+
+def make_release(
+    stats: Sequence[str] | str,
+    columns: Sequence[str],
+    *,
+    backend: str,
+    bins: Sequence[float] | None,
+    quantiles_n: int,
+    method: str,
+    target: str | None,
+    iterations: int,
+    learning_rate: float,
+    bounds: tuple[float, float] | Mapping[str, tuple[float, float]] | None,
+    epsilon: float | None,
+    delta: float,
+    mechanism: str,
+    min_cohort: int,
+    ledger: BudgetLedger | None,
+    audit: AuditLog | None,
+) -> Release:
+    dp = None
+    per_col: list[tuple[float, float]] | None = None
+    if epsilon is not None:
+        if bounds is None:
+            raise ConfigurationError(
+                "a differentially private release needs declared bounds: bounds=(low, high) or "
+                "bounds={column: (low, high)}; values are clipped to them")
+        dp = DPConfig(epsilon=epsilon, bounds=bounds, delta=delta, mechanism=mechanism)
+        per_col = dp.bounds_for(columns)
+    elif bounds is not None:
+        per_col = DPConfig(epsilon=1.0, bounds=bounds).bounds_for(columns)
+    elif ledger is not None:
+        raise ConfigurationError("a ledger only applies to DP releases; pass epsilon=...")
+    spec = st.make_spec(stats, columns, backend=backend, bins=bins, quantile_n=quantiles_n,
+                        quantile_method=method, target=target, iterations=iterations,
+                        learning_rate=learning_rate, bounds=per_col, dp=dp is not None)
+    if ledger is not None and not isinstance(ledger, BudgetLedger):
+        raise ConfigurationError(f"ledger must be a BudgetLedger, got {type(ledger).__name__}")
+    if audit is not None and not isinstance(audit, AuditLog):
+        raise ConfigurationError(f"audit must be an AuditLog, got {type(audit).__name__}")
+    return Release(spec, ReleasePolicy(min_cohort=min_cohort), dp, ledger, audit)
+
+
+def noise_in_units(groups: Sequence[NoiseGroup]) -> list[int]:
+    return sample_noise(groups) if groups else []
+
+
+def to_plain(values: dict[str, Any], was_1d: bool) -> dict[str, Any]:
+    """Per-column arrays become floats / 1-D arrays when the input was a single column."""
+    if not was_1d:
+        return values
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if k in ("covariance", "correlation") or not isinstance(v, np.ndarray):
+            out[k] = v
+        elif k in ("histogram", "quantiles"):
+            out[k] = v[0]
+        else:
+            out[k] = float(v[0])
+    return out

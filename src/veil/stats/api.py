@@ -1,0 +1,230 @@
+"""Joint statistics, named after Python's :mod:`statistics` module.
+
+Three ways to call every function:
+
+* plain data, no ``party``: the plaintext answer (numpy / :mod:`statistics`) — also the oracle
+  the tests compare every backend with. Release controls (minimum cohort, DP) still apply.
+* inside an MPC job, ``party=party``: ``data`` is *this party's* rows; all parties call the same
+  function together and get the joint result over everyone's rows (backend ``"mpc"``).
+* :func:`veil.stats.joint` runs a whole local simulation from a list of datasets (any backend).
+
+What is revealed, and to whom, is stated per backend in :mod:`veil.protocols.stats_mpc` and
+:mod:`veil.protocols.stats_he`; in short: the requested outputs (to all parties, or to ``to``),
+plus the total row count ``N`` to all parties for non-DP MPC releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from veil.errors import ConfigurationError, UnsupportedOperationError
+from veil.privacy import AuditLog, BudgetLedger
+from veil.privacy.policy import DEFAULT_MIN_COHORT
+from veil.protocols import statistics as st
+from veil.stats._data import load_table
+from veil.stats._release import Release, make_release, noise_in_units, to_plain
+
+__all__ = [
+    "describe", "count", "sum_", "mean", "variance", "pvariance", "stdev", "pstdev",
+    "covariance", "correlation", "histogram", "median", "median_low", "median_high",
+    "quantiles", "minimum", "maximum", "linear_regression", "logistic_regression",
+]
+
+Bounds = tuple[float, float] | Mapping[str, tuple[float, float]]
+PLAIN_FRAC_BITS = 32
+
+
+def describe(
+    data: Any,
+    stats: Sequence[str] | str = ("count", "mean", "stdev"),
+    *,
+    party: Any = None,
+    columns: Sequence[str] | None = None,
+    backend: str = "mpc",
+    to: Sequence[int] | None = None,
+    bins: Sequence[float] | None = None,
+    quantiles_n: int = 4,
+    method: str = "exclusive",
+    target: str | None = None,
+    iterations: int = 30,
+    learning_rate: float = 1.0,
+    bounds: Bounds | None = None,
+    epsilon: float | None = None,
+    delta: float = 0.0,
+    mechanism: str = "laplace",
+    min_cohort: int = DEFAULT_MIN_COHORT,
+    ledger: BudgetLedger | None = None,
+    dataset: str | None = None,
+    audit: AuditLog | None = None,
+) -> dict[str, Any] | None:
+    """Several statistics in ONE protocol run; returns ``{name: value}``.
+
+    ``data``: numpy array / torch tensor (1-D: one column; 2-D: rows × columns), pandas
+    DataFrame, or a CSV path. Per-column results are arrays in ``columns`` order (floats for 1-D
+    input); ``covariance``/``correlation`` are matrices; ``histogram`` counts per bin of
+    ``bins`` (numpy's edges convention); ``quantiles`` follow :func:`statistics.quantiles`
+    (``quantiles_n``, ``method``); regressions predict ``target`` (default: last column) from
+    the other columns and return :class:`~veil.protocols.statistics.Regression`.
+
+    Release controls: fewer than ``min_cohort`` rows raises
+    :class:`~veil.errors.PolicyViolation`. ``epsilon`` makes the release differentially private
+    (``mechanism`` ``"laplace"`` or ``"gaussian"`` with ``delta``); it needs ``bounds`` (values are
+    clipped to them inside the protocol) and, with a ``ledger``, is charged to ``dataset``.
+    ``bounds`` without ``epsilon`` clips too and narrows the search range of order statistics.
+
+    With ``party`` (inside an MPC job) only backend ``"mpc"`` applies; parties outside ``to``
+    get ``None``. Nothing but the outputs is revealed, except the total row count ``N`` (to all
+    parties) when not DP; see :mod:`veil.protocols.stats_mpc` for the exact transcript.
+    """
+    if party is not None and backend != "mpc":
+        raise UnsupportedOperationError(
+            f"inside an MPC job only backend='mpc' runs; for {backend!r} use "
+            "veil.stats.joint(datasets, ..., backend=...)")
+    error: Exception | None = None
+    try:
+        x, cols, was_1d = load_table(data, columns, party=None if party is None else party.rank)
+    except ConfigurationError as exc:
+        if party is None:
+            raise
+        error, was_1d = exc, False
+        cols = tuple(columns) if columns is not None else ("x",)
+        x = np.zeros((0, len(cols)))
+    release = make_release(
+        stats, cols, backend=backend, bins=bins, quantiles_n=quantiles_n, method=method,
+        target=target, iterations=iterations, learning_rate=learning_rate, bounds=bounds,
+        epsilon=epsilon, delta=delta, mechanism=mechanism, min_cohort=min_cohort, ledger=ledger,
+        audit=audit)
+    if release.ledger is not None and dataset is None:
+        raise ConfigurationError("a ledger needs the dataset name it charges: dataset='...'")
+    name = dataset or "local"
+    if party is None:
+        return to_plain(_plain_release(x, release, name), was_1d)
+    from veil.stats._party import party_release
+
+    out = party_release(party, x, release, dataset=name, to=to, error=error)
+    return None if out is None else to_plain(out, was_1d)
+
+
+def _plain_release(x: np.ndarray, release: Release, dataset: str) -> dict[str, Any]:
+    """Local (central) release: the oracle, or a DP release by a curator holding all rows."""
+    spec = release.spec
+    if release.dp is None:
+        release.check_rows(x.shape[0])
+        out = st.plain_results(x, spec)
+        release.log(parties=1, backend="plain", rows=x.shape[0], datasets=[dataset])
+        return out
+    release.check_budget(dataset)
+    total = st.local_aggregates(x, spec)
+    ints = [round(float(v) * 2.0**PLAIN_FRAC_BITS) for v in total]
+    noise = noise_in_units(release.groups(PLAIN_FRAC_BITS))
+    release.charge(dataset)
+    noisy = np.array([(a + b) * 2.0**-PLAIN_FRAC_BITS for a, b in zip(ints, noise)])
+    release.check_rows(float(noisy[0]))
+    release.log(parties=1, backend="plain", rows=None, datasets=[dataset])
+    return st.finalize_linear(spec, noisy)
+
+
+def _one(name: str, data: Any, kwargs: dict[str, Any]) -> Any:
+    out = describe(data, [name], **kwargs)
+    return None if out is None else out[name]
+
+
+def count(data: Any, **kwargs: Any) -> int | None:
+    """Number of rows (all backends). Reveals N."""
+    return _one("count", data, kwargs)
+
+
+def sum_(data: Any, **kwargs: Any) -> Any:
+    """Column sums (all backends); exported as ``veil.stats.sum``."""
+    return _one("sum", data, kwargs)
+
+
+def mean(data: Any, **kwargs: Any) -> Any:
+    """Arithmetic mean per column (all backends). Reveals the means (and N, see describe)."""
+    return _one("mean", data, kwargs)
+
+
+def variance(data: Any, **kwargs: Any) -> Any:
+    """Sample variance (n - 1) per column (all backends), as :func:`statistics.variance`."""
+    return _one("variance", data, kwargs)
+
+
+def pvariance(data: Any, **kwargs: Any) -> Any:
+    """Population variance per column (all backends), as :func:`statistics.pvariance`."""
+    return _one("pvariance", data, kwargs)
+
+
+def stdev(data: Any, **kwargs: Any) -> Any:
+    """Sample standard deviation (all backends). MPC opens the variance (same information)."""
+    return _one("stdev", data, kwargs)
+
+
+def pstdev(data: Any, **kwargs: Any) -> Any:
+    """Population standard deviation (all backends)."""
+    return _one("pstdev", data, kwargs)
+
+
+def covariance(data: Any, **kwargs: Any) -> Any:
+    """Sample covariance matrix of the columns (all backends)."""
+    return _one("covariance", data, kwargs)
+
+
+def correlation(data: Any, **kwargs: Any) -> Any:
+    """Pearson correlation matrix (all backends; MPC reveals only the correlations)."""
+    return _one("correlation", data, kwargs)
+
+
+def histogram(data: Any, bins: Sequence[float], **kwargs: Any) -> Any:
+    """Counts per bin over the given edges, per column (all backends)."""
+    return _one("histogram", data, {**kwargs, "bins": bins})
+
+
+def median(data: Any, **kwargs: Any) -> Any:
+    """Median as :func:`statistics.median` (mpc only); reveals only the median."""
+    return _one("median", data, kwargs)
+
+
+def median_low(data: Any, **kwargs: Any) -> Any:
+    """Low median (mpc only); reveals only that value."""
+    return _one("median_low", data, kwargs)
+
+
+def median_high(data: Any, **kwargs: Any) -> Any:
+    """High median (mpc only); reveals only that value."""
+    return _one("median_high", data, kwargs)
+
+
+def quantiles(data: Any, *, n: int = 4, method: str = "exclusive", **kwargs: Any) -> Any:
+    """Cut points as :func:`statistics.quantiles` (mpc only); reveals only the cut points."""
+    return _one("quantiles", data, {**kwargs, "quantiles_n": n, "method": method})
+
+
+def minimum(data: Any, **kwargs: Any) -> Any:
+    """Column minima (mpc only); exported as ``veil.stats.min``. Reveals only the minima."""
+    return _one("min", data, kwargs)
+
+
+def maximum(data: Any, **kwargs: Any) -> Any:
+    """Column maxima (mpc only); exported as ``veil.stats.max``. Reveals only the maxima."""
+    return _one("max", data, kwargs)
+
+
+def linear_regression(data: Any, *, target: str | None = None, **kwargs: Any) -> Any:
+    """Ordinary least squares of ``target`` on the other columns (all backends).
+
+    MPC reveals only the coefficients and intercept; Paillier/CKKS reveal the aggregated moment
+    matrices to the key holder, who solves the normal equations.
+    """
+    return _one("linear_regression", data, {**kwargs, "target": target})
+
+
+def logistic_regression(data: Any, *, target: str | None = None, iterations: int = 30,
+                        learning_rate: float = 1.0, **kwargs: Any) -> Any:
+    """Logistic regression trained jointly (mpc only): full-batch gradient descent on shares
+    over standardised features; reveals only the final coefficients and intercept."""
+    return _one("logistic_regression", data, {**kwargs, "target": target,
+                                               "iterations": iterations,
+                                               "learning_rate": learning_rate})

@@ -1,0 +1,236 @@
+"""SecAgg masking: exact sums under dropouts, aborts, authentication, never-both rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from veil.errors import (
+    AggregationAborted,
+    ConfigurationError,
+    InsecureParametersError,
+    SerializationError,
+)
+from veil.protocols._secagg_messages import UnmaskShares
+from veil.protocols.aggregation import MaskingAggregator, secure_sum
+from veil.protocols.secagg import PHASES, SecAggClient, SecAggConfig, SecAggServer
+
+N, D, T = 10, 257, 7
+
+
+@pytest.fixture(scope="module")
+def updates() -> dict[int, np.ndarray]:
+    gen = np.random.default_rng(7)  # test data, not key material
+    return {c: gen.normal(0.0, 1.0, D) * (c + 1) for c in range(N)}
+
+
+def _expected_q(agg: MaskingAggregator, updates: dict, ids: tuple[int, ...]) -> np.ndarray:
+    q = agg.config.quantizer
+    return sum(q.quantize(updates[c])[0].astype(np.uint64) for c in ids)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.2, 0.3])
+def test_sum_is_exact_with_dropouts_below_threshold(updates: dict, phase: str,
+                                                    rate: float) -> None:
+    agg = MaskingAggregator(num_clients=N, vector_length=D, clip=4.0, threshold=T)
+    dropped = list(range(1, N, 3))[: round(rate * N)]
+    res = agg.aggregate(updates, dropouts={phase: dropped})
+    expected_survivors = tuple(c for c in range(N) if phase == "unmask" or c not in dropped)
+    assert res.survivors == expected_survivors
+    assert np.array_equal(res.quantized_total, _expected_q(agg, updates, res.survivors))
+    plain = sum(np.clip(updates[c], -4.0, 4.0) for c in res.survivors)
+    tol = len(res.survivors) * agg.config.quantizer.step / 2 + 1e-9
+    assert np.max(np.abs(res.total - plain)) <= tol
+    assert res.clipped == sum(int(np.sum(np.abs(updates[c]) > 4.0)) for c in res.survivors)
+    if phase == "unmask":
+        assert res.dropped["unmask"] == tuple(dropped)
+
+
+def test_mixed_dropouts_across_phases(updates: dict) -> None:
+    agg = MaskingAggregator(num_clients=N, vector_length=D, clip=4.0, threshold=T)
+    res = agg.aggregate(updates, dropouts={"share": [0], "masked": [5], "unmask": [9]})
+    assert res.survivors == (1, 2, 3, 4, 6, 7, 8, 9)
+    assert res.dropped == {"advertise": (), "share": (0,), "masked": (5,), "unmask": (9,)}
+    assert np.array_equal(res.quantized_total, _expected_q(agg, updates, res.survivors))
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_round_aborts_above_the_dropout_threshold(updates: dict, phase: str) -> None:
+    agg = MaskingAggregator(num_clients=N, vector_length=D, clip=4.0, threshold=T)
+    with pytest.raises(AggregationAborted, match="below the threshold"):
+        agg.aggregate(updates, dropouts={phase: [0, 2, 4, 6]})
+
+
+def test_secure_defaults_and_threshold_policy() -> None:
+    cfg = SecAggConfig(10, 5, 1.0)
+    assert cfg.threshold == 6 and cfg.ring_bits == 32
+    with pytest.raises(InsecureParametersError, match="allow_insecure"):
+        SecAggConfig(10, 5, 1.0, threshold=5)
+    assert SecAggConfig(10, 5, 1.0, threshold=5, allow_insecure=True).threshold == 5
+    with pytest.raises(ConfigurationError, match="wrap"):
+        SecAggConfig(1000, 10**7, 1.0)
+
+
+def test_ring_never_wraps_at_the_extremes() -> None:
+    n, d = 6, 31
+    agg = MaskingAggregator(num_clients=n, vector_length=d, clip=1.0, ring_bits=20)
+    ups = {c: np.full(d, 5.0 if c % 2 else -5.0) for c in range(n)}
+    ups[0][:] = 1.0
+    res = agg.aggregate(ups)
+    assert res.clipped == (n - 1) * d
+    assert np.allclose(res.total, 1.0 + 3 * 1.0 - 2 * 1.0)
+    top = secure_sum({c: np.full(d, 9.0) for c in range(n)}, clip=1.0, ring_bits=20)
+    assert np.array_equal(top.quantized_total, np.full(d, n * agg.config.quantizer.levels))
+    assert np.allclose(top.total, n)
+
+
+def test_sixty_four_bit_ring() -> None:
+    ups = {c: np.linspace(-1, 1, 9) * c for c in range(4)}
+    res = secure_sum(ups, clip=10.0, ring_bits=64, dropouts={"masked": [3]})
+    assert np.allclose(res.total, np.linspace(-1, 1, 9) * 3, atol=1e-12)
+
+
+def test_a_single_masked_input_looks_uniform(updates: dict) -> None:
+    """What the server sees from one client is indistinguishable from random bytes, although
+    the quantized update itself is far from uniform."""
+    cfg = SecAggConfig(3, 20_000, 4.0)
+    server = SecAggServer(cfg)
+    cl = {c: SecAggClient(c, cfg, round_id=server.round_id, server_public_key=server.public_key)
+          for c in range(3)}
+    for c in cl:
+        server.receive_advertise(cl[c].advertise())
+    roster = server.close_advertise()
+    for c in cl:
+        server.receive_shares(cl[c].share_keys(roster))
+    deliveries = server.close_shares()
+    x = np.zeros(20_000)  # all-zero update: quantized bytes are maximally non-uniform
+    msg = cl[0].masked_input(x, deliveries[0])
+    payload = np.frombuffer(msg[-32 - 80_004 - 32 : -64], dtype=np.uint8)
+    counts = np.bincount(payload, minlength=256)
+    chi2 = float(((counts - payload.size / 256) ** 2 / (payload.size / 256)).sum())
+    assert chi2 < 380.0
+    q = cfg.quantizer.quantize(x)[0]
+    plain_counts = np.bincount(q.view(np.uint8), minlength=256)
+    assert float(((plain_counts - q.nbytes / 256) ** 2 / (q.nbytes / 256)).sum()) > 380.0
+
+
+class _Round:
+    """A round driven by hand, for adversarial message tests."""
+
+    def __init__(self, n: int = 5, d: int = 16) -> None:
+        self.cfg = SecAggConfig(n, d, 2.0)
+        self.server = SecAggServer(self.cfg)
+        self.clients = {c: SecAggClient(c, self.cfg, round_id=self.server.round_id,
+                                        server_public_key=self.server.public_key)
+                        for c in range(n)}
+        self.x = {c: np.full(d, 0.1 * c) for c in range(n)}
+
+    def to_masked(self) -> dict[int, bytes]:
+        s, cl = self.server, self.clients
+        for c in cl:
+            s.receive_advertise(cl[c].advertise())
+        roster = s.close_advertise()
+        for c in cl:
+            s.receive_shares(cl[c].share_keys(roster))
+        self.deliveries = s.close_shares()
+        return {c: cl[c].masked_input(self.x[c], self.deliveries[c]) for c in cl}
+
+
+def test_replayed_duplicated_and_forged_submissions_are_rejected() -> None:
+    old, new = _Round(), _Round()
+    old_msgs, new_msgs = old.to_masked(), new.to_masked()
+    s = new.server
+    with pytest.raises(SerializationError, match="replay"):
+        s.receive_masked(old_msgs[0])  # from another round
+    s.receive_masked(new_msgs[0])
+    with pytest.raises(SerializationError, match="duplicate"):
+        s.receive_masked(new_msgs[0])
+    forged = bytearray(new_msgs[1])
+    forged[-40] ^= 1  # flip a bit of the payload and fix nothing else
+    with pytest.raises(SerializationError):
+        s.receive_masked(bytes(forged))
+    # A well-formed message whose tag is wrong: re-sign client 1's vector under a wrong key.
+    from veil.he.serialize import pack, unpack
+    env = unpack(new_msgs[1], kind="veil.secagg.masked")
+    bad = pack(env.kind, env.body[:-32] + bytes(32), params_hash=env.params_hash)
+    with pytest.raises(SerializationError, match="authentication tag"):
+        s.receive_masked(bad)
+    for c in range(1, 5):  # state unchanged by the rejected messages: the round still works
+        s.receive_masked(new_msgs[c])
+    req = s.close_masked()
+    for c in range(5):
+        s.receive_unmask(new.clients[c].unmask(req))
+    res = s.finish()
+    assert np.allclose(res.total, sum(new.x.values()), atol=5 * new.cfg.quantizer.step)
+    with pytest.raises(SerializationError, match="round is in finished"):
+        s.receive_masked(new_msgs[0])
+
+
+def test_server_never_gets_seed_and_key_shares_of_one_client() -> None:
+    r = _Round()
+    msgs = r.to_masked()
+    for c in (0, 1, 2, 3):  # client 4 drops after sharing keys
+        r.server.receive_masked(msgs[c])
+    req = r.server.close_masked()
+    answer = r.clients[0].unmask(req)
+    parsed = UnmaskShares.from_bytes(answer, params_hash=r.cfg.params_hash, max_bytes=10**6)
+    assert set(parsed.seed_shares) == {0, 1, 2, 3} and set(parsed.key_shares) == {4}
+    with pytest.raises(ConfigurationError, match="out of order"):
+        r.clients[0].unmask(req)  # a second request is refused
+    # Client 4 computed its masked input (lost on the way): listed as dropped, it refuses.
+    with pytest.raises(AggregationAborted, match="as dropped although"):
+        r.clients[4].unmask(req)
+    lying = _Round()
+    lmsgs = lying.to_masked()
+    for c in (0, 1, 2, 3, 4):
+        lying.server.receive_masked(lmsgs[c])
+    from veil.protocols._secagg_messages import UnmaskRequest
+    fake = UnmaskRequest(lying.server.round_id, (1, 2, 3, 4)).to_bytes(lying.cfg.params_hash)
+    with pytest.raises(AggregationAborted, match="as dropped although"):
+        lying.clients[0].unmask(fake)  # client 0 did send: revealing its key would expose it
+    # Server side: a response carrying a survivor's key share is refused before it is stored.
+    from dataclasses import replace
+    greedy = replace(parsed, key_shares={**parsed.key_shares, 1: parsed.seed_shares[1]})
+    with pytest.raises(SerializationError, match="exactly"):
+        r.server.receive_unmask(r.clients[0]._sign(greedy))  # validly signed, still refused
+    r.server.receive_unmask(answer)  # the honest answer is accepted afterwards
+
+
+def test_tampered_share_ciphertext_is_detected_by_the_recipient() -> None:
+    r = _Round()
+    s, cl = r.server, r.clients
+    for c in cl:
+        s.receive_advertise(cl[c].advertise())
+    roster = s.close_advertise()
+    for c in cl:
+        s.receive_shares(cl[c].share_keys(roster))
+    deliveries = s.close_shares()
+    from veil.protocols._secagg_messages import ShareDelivery
+    d = ShareDelivery.from_bytes(deliveries[0], params_hash=r.cfg.params_hash, max_bytes=10**6)
+    cts = dict(d.ciphertexts)
+    cts[1] = cts[1][:-1] + bytes([cts[1][-1] ^ 1])
+    bad = ShareDelivery(d.round_id, 0, cts).to_bytes(r.cfg.params_hash)
+    with pytest.raises(SerializationError, match="failed authentication"):
+        cl[0].masked_input(r.x[0], bad)
+
+
+def test_bad_input_is_rejected_before_any_work(updates: dict) -> None:
+    agg = MaskingAggregator(num_clients=N, vector_length=D, clip=4.0)
+    bad = dict(updates)
+    bad[3] = np.full(D, np.nan)
+    with pytest.raises(ConfigurationError, match="NaN"):
+        agg.aggregate(bad)
+    with pytest.raises(ConfigurationError, match="every client id"):
+        agg.aggregate({0: updates[0]})
+    with pytest.raises(ConfigurationError, match="dropout phase"):
+        agg.aggregate(updates, dropouts={"later": [1]})
+    with pytest.raises(SerializationError):
+        SecAggServer(agg.config).receive_advertise(b"VEIL junk")
+
+
+def test_byte_overhead_is_small_for_long_vectors() -> None:
+    n, d = 8, 20_000
+    ups = {c: np.zeros(d) for c in range(n)}
+    res = secure_sum(ups, clip=1.0)
+    assert 1.0 < res.stats.expansion < 1.05

@@ -1,0 +1,112 @@
+"""Unit tests without a server: config checks, the context store, parameters, model specs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from veil import errors
+from veil.serve.config import ServerConfig
+from veil.serve.store import ContextStore
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"workers": 0}, {"workers": True}, {"queue_size": -1}, {"max_request_bytes": 0},
+     {"request_deadline_s": 0}, {"body_timeout_s": float("nan")}, {"max_contexts": 1.5},
+     {"retry_after_s": "1"}],
+)
+def test_config_rejects_bad_values(kwargs) -> None:
+    with pytest.raises(errors.ConfigurationError, match=next(iter(kwargs))):
+        ServerConfig(**kwargs)
+
+
+def test_config_capacity() -> None:
+    assert ServerConfig(workers=3, queue_size=5).max_in_flight == 8
+
+
+def _put(store: ContextStore, payload: bytes) -> str:
+    up = store.new_upload()
+    up.write(payload)
+    cid = up.finish()
+    store.commit(cid, up)
+    return cid
+
+
+def test_store_evicts_least_recently_used_but_never_pinned(tmp_path) -> None:
+    store = ContextStore(tmp_path, max_contexts=2)
+    a, b = _put(store, b"a"), _put(store, b"b")
+    assert store.acquire(a)  # pinned and most recently used
+    c = _put(store, b"c")
+    assert not store.contains(b) and store.contains(a) and store.contains(c)
+    assert not store.path(b).exists()
+    d = _put(store, b"d")  # a is pinned, so c goes
+    assert store.contains(a) and not store.contains(c) and store.contains(d)
+    store.release(a)
+    _put(store, b"e")
+    assert not store.contains(a)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{x}.ctx" for x in (d, _put(store, b"e")))
+    assert not store.acquire("00" * 32)
+
+
+def test_store_reopens_existing_and_drops_partial_uploads(tmp_path) -> None:
+    store = ContextStore(tmp_path, max_contexts=4)
+    cid = _put(store, os.urandom(100))
+    partial = store.new_upload()
+    partial.write(b"half")
+    again = ContextStore(tmp_path, max_contexts=4)
+    assert again.contains(cid) and again.size_of(cid) == 100
+    assert not partial.path.exists()
+
+
+def test_params_from_server_cannot_lower_security() -> None:
+    from veil.serve.evaluator import params_from_description
+
+    weak = {"scheme": "ckks", "poly_modulus_degree": 4096, "coeff_mod_bit_sizes": [60, 40, 60],
+            "scale_bits": 40}
+    with pytest.raises(errors.InsecureParametersError):
+        params_from_description(weak)
+    assert params_from_description(weak, allow_insecure=True).poly_modulus_degree == 4096
+    for bad in ({**weak, "allow_insecure": True}, {**weak, "scheme": "bfv"}, [1, 2],
+                {**weak, "coeff_mod_bit_sizes": "60,40"}):
+        with pytest.raises(errors.SerializationError):
+            params_from_description(bad)
+
+
+@given(st.sampled_from([1, 2, 3]), st.sampled_from([30, 40]))
+def test_params_description_round_trip(depth: int, precision: int) -> None:
+    from veil import he
+    from veil.serve.evaluator import params_from_description
+
+    p = he.CKKSParams.for_depth(depth, precision_bits=precision)
+    assert params_from_description(p.describe()) == p
+
+
+def test_unknown_model_spec() -> None:
+    from veil.serve.evaluator import load_evaluator
+
+    for spec in ("nope", "zoo:", "zoo:a:b:c", "linear:cats"):
+        with pytest.raises(errors.ConfigurationError, match="unknown"):
+            load_evaluator(spec)
+    with pytest.raises(errors.ConfigurationError, match="layout"):
+        load_evaluator("zoo:digits-mlp-poly:diagonal")
+    with pytest.raises(errors.ConfigurationError, match="string"):
+        load_evaluator(3)
+
+
+def test_check_rows() -> None:
+    import numpy as np
+
+    from veil.serve.evaluator import check_rows, digits_linear
+
+    info = digits_linear().info
+    assert check_rows(np.zeros(64), info).shape == (1, 64)
+    assert check_rows(np.zeros((5, 64)), info).shape == (5, 64)
+    assert check_rows(np.zeros((5, 8, 8)), info).shape == (5, 64)
+    for bad in (np.zeros((2, 63)), np.zeros((0, 64)), [[float("inf")] * 64]):
+        with pytest.raises(errors.ConfigurationError):
+            check_rows(bad, info)

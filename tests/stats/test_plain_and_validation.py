@@ -1,0 +1,159 @@
+"""Plaintext fall-through (the oracle), input validation and release controls without MPC."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as hst
+
+from veil import stats
+from veil.errors import (
+    ConfigurationError,
+    PolicyViolation,
+    PrivacyBudgetExceeded,
+    UnsupportedOperationError,
+)
+from veil.privacy import AuditLog, BudgetLedger, verify
+
+RNG = np.random.default_rng(7)
+X = RNG.normal([40.0, 25.0, 1.0], [10.0, 4.0, 0.5], size=(60, 3))
+
+
+def test_plain_matches_python_statistics_on_one_column() -> None:
+    col = X[:, 0]
+    values = col.tolist()
+    assert stats.mean(col) == pytest.approx(statistics.fmean(values))
+    assert stats.variance(col) == pytest.approx(statistics.variance(values))
+    assert stats.pstdev(col) == pytest.approx(statistics.pstdev(values))
+    assert stats.median(col) == pytest.approx(statistics.median(values))
+    assert stats.median_low(col) == statistics.median_low(values)
+    assert list(stats.quantiles(col, n=10)) == pytest.approx(statistics.quantiles(values, n=10))
+    assert list(stats.quantiles(col, method="inclusive")) == pytest.approx(
+        statistics.quantiles(values, method="inclusive"))
+    assert stats.min(col) == min(values) and stats.max(col) == max(values)
+    assert stats.count(col) == 60
+
+
+def test_plain_matrices_and_regressions() -> None:
+    out = stats.describe(X, ["covariance", "correlation", "linear_regression", "histogram"],
+                         bins=[0, 20, 40, 60, 80])
+    assert np.allclose(out["covariance"], np.cov(X, rowvar=False))
+    assert np.allclose(out["correlation"], np.corrcoef(X, rowvar=False))
+    reg = out["linear_regression"]
+    sol = np.linalg.lstsq(np.column_stack([X[:, :2], np.ones(60)]), X[:, 2], rcond=None)[0]
+    assert np.allclose(reg.coef, sol[:2]) and reg.intercept == pytest.approx(sol[2])
+    assert out["histogram"][0].tolist() == np.histogram(X[:, 0], [0, 20, 40, 60, 80])[0].tolist()
+
+
+def test_inputs_tensor_dataframe_and_csv_agree(tmp_path: Path) -> None:
+    frame = pd.DataFrame(X, columns=["age", "bmi", "dose"])
+    path = tmp_path / "site.csv"
+    frame.to_csv(path, index=False)
+    want = X.mean(axis=0)
+    for src in (X, torch.tensor(X), frame, str(path)):
+        assert np.allclose(stats.mean(src, columns=None if not isinstance(src, (str, pd.DataFrame))
+                                      else ["age", "bmi", "dose"]), want)
+    assert stats.mean(frame, columns=["bmi"]) == pytest.approx(X[:, 1].mean())
+
+
+@given(hst.lists(hst.floats(-1e3, 1e3), min_size=10, max_size=40))
+def test_variance_is_shift_invariant_and_mean_is_equivariant(values: list[float]) -> None:
+    x = np.array(values)
+    assert stats.variance(x + 17.0) == pytest.approx(stats.variance(x), rel=1e-6, abs=1e-6)
+    assert stats.mean(x + 17.0) == pytest.approx(stats.mean(x) + 17.0, rel=1e-9, abs=1e-9)
+    assert stats.pvariance(3.0 * x) == pytest.approx(9.0 * stats.pvariance(x), rel=1e-9,
+                                                     abs=1e-9)
+
+
+def test_nan_is_rejected_naming_party_and_column() -> None:
+    bad = X.copy()
+    bad[5, 1] = np.nan
+    frame = pd.DataFrame(bad, columns=["age", "bmi", "dose"])
+    with pytest.raises(ConfigurationError, match=r"party 1.*'bmi'.*1 missing"):
+        stats.joint([X, frame.to_numpy()], ["mean"], columns=["age", "bmi", "dose"],
+                    backend="paillier")
+    with pytest.raises(ConfigurationError, match=r"party 2: column 'bmi'"):
+        stats.joint([X, X, frame], ["mean"], columns=["age", "bmi", "dose"])
+
+
+def test_mismatched_columns_are_rejected_before_any_protocol(tmp_path: Path) -> None:
+    a = pd.DataFrame(X, columns=["age", "bmi", "dose"])
+    b = pd.DataFrame(X, columns=["age", "weight", "dose"])
+    with pytest.raises(ConfigurationError, match=r"party 1 has no column 'bmi'"):
+        stats.joint([a, b], ["mean"], columns=["age", "bmi"], backend="ckks")
+    with pytest.raises(ConfigurationError, match=r"party 1 has columns .*'weight'"):
+        stats.joint([a, b], ["mean"], backend="mpc")
+    with pytest.raises(ConfigurationError, match="party 1 has 2 columns"):
+        stats.joint([X, X[:, :2]], ["mean"])
+
+
+@pytest.mark.parametrize("backend", ["paillier", "ckks"])
+@pytest.mark.parametrize("stat", ["median", "quantiles", "min", "max", "logistic_regression"])
+def test_unsupported_statistics_name_the_backends_that_support_them(backend: str,
+                                                                   stat: str) -> None:
+    with pytest.raises(UnsupportedOperationError, match="backend='mpc'"):
+        stats.joint([X, X], [stat], backend=backend)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"stats": ["mode"]}, "unknown statistic 'mode'"),
+        ({"stats": ["histogram"]}, "bin edges"),
+        ({"stats": ["histogram"], "bins": [3, 1]}, "increasing"),
+        ({"stats": ["mean"], "epsilon": 1.0}, "bounds"),
+        ({"stats": ["mean"], "backend": "rsa"}, "unknown backend"),
+        ({"stats": ["quantiles"], "quantiles_n": 0}, "integer >= 1"),
+        ({"stats": ["linear_regression"], "target": "nope"}, "target 'nope'"),
+        ({"stats": ["mean"], "min_cohort": 0}, "min_cohort"),
+    ],
+)
+def test_bad_requests_raise_configuration_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        stats.describe(X, **kwargs)
+
+
+def test_dp_on_order_statistics_is_refused() -> None:
+    with pytest.raises(UnsupportedOperationError, match="differentially private"):
+        stats.describe(X, ["median"], epsilon=1.0, bounds=(0, 100))
+
+
+def test_min_cohort_refuses_small_aggregates() -> None:
+    with pytest.raises(PolicyViolation, match="9 rows.*minimum cohort is 10"):
+        stats.mean(X[:9, 0])
+    assert stats.mean(X[:9, 0], min_cohort=5) == pytest.approx(X[:9, 0].mean())
+    with pytest.raises(PolicyViolation):
+        stats.joint([X[:4], X[:5]], ["mean"], backend="paillier", paillier_bits=1024,
+                    allow_insecure=True)
+
+
+def test_plain_dp_release_is_noisy_clipped_charged_and_audited(tmp_path: Path) -> None:
+    ledger = BudgetLedger(epsilon=1.0)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    big = np.concatenate([X[:, 0]] * 50)  # 3000 rows
+    got = stats.describe(big, ["count", "mean"], epsilon=0.5, bounds=(0, 100), ledger=ledger,
+                         dataset="clinic", audit=audit)
+    assert abs(got["count"] - 3000) < 100
+    assert abs(got["mean"] - big.mean()) < 2.0
+    assert ledger.spent("clinic") == pytest.approx((0.5, 0.0))
+    stats.describe(big, ["mean"], epsilon=0.5, bounds=(0, 100), ledger=ledger, dataset="clinic")
+    with pytest.raises(PrivacyBudgetExceeded):
+        stats.describe(big, ["mean"], epsilon=0.1, bounds=(0, 100), ledger=ledger,
+                       dataset="clinic")
+    report = verify(tmp_path / "audit.jsonl")
+    assert report.ok and report.entries == 1
+
+
+def test_dp_noise_has_the_calibrated_spread() -> None:
+    """Over repeated releases the noisy count's spread matches the Laplace calibration."""
+    x = np.full(200, 5.0)
+    counts = [stats.count(x, epsilon=1.0, bounds=(0, 10)) for _ in range(300)]
+    # count alone: scale = (1 + rounding unit 2^-32) / ε ≈ 1 -> std √2
+    assert 1.1 < np.std(counts) < 1.8
+    assert abs(np.mean(counts) - 200) < 0.4
