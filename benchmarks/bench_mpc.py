@@ -6,8 +6,10 @@ configuration (parties x implementation) is one long-lived multi-process session
 operation on 10^5 elements is run once to warm up and then ``REPEATS`` times, each timed inside
 the parties between barriers (the slowest party counts), and the median is reported. Sessions of
 Veil and raw CrypTen alternate ``SESSIONS`` times to spread the noise of a shared machine, and
-the median over sessions is kept. Bytes come from Veil's accounting (the protocol, hence the
-bytes, is the same for both).
+the median over sessions is kept. Next to wall time, the CPU time of all parties together
+(``time.process_time`` summed over the parties, dealer excluded) is reported: on a loaded,
+shared machine it is the steadier measure of Veil's own overhead. Bytes come from Veil's
+accounting (the protocol, hence the bytes, is the same for both).
 
 Run: ``make bench`` or ``python -m pytest benchmarks/bench_mpc.py --benchmark-only -s``;
 ``python benchmarks/bench_mpc.py`` prints the table directly.
@@ -66,12 +68,13 @@ def _bench_job(crypten, rank, ops, repeats, veil):
     for name in ops:
         fn = _op_fn(name, x, y, a, b)
         fn()  # warm-up
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
             comm.barrier()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         nbytes = None
         if veil:
             from veil.mpc import accounting
@@ -81,13 +84,14 @@ def _bench_job(crypten, rank, ops, repeats, veil):
             s = accounting.stats()
             nbytes = {"sent": s["bytes_sent"], "received": s["bytes_received"],
                       "rounds": s["rounds"]}
-        out[name] = {"times": times, "bytes": nbytes}
+        out[name] = {"times": times, "cpu": cpu, "bytes": nbytes}
     return out
 
 
 def measure(parties: int, *, ops=OPS, repeats=REPEATS, sessions=SESSIONS) -> dict[str, Any]:
     """Median seconds per op (slowest party) for Veil and raw CrypTen, plus Veil's byte counts."""
     per: dict[str, dict[str, list[float]]] = {"veil": {}, "raw": {}}
+    cpu: dict[str, dict[str, list[float]]] = {"veil": {}, "raw": {}}
     counts: dict[str, Any] = {}
     for _ in range(sessions):
         for impl in ("veil", "raw"):
@@ -96,24 +100,30 @@ def measure(parties: int, *, ops=OPS, repeats=REPEATS, sessions=SESSIONS) -> dic
             for name in ops:
                 slowest = [max(r[name]["times"][i] for r in res) for i in range(repeats)]
                 per[impl].setdefault(name, []).append(statistics.median(slowest))
+                summed = [sum(r[name]["cpu"][i] for r in res) for i in range(repeats)]
+                cpu[impl].setdefault(name, []).append(statistics.median(summed))
                 if impl == "veil":
                     counts[name] = res[0][name]["bytes"]
     table = {}
     for name in ops:
         v, r = statistics.median(per["veil"][name]), statistics.median(per["raw"][name])
-        table[name] = {"veil_s": v, "raw_s": r, "ratio": v / r, "party0_bytes": counts[name]}
+        vc, rc = statistics.median(cpu["veil"][name]), statistics.median(cpu["raw"][name])
+        table[name] = {"veil_s": v, "raw_s": r, "ratio": v / r, "veil_cpu_s": vc,
+                       "raw_cpu_s": rc, "cpu_ratio": vc / rc, "party0_bytes": counts[name]}
     return table
 
 
 def _format(parties: int, table: dict[str, Any]) -> str:
     lines = [f"{parties} parties, dealer (TTP), 10^5 elements (matmul {MATMUL_SIDE}x"
              f"{MATMUL_SIDE}); median of {REPEATS} repeats x {SESSIONS} sessions",
-             f"{'op':<11}{'veil ms':>10}{'raw ms':>10}{'ratio':>8}{'p0 sent':>12}"
-             f"{'p0 recv':>12}{'rounds':>8}"]
+             f"{'op':<11}{'veil ms':>10}{'raw ms':>10}{'ratio':>8}{'veil cpu':>10}"
+             f"{'raw cpu':>10}{'ratio':>8}{'p0 sent':>12}{'p0 recv':>12}{'rounds':>8}"]
     for name, row in table.items():
         b = row["party0_bytes"]
         lines.append(f"{name:<11}{row['veil_s'] * 1e3:>10.1f}{row['raw_s'] * 1e3:>10.1f}"
-                     f"{row['ratio']:>8.3f}{b['sent']:>12}{b['received']:>12}{b['rounds']:>8}")
+                     f"{row['ratio']:>8.3f}{row['veil_cpu_s'] * 1e3:>10.1f}"
+                     f"{row['raw_cpu_s'] * 1e3:>10.1f}{row['cpu_ratio']:>8.3f}"
+                     f"{b['sent']:>12}{b['received']:>12}{b['rounds']:>8}")
     return "\n".join(lines)
 
 
@@ -137,7 +147,7 @@ def test_ops_veil_vs_raw_crypten(benchmark, tables, parties: int) -> None:
 
 @pytest.mark.parametrize("numel", [10**5, 4 * 10**6])
 @pytest.mark.parametrize("generator", ["veil-chacha20", "torch-mt19937"])
-def test_ring_element_generation(benchmark, generator: str, numel: int) -> None:  # noqa: ANN001
+def test_ring_element_generation(benchmark, generator: str, numel: int) -> None:
     """One draw of ``numel`` ring elements: Veil's ChaCha20 vs CrypTen's torch.randint."""
     from veil.mpc import rng
 

@@ -136,18 +136,26 @@ def test_decrypt_veil(benchmark: Any, keys: tuple) -> None:
 
 # ----------------------------------------------------------------- script: ratios
 def _best(fn: Callable[[], Any], rounds: int) -> float:
-    times = []
+    return _pair(fn, lambda: None, rounds)[0]
+
+
+def _pair(a: Callable[[], Any], b: Callable[[], Any], rounds: int) -> tuple[float, float]:
+    """Best time of ``a`` and of ``b`` over ``rounds`` alternating runs (robust to load drift)."""
+    ta, tb = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        a()
+        ta.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - t0)
+    return min(ta), min(tb)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bits", type=int, default=BITS)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=0, help="also time encrypt(workers=K)")
     args = ap.parse_args()
     r = args.rounds
@@ -163,35 +171,44 @@ def main() -> None:
 
     xs = _data(N_ENC)
     rows = []
-    t_phe = _best(lambda: phe_encrypt(pub, xs), r) / N_ENC
-    t_veil = _best(lambda: veil_encrypt(kp, xs), r) / N_ENC
-    t_crt = _best(lambda: veil_encrypt_crt(kp, xs), r) / N_ENC
+    t_phe, t_veil = (t / N_ENC for t in _pair(lambda: phe_encrypt(pub, xs),
+                                               lambda: veil_encrypt(kp, xs), r))
+    t_phe2, t_crt = (t / N_ENC for t in _pair(lambda: phe_encrypt(pub, xs),
+                                               lambda: veil_encrypt_crt(kp, xs), r))
     rows.append(("encrypt (public key), per value", t_phe, t_veil))
-    rows.append(("encrypt (key holder, CRT), per value", t_phe, t_crt))
+    rows.append(("encrypt (key holder, CRT), per value", t_phe2, t_crt))
     if args.workers > 1:
         big = _data(4096)
-        t_par = _best(
+        t_ser, t_par = (t / big.size for t in _pair(
+            lambda: kp.public_key.encrypt(big, precision_bits=32, max_abs=1000),
             lambda: kp.public_key.encrypt(big, precision_bits=32, max_abs=1000,
-                                          workers=args.workers), 1) / big.size
-        rows.append((f"encrypt workers={args.workers}, per value", t_phe, t_par))
+                                          workers=args.workers), 1))
+        rows.append((f"encrypt 4096, workers={args.workers} vs Veil serial", t_ser, t_par))
     cts = phe_encrypt(pub, xs)
     v = veil_encrypt(kp, xs)
-    t_phe_d = _best(lambda: phe_decrypt(priv, cts), r) / N_ENC
-    t_veil_d = _best(lambda: veil_decrypt(kp, v), r) / N_ENC
+    t_phe_d, t_veil_d = (t / N_ENC for t in _pair(lambda: phe_decrypt(priv, cts),
+                                                   lambda: veil_decrypt(kp, v), r))
     rows.append(("decrypt, per value", t_phe_d, t_veil_d))
+    if args.workers > 1:
+        vb = veil_encrypt(kp, _data(256))
+        t_ser, t_par = (t / vb.size for t in _pair(
+            lambda: kp.decrypt(vb), lambda: kp.decrypt(vb, workers=args.workers), 1))
+        rows.append((f"decrypt 256, workers={args.workers} vs Veil serial", t_ser, t_par))
     p_phe = _data(PARTIES * AGG_PHE).reshape(PARTIES, AGG_PHE)
     p_veil = _data(PARTIES * AGG_VEIL).reshape(PARTIES, AGG_VEIL)
-    a_phe = _best(lambda: phe_aggregate(pub, priv, p_phe), 1) / AGG_PHE
-    a_veil = _best(lambda: veil_aggregate(kp, p_veil), r) / AGG_VEIL
+    a_phe, a_veil = _pair(lambda: phe_aggregate(pub, priv, p_phe),
+                          lambda: veil_aggregate(kp, p_veil), 2)
+    a_phe, a_veil = a_phe / AGG_PHE, a_veil / AGG_VEIL
     rows.append((f"aggregate {PARTIES} parties (packed), per value", a_phe, a_veil))
-    print(f"\n{'operation':46s} {'phe':>10s} {'Veil':>10s} {'speed-up':>9s}")
+    print(f"\n{'operation (baseline: phe unless named)':48s} {'baseline':>10s} {'Veil':>10s} "
+          f"{'speed-up':>9s}")
     for name, a, b in rows:
-        print(f"{name:46s} {a * 1e3:8.3f}ms {b * 1e3:8.3f}ms {a / b:8.1f}x")
+        print(f"{name:48s} {a * 1e3:8.3f}ms {b * 1e3:8.3f}ms {a / b:8.1f}x")
     print(
         f"\naggregation throughput: phe {1 / a_phe:,.0f} values/s, "
         f"Veil {1 / a_veil:,.0f} values/s"
     )
-    print(f"(best of {r} rounds; phe aggregation 1 round; see pytest-benchmark for spread)")
+    print(f"(best of {r} alternating rounds, aggregation 2; pytest-benchmark shows the spread)")
 
 
 if __name__ == "__main__":

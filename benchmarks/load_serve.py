@@ -58,9 +58,9 @@ def main() -> int:
     from sklearn.datasets import load_digits
 
     from veil import he
+    from veil.protocols.inference import KIND_ENCRYPTED, pack_frames, unpack_frames
     from veil.serve import Client
     from veil.serve.evaluator import digits_linear
-    from veil.serve.wire import RESPONSE_KIND, Batch, pack_batch, unpack_batch
 
     model = digits_linear()
     data = load_digits().data / 16.0
@@ -88,7 +88,7 @@ def main() -> int:
             time.sleep(0.2)
         startup = time.monotonic() - t0
 
-        ctx = he.CKKSContext.generate(model.info.params)
+        ctx = he.CKKSContext.generate(model.info.params, galois_keys=False)
         setup = Client(url, context=ctx)
         t = time.perf_counter()
         cid = setup.upload_context()
@@ -105,11 +105,12 @@ def main() -> int:
         runs = []
         for _ in range(3):
             t = time.perf_counter()
-            outs, _ = run(local, {"rows": args.rows})
+            run(local, args.rows, 0)
             runs.append(time.perf_counter() - t)
         inproc_s = min(runs)
-        payload = pack_batch(Batch(bytes.fromhex(cid), "batched",
-                                   tuple(c.serialize() for c in tensors), {"rows": args.rows}))
+        payload = pack_frames(KIND_ENCRYPTED, {"layout": "batched", "n_samples": args.rows,
+                                               "windows": 0, "count": 64},
+                              [c.serialize() for c in tensors])
 
         lat: list[float] = []
         errors: list[str] = []
@@ -118,10 +119,8 @@ def main() -> int:
         stop_at = time.monotonic() + args.duration
 
         def check(body: bytes) -> None:
-            batch = unpack_batch(body, kind=RESPONSE_KIND, max_bytes=1 << 28, max_ciphertexts=64,
-                                 context_id=bytes.fromhex(cid))
-            got = np.stack([np.asarray(ctx.decrypt(ctx.load_tensor(b)))[: args.rows]
-                            for b in batch.blobs], axis=1)
+            _, frames = unpack_frames(body, KIND_ENCRYPTED, max_bytes=1 << 28, max_frames=64)
+            got = np.stack([np.asarray(ctx.decrypt(ctx.load_tensor(b))) for b in frames], axis=1)
             if not np.allclose(got, want, atol=1e-3):
                 raise AssertionError("wrong prediction")
 

@@ -127,7 +127,7 @@ def test_exact_cancellation_gives_zero_not_tenseal_error(ctx: CKKSContext) -> No
     close(ctx.decrypt(a + (-a)), np.zeros_like(X))
 
 
-# -- chunking across ciphertexts ------------------------------------------------------------------
+# -- chunking across ciphertexts ----------------------------------------------------------------
 
 
 def test_chunked_tensor_all_ops(ctx: CKKSContext) -> None:
@@ -139,11 +139,18 @@ def test_chunked_tensor_all_ops(ctx: CKKSContext) -> None:
     close(ctx.decrypt(a.sum()), x.sum(), 1e-3)
     close(ctx.decrypt(a.dot(y)), x @ y, 1e-3)
     close(ctx.decrypt(a.dot(b)), x @ y, 1e-3)
-    m = RNG.uniform(-1, 1, (n, 3))
-    close(ctx.decrypt(a.matmul(m)), x @ m, 1e-3)
 
 
-# -- batched layout helpers ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_chunked_matmul() -> None:
+    """Tall matrices across chunks (TenSEAL's mm costs one rotation per row: slow)."""
+    small = CKKSContext.generate(CKKSParams(4096, (40, 20, 40), 20))
+    n = small.slots + 7
+    x, m = RNG.uniform(-1, 1, n), RNG.uniform(-1, 1, (n, 3))
+    close(small.decrypt(small.encrypt(x).matmul(m)), x @ m, 0.5)
+
+
+# -- batched layout helpers ---------------------------------------------------------------------
 
 
 def test_linear_combination_matches_numpy(ctx: CKKSContext) -> None:
@@ -156,7 +163,8 @@ def test_linear_combination_matches_numpy(ctx: CKKSContext) -> None:
     want = w @ np.stack(feats) + b[:, None]
     for got, exp in zip(outs, want):
         close(ctx.decrypt(got), exp)
-        assert got.levels_left == 1
+        assert got.levels_left == real_level(got)
+    assert outs[0].levels_left == 1
     single = linear_combination(cts, w[0], 0.1)
     close(ctx.decrypt(single), want[0])
     with pytest.raises(ConfigurationError, match="do not match"):
@@ -175,7 +183,7 @@ def test_im2col_convolution_matches_numpy(ctx: CKKSContext) -> None:
         close(out, want, 1e-4)
 
 
-# -- hypothesis: algebraic laws --------------------------------------------------------------------
+# -- hypothesis: algebraic laws -----------------------------------------------------------------
 
 finite = st.floats(-100, 100, allow_nan=False, allow_infinity=False)
 vectors = st.integers(1, 60).flatmap(lambda n: st.tuples(arrays(np.float64, n, elements=finite),
@@ -188,7 +196,9 @@ def test_homomorphic_add_mul(ctx: CKKSContext, ab: tuple[np.ndarray, np.ndarray]
     a, b = ab
     ea, eb = ctx.encrypt(a), ctx.encrypt(b)
     close(ctx.decrypt(ea + eb), a + b, 1e-5)
-    close(ctx.decrypt(ea * eb), a * b, 1e-3)
+    # TenSEAL resets the scale to 2^40 after rescaling by a prime p != 2^40: relative error
+    # |2^40/p - 1| (about 1e-7 here) on products
+    np.testing.assert_allclose(ctx.decrypt(ea * eb), a * b, atol=1e-4, rtol=1e-6)
 
 
 @settings(max_examples=10)
@@ -212,7 +222,7 @@ def test_chunking_roundtrip_any_length(ctx: CKKSContext, k: int, extra: int) -> 
     close(ctx.decrypt(t), x)
 
 
-# -- depth bookkeeping -------------------------------------------------------------------------------
+# -- depth bookkeeping --------------------------------------------------------------------------
 
 
 def test_levels_match_tenseal_and_operands_are_not_mutated(ctx: CKKSContext) -> None:
@@ -233,7 +243,8 @@ def test_depth_exhausted_is_raised_before_tenseal(ctx: CKKSContext) -> None:
     deep = a * a * a  # uses both levels
     assert deep.levels_left == 0
     for op in (lambda: deep * a, lambda: deep * 2.0, lambda: deep * Y, lambda: deep.square(),
-               lambda: deep.dot(Y), lambda: deep.polyval([1, 1]), lambda: a.polyval([0, 0, 0, 1]),
+               lambda: deep.dot(Y), lambda: deep.polyval([1, 1]),
+               lambda: a.polyval([0, 0, 0, 0, 1]),
                lambda: linear_combination([deep], [1.0])):
         with pytest.raises(DepthExhaustedError) as info:
             op()
@@ -252,7 +263,7 @@ def test_remaining_tenseal_errors_are_translated(ctx: CKKSContext) -> None:
     assert isinstance(info.value.__cause__, ValueError)
 
 
-# -- input validation ------------------------------------------------------------------------------
+# -- input validation ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -308,7 +319,7 @@ def test_no_galois_keys_means_clear_error(other_ctx: CKKSContext) -> None:
             op()
 
 
-# -- keys ---------------------------------------------------------------------------------------------
+# -- keys ---------------------------------------------------------------------------------------
 
 
 def test_public_context_cannot_decrypt_and_original_is_unchanged(ctx: CKKSContext) -> None:
@@ -329,7 +340,7 @@ def test_tensors_from_another_key_are_refused(ctx: CKKSContext, other_ctx: CKKSC
             op()
 
 
-# -- noise flooding -----------------------------------------------------------------------------------
+# -- noise flooding -----------------------------------------------------------------------------
 
 
 def test_flooding_sigma_formula() -> None:

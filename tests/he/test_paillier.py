@@ -310,3 +310,38 @@ def test_explicit_encoding_object(kp: PaillierKeyPair) -> None:
         kp.public_key.encrypt([1.0], encoding=enc, precision_bits=3)
     with pytest.raises(ConfigurationError, match="outside the declared range"):
         kp.public_key.encrypt([6.0], encoding=enc)
+
+
+def test_encryption_is_randomized_on_every_path(kp: PaillierKeyPair) -> None:
+    pk = kp.public_key
+    x = np.zeros(60)  # 60 > the table threshold: covers plain powmod, table and CRT paths
+    seen = set()
+    packed = pk.encrypt_packed(x, precision_bits=8, max_addends=2)
+    for v in (pk.encrypt(x[:3]), pk.encrypt(x), kp.encrypt(x), packed):
+        cs = [int(c) for c in (v._c.ravel() if isinstance(v, PaillierVector) else v._c)]
+        assert len(set(cs)) == len(cs) and not seen & set(cs)
+        assert all(c != 1 for c in cs)
+        seen |= set(cs)
+
+
+def test_parallel_decryption(kp: PaillierKeyPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    from veil.he import _paillier_parallel
+
+    monkeypatch.setattr(_paillier_parallel, "PARALLEL_MIN_DECRYPT", 16)
+    calls = []
+    real = _paillier_parallel.ProcessPoolExecutor
+
+    def counting_pool(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs.get("max_workers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_paillier_parallel, "ProcessPoolExecutor", counting_pool)
+    x = np.arange(-20, 20).reshape(5, 8)
+    v = kp.public_key.encrypt(x)
+    assert np.array_equal(kp.decrypt(v, workers=2), x)
+    packed = kp.public_key.encrypt_packed(np.arange(800), precision_bits=0, max_addends=2,
+                                          max_abs=1000)
+    assert np.array_equal(kp.private_key.decrypt(packed + packed, workers=3), 2 * np.arange(800))
+    assert calls == [2]  # the packed sum is 10 ciphertexts, below the threshold: serial
+    with pytest.raises(ConfigurationError, match="workers"):
+        kp.decrypt(v, workers=-1)

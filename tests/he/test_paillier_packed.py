@@ -32,9 +32,7 @@ def test_sum_over_parties_matches_numpy(kp: PaillierKeyPair) -> None:
         kp.public_key.encrypt_packed(p, precision_bits=20, max_addends=10, max_abs=50)
         for p in parties
     ]
-    total = packed[0]
-    for p in packed[1:]:
-        total = total + p
+    total = sum(packed)
     assert total.addends == 10
     np.testing.assert_allclose(kp.decrypt(total), parties.sum(axis=0), atol=10 * 2**-21)
 

@@ -172,3 +172,62 @@ def _crypten_pickle_job(crypten, rank):
 def test_crypten_unpickling_paths_are_closed() -> None:
     out = harness.run_parties(_crypten_pickle_job, 2, provider="TFP")
     assert out == [[[0, 1, 2], [3, 4, 5]]] * 2
+
+
+# ------------------------------------------------------------------ requests to the dealer
+
+_SZ = torch.Size([4, 5])
+
+
+@pytest.mark.parametrize("request_", [
+    "terminate",
+    {"function": "additive", "device": "cpu", "args": (_SZ, _SZ, "mul"), "kwargs": {}},
+    {"function": "additive", "device": "cuda:0", "args": (torch.Size([1, 3, 8, 8]),
+     torch.Size([2, 3, 3, 3]), "conv2d"), "kwargs": {"stride": 1, "padding": (1, 1)}},
+    {"function": "square", "device": None, "args": (_SZ,), "kwargs": {}},
+    {"function": "binary", "device": "cpu", "args": (_SZ, _SZ), "kwargs": {}},
+    {"function": "wraps", "device": "cpu", "args": (_SZ,), "kwargs": {}},
+    {"function": "B2A", "device": "cpu", "args": (_SZ,), "kwargs": {}},
+])
+def test_dealer_accepts_what_crypten_asks(request_) -> None:
+    assert msg.check_dealer_request(msg.decode(msg.encode(request_))) == request_
+
+
+@pytest.mark.parametrize(("request_", "why"), [
+    ({"function": "__init__", "device": "cpu", "args": (), "kwargs": {}}, "not one of"),
+    ({"function": "additive", "device": "cpu", "args": (_SZ, _SZ, "save"), "kwargs": {}},
+     "dealer op"),
+    ({"function": "square", "device": "cpu", "args": (torch.Size([1 << 20, 1 << 10]),),
+      "kwargs": {}}, "elements"),
+    ({"function": "square", "device": "/etc/passwd", "args": (_SZ,), "kwargs": {}}, "device"),
+    ({"function": "square", "device": "cpu", "args": ((4, 5),), "kwargs": {}}, "bad size"),
+    ({"function": "square", "device": "cpu", "args": (_SZ,), "kwargs": {"f": "x"}}, "keyword"),
+    ({"function": "additive", "device": "cpu", "args": (_SZ, _SZ, "mul", "x"), "kwargs": {}},
+     "extra"),
+    ({"function": "square"}, "must be a dict"),
+    ([1, 2], "must be a dict"),
+])
+def test_dealer_refuses_other_requests(request_, why: str) -> None:
+    with pytest.raises(SerializationError, match=why):
+        msg.check_dealer_request(request_)
+
+
+def _evil_request_job(crypten, rank):
+    comm = crypten.communicator.get()
+    if rank == 0:  # party 0 asks the dealer to run something it does not serve
+        evil = {"function": "_setup_generators", "device": "cpu", "args": (), "kwargs": {}}
+        comm.send_obj(evil, comm.get_ttp_rank(), comm.ttp_group)
+    return rank
+
+
+def test_dealer_stops_on_a_bad_request() -> None:
+    with pytest.raises(RuntimeError, match=r"party 2 failed:(.|\n)*SerializationError"
+                                           r"(.|\n)*_setup_generators"):
+        harness.run_parties(_evil_request_job, 2, provider="TTP", timeout=60)
+
+
+def test_party0_checks_the_dealers_size_reply() -> None:
+    msg._check_size_reply(torch.Size([3, 4]))
+    for bad in (torch.Size([1 << 20, 1 << 20]), (3, 4), "x"):
+        with pytest.raises(SerializationError, match="the dealer announced"):
+            msg._check_size_reply(bad)

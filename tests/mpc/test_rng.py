@@ -57,6 +57,27 @@ def test_int64_is_little_endian_keystream_and_spans_chunks() -> None:
     assert a.numpy().tobytes() == raw
 
 
+@given(key=st.binary(min_size=32, max_size=32), index=st.integers(0, 2**96 - 1),
+       numel=st.integers(1, 40))
+def test_torch_chacha20_matches_openssl(key: bytes, index: int, numel: int) -> None:
+    # the device-side generator (used for large draws on a GPU) is the same function
+    stream = rng.SecureStream(key)
+    stream._counter = index
+    expected = stream.int64((numel,))
+    assert torch.equal(rng.chacha20_torch(key, index, numel, torch.device("cpu")), expected)
+
+
+@pytest.mark.gpu
+def test_gpu_draws_equal_cpu_draws() -> None:
+    big = rng._ON_DEVICE + 5  # generated on the GPU
+    for n in (1000, big):
+        cpu = rng.SecureStream(KEY).int64((n,))
+        gpu = rng.SecureStream(KEY).int64((n,), device="cuda")
+        assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+    t = rng.generate_random_ring_element((4,), generator=rng.SecureStream(KEY), device="cuda")
+    assert t.device.type == "cuda"
+
+
 @given(key=st.binary(min_size=32, max_size=32),
        sizes=st.lists(st.integers(0, 300), min_size=1, max_size=6))
 def test_same_key_same_draw_sequence(key: bytes, sizes: list[int]) -> None:
@@ -189,7 +210,9 @@ def _raw_job(crypten, rank):
 
 
 @pytest.mark.parametrize(("world", "provider", "before_init"), [
-    (2, "TTP", False), (3, "TTP", False), (3, "TTP", True), (2, "TFP", False), (3, "TFP", True),
+    (2, "TTP", False), (3, "TTP", True), (3, "TFP", True),
+    pytest.param(3, "TTP", False, marks=pytest.mark.slow),
+    pytest.param(2, "TFP", False, marks=pytest.mark.slow),
 ])
 def test_crypten_draws_only_from_secure_streams(world: int, provider: str,
                                                 before_init: bool) -> None:

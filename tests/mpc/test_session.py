@@ -233,13 +233,14 @@ def test_non_finite_input_is_reported_by_its_owner() -> None:
 @pytest.mark.parametrize(
     ("what", "rank", "match"),
     [
-        ("reveal_plain", 0, "UnsupportedOperationError.*shared tensor"),
-        ("bad_to", 0, "to must be None or a non-empty list"),
+        # every party makes the same mistake: whichever reports first is named
+        ("reveal_plain", None, "UnsupportedOperationError.*shared tensor"),
+        ("bad_to", None, "to must be None or a non-empty list"),
+        ("unpicklable", None, "cannot be sent back"),
         ("extra_tensor", 1, "only party 0 provides the data"),
-        ("unpicklable", 0, "cannot be sent back"),
     ],
 )
 def test_misuse_inside_a_job_is_a_clear_error(what, rank, match) -> None:
     with pytest.raises(PartyFailure, match=match) as info:
         mpc.run(misuse_job, parties=2, args=(what,), timeout=20)
-    assert info.value.rank == rank
+    assert info.value.rank == rank if rank is not None else info.value.rank in (0, 1)

@@ -75,8 +75,8 @@ def test_unknown_backend_and_insecure_thresholds() -> None:
         secure_sum({0: [0.0], 1: [1.0]}, clip=1.0, backend="paillier", key_bits=1024)
 
 
-@pytest.mark.slow
 def test_paillier_secure_default_key() -> None:
+    """The secure default (3072-bit key) once, in the default suite."""
     ups = {c: np.linspace(-1, 1, 7) * (c + 1) for c in range(3)}
     res = secure_sum(ups, clip=5.0, backend="paillier")
     assert np.allclose(res.total, np.linspace(-1, 1, 7) * 6, atol=1e-6)

@@ -84,7 +84,7 @@ def test_secure_fedavg_matches_plain_fedavg_in_processes() -> None:
     assert plain.accuracy > 0.5
     assert abs(secure.accuracy - plain.accuracy) <= 0.01
     for p, s in zip(plain.model.parameters(), secure.model.parameters()):
-        assert float((p - s).abs().max()) < 1e-5
+        assert float((p - s).detach().abs().max()) < 1e-5
     assert all(r.survivors == (0, 1, 2) and r.clipped == 0 for r in secure.history)
 
 
@@ -129,3 +129,26 @@ def test_fedavg_rejects_bad_configuration() -> None:
         FedAvgConfig(aggregation="homomorphic")
     with pytest.raises(ConfigurationError, match="DP"):
         DPConfig(l2_clip=1.0, noise_multiplier=0.0)
+
+
+def test_client_process_failures_name_the_client_and_phase() -> None:
+    """A real client process: a malformed request is answered with an error (the process keeps
+    serving), a killed process is reported as PartyFailure with its rank and phase."""
+    import multiprocessing
+
+    from veil.errors import PartyFailure
+    from veil.protocols import fedavg
+
+    cfg = FedAvgConfig(num_clients=2, rounds=1, timeout_s=60)
+    ep = fedavg._Endpoint(1, cfg, multiprocessing.get_context("forkserver"))
+    try:
+        with pytest.raises(PartyFailure, match="client 1 failed") as info:
+            ep.request(fedavg._OP_SHARE, b"not a roster")
+        assert (info.value.rank, info.value.phase) == (1, "share")
+        ep.proc.kill()
+        ep.proc.join(10)
+        with pytest.raises(PartyFailure, match="client 1") as info:
+            ep.request(fedavg._OP_TRAIN, b"\x00" * 8)
+        assert (info.value.rank, info.value.phase) == (1, "advertise")
+    finally:
+        ep.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from veil.errors import (
     AggregationAborted,
@@ -234,3 +236,86 @@ def test_byte_overhead_is_small_for_long_vectors() -> None:
     ups = {c: np.zeros(d) for c in range(n)}
     res = secure_sum(ups, clip=1.0)
     assert 1.0 < res.stats.expansion < 1.05
+
+
+@settings(max_examples=15)
+@given(data=st.data())
+def test_random_dropout_patterns_sum_exactly_or_abort(data: st.DataObject) -> None:
+    n = data.draw(st.integers(3, 7))
+    d = data.draw(st.integers(1, 6))
+    when = {c: data.draw(st.sampled_from((None, *PHASES))) for c in range(n)}
+    values = {c: np.array(data.draw(st.lists(st.floats(-3, 3), min_size=d, max_size=d)))
+              for c in range(n)}
+    agg = MaskingAggregator(num_clients=n, vector_length=d, clip=2.0)
+    drops = {p: [c for c in range(n) if when[c] == p] for p in PHASES}
+    responders = [c for c in range(n) if when[c] is None]
+    if len(responders) < agg.threshold:
+        with pytest.raises(AggregationAborted):
+            agg.aggregate(values, dropouts=drops)
+        return
+    res = agg.aggregate(values, dropouts=drops)
+    assert res.survivors == tuple(c for c in range(n) if when[c] in (None, "unmask"))
+    assert np.array_equal(res.quantized_total, _expected_q(agg, values, res.survivors))
+
+
+def test_aborted_round_keeps_nothing() -> None:
+    r = _Round()
+    msgs = r.to_masked()
+    for c in (0, 1):
+        r.server.receive_masked(msgs[c])
+    with pytest.raises(AggregationAborted):
+        r.server.close_masked()
+    assert r.server._acc is None  # the partial sum of masked inputs is dropped
+    with pytest.raises(SerializationError, match="finished"):
+        r.server.receive_masked(msgs[2])
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.2])
+def test_secagg_plus_sparse_graph_sums_exactly(rate: float) -> None:
+    n, d, k = 24, 33, 8
+    gen = np.random.default_rng(5)
+    ups = {c: gen.normal(0, 1, d) for c in range(n)}
+    agg = MaskingAggregator(num_clients=n, vector_length=d, clip=3.0, neighbours=k)
+    dropped = list(range(0, n, 5))[: round(rate * n)]
+    res = agg.aggregate(ups, dropouts={"masked": dropped[::2], "share": dropped[1::2]})
+    assert res.survivors == tuple(c for c in range(n) if c not in dropped)
+    assert np.array_equal(res.quantized_total, _expected_q(agg, ups, res.survivors))
+    full = MaskingAggregator(num_clients=n, vector_length=d, clip=3.0).aggregate(ups)
+    assert res.stats.bytes_sent_per_client < full.stats.bytes_sent_per_client
+
+
+def test_secagg_plus_graph_is_regular_symmetric_and_round_keyed() -> None:
+    cfg = SecAggConfig(20, 4, 1.0, neighbours=6)
+    g1 = cfg.graph(range(20), b"\x01" * 16)
+    assert all(len(nb) == 6 and u not in nb for u, nb in g1.items())
+    assert all(u in g1[v] for u, nb in g1.items() for v in nb)
+    assert g1 != cfg.graph(range(20), b"\x02" * 16)
+    assert cfg.share_threshold(20) == 4 and SecAggConfig(20, 4, 1.0).share_threshold(20) == 11
+    with pytest.raises(ConfigurationError, match="even"):
+        SecAggConfig(20, 4, 1.0, neighbours=5)
+
+
+def test_secagg_plus_aborts_when_a_neighbourhood_is_lost() -> None:
+    n, k = 16, 4
+    agg = MaskingAggregator(num_clients=n, vector_length=3, clip=1.0, neighbours=k)
+    cfg = agg.config
+    server = SecAggServer(cfg)
+    cl = {c: SecAggClient(c, cfg, round_id=server.round_id, server_public_key=server.public_key)
+          for c in range(n)}
+    for c in cl:
+        server.receive_advertise(cl[c].advertise())
+    roster = server.close_advertise()
+    graph = cfg.graph(range(n), server.round_id)
+    for c in cl:
+        server.receive_shares(cl[c].share_keys(roster))
+    deliveries = server.close_shares()
+    victim = 0
+    silent = set(list(graph[victim])[:3])  # 3 of its 4 neighbours drop after masking
+    for c in cl:
+        server.receive_masked(cl[c].masked_input(np.zeros(3), deliveries[c]))
+    req = server.close_masked()
+    for c in cl:
+        if c not in silent:
+            server.receive_unmask(cl[c].unmask(req))
+    with pytest.raises(AggregationAborted, match="neighbours of client"):
+        server.finish()

@@ -53,6 +53,12 @@ class RunningServer:
         return httpx.post(self.url + path, content=content, headers=h, timeout=60, **kw)
 
 
+@pytest.fixture(scope="session")
+def running_server() -> type[RunningServer]:
+    """The class: ``with running_server(app) as srv:`` serves ``app`` on a free loopback port."""
+    return RunningServer
+
+
 @pytest.fixture(scope="package")
 def digits_server() -> Iterator[RunningServer]:
     """The built-in ``linear:digits`` model, 2 workers, queue 2, tightish limits for the tests."""

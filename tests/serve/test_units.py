@@ -106,7 +106,19 @@ def test_check_rows() -> None:
     info = digits_linear().info
     assert check_rows(np.zeros(64), info).shape == (1, 64)
     assert check_rows(np.zeros((5, 64)), info).shape == (5, 64)
-    assert check_rows(np.zeros((5, 8, 8)), info).shape == (5, 64)
-    for bad in (np.zeros((2, 63)), np.zeros((0, 64)), [[float("inf")] * 64]):
+    for bad in (np.zeros((2, 63)), np.zeros((0, 64)), np.zeros((5, 8, 8)),
+                [[float("inf")] * 64]):
         with pytest.raises(errors.ConfigurationError):
             check_rows(bad, info)
+
+
+def test_request_limit_follows_the_model() -> None:
+    from veil.serve.config import MiB
+
+    small = {"layout": "batched", "input_shape": [64],
+             "params": {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 60]}}
+    big = {"layout": "batched", "input_shape": [1, 8, 8],
+           "params": {"poly_modulus_degree": 16384, "coeff_mod_bit_sizes": [60] + [40] * 5 + [60]}}
+    assert ServerConfig().request_limit(small) == 32 * MiB
+    assert ServerConfig().request_limit(big) == int(1.25 * 64 * 2 * 16384 * 6 * 8) + MiB
+    assert ServerConfig(max_request_bytes=5).request_limit(big) == 5

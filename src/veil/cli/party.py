@@ -29,6 +29,7 @@ from veil.errors import ConfigurationError
 JOB_ALIASES: dict[str, str] = {
     "demo": "veil.cli.demo:_joint_sum_mean_job",
     "selftest": "veil.mpc._selftest:job",
+    "stats": "veil.stats._party:job",
 }
 _JOB_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _KEY_RE = re.compile(r"^[A-Za-z_]\w*$")

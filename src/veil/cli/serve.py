@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
             60.0, "--deadline", min=0.1, max=3600.0, help="per-request deadline in seconds",
         ),
         max_request_mb: int = typer.Option(
-            32, "--max-request-mb", min=1, max=4096, help="largest prediction request (MiB)",
+            0, "--max-request-mb", min=0, max=4096,
+            help="largest prediction request in MiB (0: one full batch of the model)",
         ),
         max_context_mb: int = typer.Option(
             256, "--max-context-mb", min=1, max=4096, help="largest uploaded context (MiB)",
@@ -47,7 +48,8 @@ def register(app: typer.Typer) -> None:
         kwargs = {} if workers == 0 else {"workers": workers}
         cfg = ServerConfig(
             queue_size=queue, request_deadline_s=deadline,
-            max_request_bytes=max_request_mb * MiB, max_context_bytes=max_context_mb * MiB,
+            max_request_bytes=max_request_mb * MiB if max_request_mb else None,
+            max_context_bytes=max_context_mb * MiB,
             store_dir=Path(store) if store else None, **kwargs,
         )
         run(model, host=host, port=port, config=cfg)

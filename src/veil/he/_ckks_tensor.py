@@ -168,6 +168,11 @@ class CKKSTensor:
     def _rescale_err(self) -> float:
         return self._ctx._rescale_err
 
+    def _rs(self, mag: float, times: int = 1) -> float:
+        """Error added by ``times`` rescales of a value of magnitude ``mag``: rounding plus
+        TenSEAL's scale reset (relative error ``params.rescale_relative_error``)."""
+        return times * (self._ctx._rescale_err + mag * self._ctx._rel)
+
     # -- element-wise arithmetic -----------------------------------------------------------
     def __add__(self, other: Any) -> CKKSTensor:
         if isinstance(other, CKKSTensor):
@@ -208,7 +213,7 @@ class CKKSTensor:
                               min(self._level, other._level))
             chunks = self._pairwise(other, "mul", "mul")
             err = (self._mag * other._err + other._mag * self._err + self._err * other._err
-                   + self._rescale_err)
+                   + self._rs(self._mag * other._mag))
             return self._new(chunks, self._shape, self._min_level(chunks), err,
                              self._mag * other._mag)
         return self._plain_op(other, "mul_plain", "mul")
@@ -231,7 +236,7 @@ class CKKSTensor:
         self._need_levels(1, "square")
         with translate("square"):
             chunks = [c.square() for c in self._chunks]
-        err = 2 * self._mag * self._err + self._err**2 + self._rescale_err
+        err = 2 * self._mag * self._err + self._err**2 + self._rs(self._mag**2)
         return self._new(chunks, self._shape, self._min_level(chunks), err, self._mag**2)
 
     def _plain_op(self, other: Any, fn: str, op: str) -> CKKSTensor:
@@ -256,7 +261,7 @@ class CKKSTensor:
                 chunks = [getattr(c, fn)(p) for c, p in zip(self._chunks, parts)]
             wmax = float(abs(flat).max())
         if is_mul:
-            err = self._err * wmax + self._rescale_err
+            err = self._err * wmax + self._rs(self._mag * wmax)
             return self._new(chunks, self._shape, self._min_level(chunks), err, self._mag * wmax)
         return self._new(chunks, self._shape, self._level, self._err, self._mag + wmax)
 
@@ -293,7 +298,7 @@ class CKKSTensor:
             self._need_levels(1, "dot", min(self._level, other._level))
             parts = self._pairwise(other, "dot", "dot")
             err = self._size * (self._mag * other._err + other._mag * self._err
-                                + self._err * other._err) + self._rescale_err
+                                + self._err * other._err) + self._rs(self._mag * other._mag)
             mag = self._size * self._mag * other._mag
         else:
             flat = as_plain_vector(other, self._size, "dot")
@@ -302,7 +307,7 @@ class CKKSTensor:
             with translate("dot"):
                 parts = [c.dot(ptd(p)) for c, p in zip(self._chunks, self._split(flat))]
             l1 = float(abs(flat).sum())
-            err, mag = self._err * l1 + self._rescale_err, self._mag * l1
+            err, mag = self._err * l1 + self._rs(self._mag * l1), self._mag * l1
         with translate("dot"):
             total = self._reduce_chunks(parts)
         return self._new([total], (), _level_of(total), err, mag)
@@ -311,7 +316,9 @@ class CKKSTensor:
         """Vector x plain matrix: ``x[n] @ M[n, m] -> [m]``; one level, rotations.
 
         ``m`` must not exceed the slot count; ``n`` may (x is then chunked and the partial
-        products are added).
+        products are added). Cost: TenSEAL's algorithm does one rotation and one plaintext
+        product per row, so it is O(n) key switches (seconds for n in the thousands); for
+        batched inference prefer one tensor per feature and :func:`linear_combination`.
         """
         import numpy as np
 
@@ -336,7 +343,7 @@ class CKKSTensor:
             out = self._reduce_chunks(parts)
         l1 = float(np.abs(m).sum(axis=0).max())
         return self._new([out], (m.shape[1],), _level_of(out),
-                         self._err * l1 + self._rescale_err, self._mag * l1)
+                         self._err * l1 + self._rs(self._mag * l1), self._mag * l1)
 
     def mv(self, matrix: Any) -> CKKSTensor:
         """Plain matrix x vector: ``M[m, n] @ x[n] -> [m]`` (== ``x.matmul(M.T)``)."""
@@ -373,8 +380,8 @@ class CKKSTensor:
             chunks = [ch.polyval(c) for ch in self._chunks]
         m, e = max(self._mag, 1.0), self._err
         deriv = sum(abs(ci) * i * m ** (i - 1) for i, ci in enumerate(c))
-        err = deriv * e + need * self._rescale_err * sum(abs(ci) for ci in c) * m**deg
         mag = sum(abs(ci) * m**i for i, ci in enumerate(c))
+        err = deriv * e + self._rs(sum(abs(ci) for ci in c) * m**deg, need) * (deg + 1)
         return self._new(chunks, self._shape, self._min_level(chunks), err, mag)
 
     def conv2d_im2col(self, kernel: Any, windows: int) -> CKKSTensor:
@@ -397,7 +404,7 @@ class CKKSTensor:
             out = self._chunks[0].conv2d_im2col(k.tolist(), int(windows))
         l1 = float(np.abs(k).sum())
         return self._new([out], (int(windows),), _level_of(out),
-                         self._err * l1 + self._rescale_err, self._mag * l1)
+                         self._err * l1 + self._rs(self._mag * l1), self._mag * l1)
 
     # -- serialization -------------------------------------------------------------------------
     def serialize(self) -> bytes:

@@ -35,9 +35,10 @@ from gmpy2 import mpz
 
 MIN_SECURE_BITS = 2048
 MIN_INSECURE_BITS = 64
-MAX_BITS = 16384
+MAX_BITS = 8192
 SMALL_PRIME_BOUND = 1 << 14
 _PRIME_ROUNDS = 40
+_LOAD_PRIME_ROUNDS = 25  # GMP runs BPSW first; extra Miller-Rabin rounds on top
 _TABLE_MAX_BYTES = 64 * 1024 * 1024
 
 
@@ -110,7 +111,7 @@ def modulus_problem(n: int, *, allow_insecure: bool) -> tuple[str, bool] | None:
         return f"modulus has a prime factor below {SMALL_PRIME_BOUND}", False
     if gmpy2.is_square(n):
         return "modulus is a perfect square; p and q must differ", False
-    if gmpy2.is_prime(n, 2):
+    if gmpy2.is_strong_prp(n, 2):  # one exponentiation; every prime passes it
         return "modulus is prime; it must be the product of two primes", False
     return None
 
@@ -120,9 +121,13 @@ def prime_pair_problem(p: int, q: int) -> str | None:
     p, q = mpz(p), mpz(q)
     if p == q:
         return "p and q are equal"
+    # cheap screen first (one exponentiation each), so a composite is refused quickly
     for name, v in (("p", p), ("q", q)):
-        if v < SMALL_PRIME_BOUND or not gmpy2.is_prime(v, _PRIME_ROUNDS):
+        if v < SMALL_PRIME_BOUND or not gmpy2.is_strong_prp(v, 2):
             return f"{name} is not a prime above {SMALL_PRIME_BOUND}"
+    for name, v in (("p", p), ("q", q)):
+        if not gmpy2.is_prime(v, _LOAD_PRIME_ROUNDS):
+            return f"{name} is not a prime"
     if gmpy2.gcd(p * q, (p - 1) * (q - 1)) != 1:
         return "gcd(n, (p-1)(q-1)) != 1"
     return None

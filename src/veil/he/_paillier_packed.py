@@ -54,8 +54,9 @@ class PackingLayout:
 
     @classmethod
     def create(cls, n_bits: int, encoding: FixedPointEncoding, max_addends: int) -> PackingLayout:
-        if isinstance(max_addends, bool) or not isinstance(max_addends, int):
+        if isinstance(max_addends, bool) or not isinstance(max_addends, (int, np.integer)):
             raise ConfigurationError(f"max_addends must be an int, got {max_addends!r}")
+        max_addends = int(max_addends)
         if not 1 <= max_addends <= MAX_ADDENDS:
             raise ConfigurationError(
                 f"max_addends={max_addends} is outside 1..{MAX_ADDENDS}; it is the most "
@@ -94,7 +95,7 @@ def encrypt_packed(
     """Encode ``x`` slot-wise and encrypt one ciphertext per ``slots`` values."""
     from veil.he.paillier import _check_workers
 
-    _check_workers(workers)
+    workers = _check_workers(workers)
     arr = as_plain_array(x)
     enc = FixedPointEncoding(precision_bits, max_abs)
     layout = PackingLayout.create(pk.bits, enc, max_addends)
@@ -173,6 +174,8 @@ class PackedPaillierVector:
         )
 
     def __add__(self, other: Any) -> PackedPaillierVector:
+        if type(other) is int and other == 0:  # lets sum([...]) start from 0
+            return self
         if not isinstance(other, PackedPaillierVector):
             raise ConfigurationError(
                 f"a PackedPaillierVector adds only to another PackedPaillierVector, got "
@@ -223,13 +226,15 @@ class PackedPaillierVector:
             integer=self._integer, fresh=True,
         )
 
-    def _decrypt_with(self, crt: Any) -> np.ndarray:
+    def _decrypt_with(self, crt: Any, workers: int = 1) -> np.ndarray:
+        from veil.he._paillier_parallel import decrypt_residues
+
         lay = self._layout
         sb, k, size = lay.slot_bits, lay.slots, self.size
         mask = (mpz(1) << sb) - 1
         shift = self._addends * lay.offset
         vals: list[int] = []
-        for m in crt.decrypt(self._c):
+        for m in decrypt_residues(crt, self._c, workers):
             take = min(k, size - len(vals))
             vals.extend(int((m >> (sb * j)) & mask) - shift for j in range(take))
         prec = lay.encoding.precision_bits

@@ -1,10 +1,10 @@
-"""Batch Paillier encryption across worker processes.
+"""Batch Paillier encryption and decryption across worker processes.
 
 Each worker draws its own randomness from ``os.urandom`` (the kernel CSPRNG; forked children never
 share a user-space generator state). On Linux workers are forked after the parent built its
 fixed-base table, so they start at once and share it copy-on-write; elsewhere they are spawned and
 build their own. Only residues and ``n`` (plus p and q for the key holder's CRT path) cross the
-pipe to the workers, which are this process's own children.
+pipe to the workers, which are this process's own children; decryption workers receive p and q.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from gmpy2 import mpz
 # Encrypting fewer values than this with workers > 1 runs serially: below it, starting processes
 # costs more than it saves (a 2048-bit encryption takes ~0.3-1 ms).
 PARALLEL_MIN = 2048
+# Decryption is ~20x dearer per ciphertext (two secret-exponent exponentiations), so it pays off
+# sooner.
+PARALLEL_MIN_DECRYPT = 128
 
 _STATE: dict[str, Any] = {}
 
@@ -37,10 +40,35 @@ def _worker(args: tuple[str, int, int | None, int | None, list[int]]) -> list[in
     return [int(c) for c in pk._encrypt_residues(residues, crt=crt)]
 
 
+def _context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _decrypt_worker(args: tuple[int, int, list[int]]) -> list[int]:
+    from veil.he._paillier_math import CrtKey
+
+    p, q, cs = args
+    return [int(m) for m in CrtKey(p, q).decrypt([mpz(c) for c in cs])]
+
+
+def decrypt_residues(crt: Any, cs: list[mpz], workers: int) -> list[mpz]:
+    """``crt.decrypt(cs)``, spread over ``workers`` processes for large batches."""
+    if workers <= 1 or len(cs) < PARALLEL_MIN_DECRYPT:
+        return crt.decrypt(cs)
+    step = -(-len(cs) // workers)
+    jobs = [
+        (int(crt.p), int(crt.q), [int(c) for c in cs[i : i + step]])
+        for i in range(0, len(cs), step)
+    ]
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=_context()) as pool:
+        parts = list(pool.map(_decrypt_worker, jobs))
+    return [mpz(m) for part in parts for m in part]
+
+
 def encrypt_residues_parallel(pk: Any, residues: list[int], crt: Any, workers: int) -> list[mpz]:
     """Encrypt ``residues`` (each in ``[0, n)``) with ``workers`` processes; same order."""
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    ctx = _context()
     # Build the tables before forking so the children inherit them.
     pk._encrypt_residues([0], crt=crt, warm=True)
     token = secrets.token_hex(8)

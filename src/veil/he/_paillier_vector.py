@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-from fractions import Fraction
 from typing import Any
 
 import gmpy2
@@ -369,8 +368,10 @@ class PaillierVector:
         return self._like(object_array(c, self.shape), fresh=True)
 
     # ----------------------------------------------------------------- decryption / I/O
-    def _decrypt_with(self, crt: Any) -> np.ndarray:
-        residues = crt.decrypt(self._c.ravel().tolist())
+    def _decrypt_with(self, crt: Any, workers: int = 1) -> np.ndarray:
+        from veil.he._paillier_parallel import decrypt_residues
+
+        residues = decrypt_residues(crt, self._c.ravel().tolist(), workers)
         n, half = self._pk._n, self._pk._half
         ints = [int(m) - n if m > half else int(m) for m in residues]
         return decode_ints(ints, self.shape, scale_bits=self._scale, integer=self._integer)
@@ -432,22 +433,12 @@ class PaillierVector:
     def to_phe(self) -> list[Any]:
         """Flat list (C order) of ``phe.EncryptedNumber`` with the same values.
 
-        phe treats plaintexts above ``n/3`` as overflow, so values must fit that range.
+        phe treats plaintexts above ``n/3`` as overflow, so values must fit that range. Fresh
+        ciphertexts are marked as obfuscated; results are left to phe's own obfuscation.
         """
-        from veil.he.paillier import import_phe
+        from veil.he._paillier_phe import vector_to_phe
 
-        phe = import_phe()
-        pub = self._pk.to_phe()
-        extra = (-self._scale) % 4
-        c = self._aligned(self._scale + extra)[0] if extra else self._c
-        exponent = -(self._scale + extra) // 4
-        out = []
-        for ci in c.ravel().tolist():
-            e = phe.EncryptedNumber(pub, int(ci), exponent)
-            if self._fresh:
-                e._EncryptedNumber__is_obfuscated = True  # already fresh DJN randomness
-            out.append(e)
-        return out
+        return vector_to_phe(self)
 
     @classmethod
     def from_phe(
@@ -459,45 +450,10 @@ class PaillierVector:
         allow_insecure: bool = False,
     ) -> PaillierVector:
         """Wrap ``phe.EncryptedNumber`` s (one key); ``max_abs`` declares their range (without it
-        the bound is phe's ``n/3`` and any further addition is refused as a possible overflow)."""
-        from veil.he.paillier import PaillierPublicKey
+        the bound is phe's ``n/3`` and any further addition is refused as a possible overflow).
+        Each ciphertext is checked (``0 < c < n²``, ``gcd(c, n) = 1``)."""
+        from veil.he._paillier_phe import vector_from_phe
 
-        nums = list(np.asarray(numbers, dtype=object).ravel())
-        if not nums:
-            raise ConfigurationError("from_phe needs at least one phe.EncryptedNumber")
-        try:
-            pubs = {int(e.public_key.n) for e in nums}
-            exps = [int(e.exponent) for e in nums]
-        except AttributeError as exc:
-            raise ConfigurationError("from_phe expects phe.EncryptedNumber objects") from exc
-        if len(pubs) != 1:
-            raise KeyMismatchError("phe numbers come from different public keys")
-        pk = PaillierPublicKey(pubs.pop(), allow_insecure=allow_insecure)
-        target = min(min(exps), 0)
-        if -4 * target > MAX_SCALE_BITS or 4 * (max(exps) - target) > MAX_SCALE_BITS:
-            raise ConfigurationError(
-                f"phe exponents {min(exps)}..{max(exps)} need more than {MAX_SCALE_BITS} bits of "
-                "scale; decrease_exponent_to() / re-encode them in a narrower range first"
-            )
-        scale = -4 * target
-        n, n2 = pk._n, pk._n2
-        cs = []
-        for i, (e, x) in enumerate(zip(nums, exps)):
-            c = mpz(e.ciphertext(be_secure=False))
-            wire.check_ciphertext(c, n, n2, index=i, error=ConfigurationError)
-            if x != target:
-                c = gmpy2.powmod(c, mpz(16) ** (x - target), n2)
-            cs.append(c)
-        shape = (len(cs),) if shape is None else tuple(shape)
-        if math.prod(shape) != len(cs):
-            raise ConfigurationError(f"shape {shape} does not hold {len(cs)} numbers")
-        if max_abs is None:
-            bound = int(n) // 3
-            enc = FixedPointEncoding(min(scale, MAX_PRECISION_BITS))
-        else:
-            enc = FixedPointEncoding(min(scale, MAX_PRECISION_BITS), max_abs)
-            bound = math.ceil(Fraction(enc.max_abs) * (1 << scale))
-        return cls._make(
-            pk, object_array(cs, shape), scale=scale, bound=bound, integer=scale == 0,
-            encoding=enc, fresh=False,
+        return vector_from_phe(
+            numbers, shape=shape, max_abs=max_abs, allow_insecure=allow_insecure
         )

@@ -121,7 +121,8 @@ def to_array(x: Any, *, integer: bool, bound: float, what: str) -> tuple[Any, bo
             if bad.any():
                 i = int(np.argmax(bad))
                 raise ConfigurationError(
-                    f"{what} encrypts integers: element {_index(arr, i)} = {flat[i]!r} is not an "
+                    f"{what} encrypts integers: element {_index(arr, i)} = {float(flat[i])!r} is "
+                    "not an "
                     "integer; round or scale your data first"
                 )
         if arr.dtype.kind == "u" and arr.dtype.itemsize == 8:
@@ -132,7 +133,7 @@ def to_array(x: Any, *, integer: bool, bound: float, what: str) -> tuple[Any, bo
         if too.any():
             i = int(np.argmax(too))
             raise ConfigurationError(
-                f"element {_index(arr, i)} = {arr.ravel()[i]!r} is outside the plaintext range "
+                f"element {_index(arr, i)} = {int(arr.ravel()[i])} is outside the plaintext range "
                 f"[-{int(bound)}, {int(bound)}] of plain_modulus; it would wrap around. Use a "
                 "larger plain_modulus (BFVParams.for_plain_bits) or smaller values"
             )
@@ -143,14 +144,15 @@ def to_array(x: Any, *, integer: bool, bound: float, what: str) -> tuple[Any, bo
     if not finite.all():
         i = int(np.argmax(~finite))
         raise ConfigurationError(
-            f"cannot encrypt non-finite values: element {_index(arr, i)} = {flat[i]!r}; "
+            f"cannot encrypt non-finite values: element {_index(arr, i)} = {float(flat[i])!r}; "
             "remove or impute NaN/inf first"
         )
     too = np.abs(flat) >= bound
     if too.any():
         i = int(np.argmax(too))
         raise ConfigurationError(
-            f"element {_index(arr, i)} = {flat[i]!r} is too large for these CKKS parameters: "
+            f"element {_index(arr, i)} = {float(flat[i])!r} is too large for these CKKS "
+            "parameters: "
             f"|x| must stay below {bound:g} = 2^integer_bits (first prime bits - scale bits - 1). "
             "Rescale your data or use CKKSParams.for_depth(d, integer_bits=...) with more "
             "integer bits"
@@ -180,7 +182,8 @@ def as_plain_vector(x: Any, size: int, what: str, *, integer: bool = False) -> A
     flat = arr.ravel().astype(np.int64 if integer else np.float64)
     if not integer and not np.isfinite(flat).all():
         i = int(np.argmax(~np.isfinite(flat)))
-        raise ConfigurationError(f"{what}: plaintext element {i} = {flat[i]!r} is not finite")
+        raise ConfigurationError(
+            f"{what}: plaintext element {i} = {float(flat[i])!r} is not finite")
     if flat.size != size:
         raise ConfigurationError(
             f"{what}: plaintext operand has {flat.size} elements (shape {arr.shape}) but the "

@@ -22,7 +22,12 @@ import os
 import secrets
 from typing import Any
 
-from veil.errors import ConfigurationError, DepthExhaustedError, KeyMismatchError, SerializationError
+from veil.errors import (
+    ConfigurationError,
+    DepthExhaustedError,
+    KeyMismatchError,
+    SerializationError,
+)
 from veil.he import serialize as envelope
 from veil.he._tenseal import (
     as_plain_vector,

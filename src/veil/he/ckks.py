@@ -80,7 +80,7 @@ class CKKSContext:
     """Keys and parameters for CKKS. Create with :meth:`generate` or :meth:`load`."""
 
     __slots__ = ("_params", "_native", "_key_id", "_params_hash", "_sk", "_clean_err",
-                 "_rescale_err", "__weakref__")
+                 "_rescale_err", "_rel", "__weakref__")
 
     def __init__(self, native: Any, params: CKKSParams, key_id: str) -> None:
         self._params = params
@@ -89,6 +89,7 @@ class CKKSContext:
         self._params_hash = envelope.params_digest(params.describe())
         self._sk = None
         self._clean_err, self._rescale_err = _error_constants(params)
+        self._rel = params.rescale_relative_error
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -474,7 +475,8 @@ def _combine(ts_list: list[CKKSTensor], row: Any, bias: float) -> CKKSTensor:
         if bias != 0.0:
             for c in acc:
                 c.add_plain_(bias)
-    err = sum(abs(row[j]) * ts_list[j]._err for j in idx) + len(idx) * first._rescale_err
     mag = sum(abs(row[j]) * ts_list[j]._mag for j in idx) + abs(bias)
+    err = sum(abs(row[j]) * ts_list[j]._err + first._rs(abs(row[j]) * ts_list[j]._mag)
+              for j in idx)
     level = min(_level_of(c) for c in acc)
     return first._new(acc, first.shape, level, float(err), float(mag))

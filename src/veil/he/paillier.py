@@ -75,11 +75,18 @@ def import_phe() -> Any:
 
 
 def _check_workers(workers: int) -> int:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ConfigurationError(
             f"workers must be an int >= 1, got {workers!r}; workers=os.cpu_count() uses all cores"
         )
-    return workers
+    return int(workers)
+
+
+def _check_modulus(n: Any, allow_insecure: bool, error: type[Exception], what: str) -> None:
+    problem = pm.modulus_problem(n, allow_insecure=allow_insecure)
+    if problem is not None:
+        reason, insecure_only = problem
+        raise (InsecureParametersError if insecure_only else error)(f"{what}: {reason}")
 
 
 class PaillierPublicKey:
@@ -90,11 +97,7 @@ class PaillierPublicKey:
     """
 
     def __init__(self, n: int, *, allow_insecure: bool = False) -> None:
-        problem = pm.modulus_problem(n, allow_insecure=allow_insecure)
-        if problem is not None:
-            reason, insecure_only = problem
-            cls = InsecureParametersError if insecure_only else ConfigurationError
-            raise cls(f"invalid Paillier public key: {reason}")
+        _check_modulus(n, allow_insecure, ConfigurationError, "invalid Paillier public key")
         self._setup(mpz(n))
 
     @classmethod
@@ -198,7 +201,7 @@ class PaillierPublicKey:
         crt: pm.CrtKey | None,
         encoding: FixedPointEncoding | None = None,
     ) -> PaillierVector:
-        _check_workers(workers)
+        workers = _check_workers(workers)
         arr = as_plain_array(x)
         integer = is_integer_array(arr)
         if encoding is not None:
@@ -288,11 +291,7 @@ class PaillierPublicKey:
         r.finish()
         if env.params_hash != wire.key_hash(n):
             raise SerializationError("Paillier public key payload: params hash does not match n")
-        problem = pm.modulus_problem(n, allow_insecure=allow_insecure)
-        if problem is not None:
-            reason, insecure_only = problem
-            cls_ = InsecureParametersError if insecure_only else SerializationError
-            raise cls_(f"Paillier public key payload holds an invalid key: {reason}")
+        _check_modulus(n, allow_insecure, SerializationError, "Paillier public key payload")
         return cls._trusted(n)
 
     def to_phe(self) -> Any:
@@ -336,8 +335,14 @@ class PaillierPrivateKey:
     def __repr__(self) -> str:
         return f"PaillierPrivateKey(bits={self._pk.bits}, fingerprint={self._pk.fingerprint})"
 
-    def decrypt(self, v: PaillierVector | PackedPaillierVector) -> np.ndarray:
-        """Decrypt and decode to a numpy array of the vector's shape (floats, or ints)."""
+    def decrypt(
+        self, v: PaillierVector | PackedPaillierVector, *, workers: int = 1
+    ) -> np.ndarray:
+        """Decrypt and decode to a numpy array of the vector's shape (floats, or ints).
+
+        ``workers > 1`` spreads batches of at least 128 ciphertexts over that many processes.
+        """
+        workers = _check_workers(workers)
         if not isinstance(v, (PaillierVector, PackedPaillierVector)):
             raise ConfigurationError(
                 f"can only decrypt PaillierVector or PackedPaillierVector, got {type(v).__name__}"
@@ -347,7 +352,7 @@ class PaillierPrivateKey:
                 f"ciphertext is under key {v.public_key.fingerprint}, this private key is for "
                 f"{self._pk.fingerprint}; decrypt with the matching key"
             )
-        return v._decrypt_with(self._crt)
+        return v._decrypt_with(self._crt, workers)
 
     def serialize(self, *, expose_secret: bool = False) -> bytes:
         """Envelope of kind ``paillier.private_key``; refuses unless ``expose_secret=True``.
@@ -380,11 +385,7 @@ class PaillierPrivateKey:
         n = p * q
         if env.params_hash != wire.key_hash(n):
             raise SerializationError("Paillier private key payload: params hash does not match p*q")
-        problem = pm.modulus_problem(n, allow_insecure=allow_insecure)
-        if problem is not None:
-            reason, insecure_only = problem
-            cls_ = InsecureParametersError if insecure_only else SerializationError
-            raise cls_(f"Paillier private key payload holds an invalid key: {reason}")
+        _check_modulus(n, allow_insecure, SerializationError, "Paillier private key payload")
         bad = pm.prime_pair_problem(p, q)
         if bad is not None:
             raise SerializationError(f"Paillier private key payload is invalid: {bad}")
@@ -478,9 +479,11 @@ class PaillierKeyPair:
             self.public_key, x, precision_bits, max_addends, max_abs, workers, crt
         )
 
-    def decrypt(self, v: PaillierVector | PackedPaillierVector) -> np.ndarray:
-        """Decrypt with the private key (CRT)."""
-        return self.private_key.decrypt(v)
+    def decrypt(
+        self, v: PaillierVector | PackedPaillierVector, *, workers: int = 1
+    ) -> np.ndarray:
+        """Decrypt with the private key (CRT); see :meth:`PaillierPrivateKey.decrypt`."""
+        return self.private_key.decrypt(v, workers=workers)
 
     def to_phe(self) -> tuple[Any, Any]:
         """``(phe.PaillierPublicKey, phe.PaillierPrivateKey)``."""

@@ -21,7 +21,8 @@ from typing import Any
 
 from veil.errors import ConfigurationError, InsecureParametersError
 
-__all__ = ["CKKSParams", "BFVParams", "MAX_LOG_Q", "max_log_q", "is_prime", "batching_prime"]
+__all__ = ["CKKSParams", "BFVParams", "MAX_LOG_Q", "max_log_q", "is_prime", "batching_prime",
+           "seal_primes"]
 
 #: Max total log2(q) per ring dimension and security level (HE standard, ternary secret).
 MAX_LOG_Q: dict[int, dict[int, int]] = {
@@ -197,6 +198,19 @@ class CKKSParams:
         return sum(self.coeff_mod_bit_sizes)
 
     @property
+    def primes(self) -> tuple[int, ...]:
+        """The RNS primes SEAL generates for these sizes (see :func:`seal_primes`)."""
+        return seal_primes(self.poly_modulus_degree, self.coeff_mod_bit_sizes)
+
+    @property
+    def rescale_relative_error(self) -> float:
+        """``max |2**scale_bits / p - 1|`` over the rescaling primes: TenSEAL resets the scale
+        to ``2**scale_bits`` after dividing by ``p``, so each multiplication scales the result
+        by up to this relative error."""
+        middle = self.primes[1:-1]
+        return max((abs(2.0**self.scale_bits / p - 1) for p in middle), default=0.0)
+
+    @property
     def security_bits(self) -> int:
         """256, 192 or 128 by the HE standard table; 0 means below 128 bits (insecure)."""
         return _security_bits(self.poly_modulus_degree, self.total_bits)
@@ -365,3 +379,18 @@ def batching_prime(bits: int, poly_modulus_degree: int) -> int:
             return k * step + 1
         k += 1
     raise ConfigurationError(f"no {bits}-bit prime = 1 mod {step}")  # pragma: no cover
+
+
+def seal_primes(poly_modulus_degree: int, bit_sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The primes SEAL's ``CoeffModulus::Create`` picks: for each size, primes = 1 mod 2N going
+    down from ``2**bits``; entries of equal size take them smallest-first (SEAL pops the back)."""
+    step = 2 * poly_modulus_degree
+    table: dict[int, list[int]] = {}
+    for b in set(bit_sizes):
+        want, found, value = bit_sizes.count(b), [], 2**b - step + 1
+        while len(found) < want and value > 2 ** (b - 1):
+            if is_prime(value):
+                found.append(value)
+            value -= step
+        table[b] = found
+    return tuple(table[b].pop() for b in bit_sizes)

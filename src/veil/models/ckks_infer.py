@@ -143,6 +143,7 @@ class CompiledModel:
         self._prog, self._stages, self._ctx = prog, stages, ctx
         self.layout, self.depth = layout, depth
         self._summary = summary
+        self._bias_cache: dict[str, Any] = {}
 
     def summary(self) -> dict[str, Any]:
         """The public plan clients need (layout, input shape and encoding, parameters)."""
@@ -190,6 +191,18 @@ class CompiledModel:
         flat = [t for seg in ins for t in seg]  # cat
         return [flat[i] for i in st.data["perm"]]
 
+    def _encrypted_bias(self, st: Stage) -> Any:
+        """The bias of a single-layout affine stage, encrypted once with the public key.
+
+        TenSEAL packs an encrypted vector replicated across the slots and its vector x matrix
+        product relies on that; a plain vector operand is encoded zero-padded instead and would
+        corrupt the next product. An encryption of the (server-known) bias has the same layout.
+        """
+        key = st.name
+        if key not in self._bias_cache:
+            self._bias_cache[key] = self._ctx.encrypt(st.data["bias"])
+        return self._bias_cache[key]
+
     def _single(self, st: Stage, ins: list[list[Any]], windows: int) -> list[Any]:
         x = ins[0]
         if st.kind == "im2col":
@@ -210,7 +223,7 @@ class CompiledModel:
                 acc = part if acc is None else acc + part
             if acc is None:
                 raise ConfigurationError(f"{st.layers}: all-zero weight matrix")
-            return [acc + st.data["bias"]]
+            return [acc + self._encrypted_bias(st)] if st.data["bias"].any() else [acc]
         if st.kind == "poly":
             return [t.polyval(st.data["coeffs"]) for t in x]
         if st.kind == "add":

@@ -225,7 +225,8 @@ def _avgpool(m: nn.AvgPool2d, node: Any, ins: list, out: Any) -> tuple:
 
 @register_module(nn.AdaptiveAvgPool2d)
 def _adaptive(m: nn.AdaptiveAvgPool2d, node: Any, ins: list, out: Any) -> tuple:
-    return "adaptive_avgpool2d", {"output_size": tuple(out[1:])}, {}
+    size = m.output_size if out is None else tuple(out[-2:])
+    return "adaptive_avgpool2d", {"output_size": size}, {}
 
 
 @register_module(nn.LayerNorm)
@@ -321,7 +322,8 @@ def _walk(net: nn.Module, input_shape: tuple[int, ...] | None, scheme: str | Non
         except Exception as exc:
             raise ConfigurationError(
                 f"running {type(net).__name__} on an input of shape (1, {input_shape}) failed "
-                f"({type(exc).__name__}: {exc}); pass the per-sample input_shape without the "
+                f"({type(exc.__cause__ or exc).__name__}: "
+                f"{str(exc.__cause__ or exc).splitlines()[0][:200]}); pass the per-sample input_shape without the "
                 "batch dimension, e.g. input_shape=(64,) or (1, 8, 8)"
             ) from exc
     modules = dict(gm.named_modules())

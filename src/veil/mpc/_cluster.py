@@ -94,9 +94,18 @@ def run_dealer(
 
 
 def _start_local_dealer(master: str, config: Any) -> tuple[Any, list[Any]]:
-    from veil.mpc._launch import _child_main, _context
+    """Fork the dealer from this party process before it opens any socket or thread pool.
 
-    ctx = _context()
+    torch and crypten are already imported here, so a fork starts the dealer at once (a
+    forkserver would import them a second time). The child dies with this process.
+    """
+    import multiprocessing
+
+    from veil.mpc._compat import import_crypten
+    from veil.mpc._launch import _child_main
+
+    import_crypten()
+    ctx = multiprocessing.get_context("fork")
     out_r, out_w = ctx.Pipe(duplex=False)
     life_r, life_w = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_main, daemon=True, name="veil-mpc-dealer",

@@ -42,6 +42,7 @@ from veil.mpc.providers import DEFAULT_TIMEOUT, SessionConfig, make_config
 __all__ = ["run", "JobRef", "job_ref", "resolve_job"]
 
 _GRACE = 2.0  # after a report that blames another party: wait this long for a firmer one
+_OWN_GRACE = 0.3  # after a party reports its own error: collect the others' for this long
 _PR_SET_PDEATHSIG = 1
 _ctx_lock = threading.Lock()
 
@@ -122,6 +123,15 @@ def _context() -> Any:
 
         if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
             ctx.set_forkserver_preload(["veil.mpc._preload"])
+            # The server (and every party forked from it) inherits this environment: keep
+            # torch's C++ warnings about peers that vanished out of the parties' stderr.
+            saved = os.environ.get("TORCH_CPP_LOG_LEVEL")
+            os.environ["TORCH_CPP_LOG_LEVEL"] = saved or "ERROR"
+            try:
+                forkserver.ensure_running()
+            finally:
+                if saved is None:
+                    del os.environ["TORCH_CPP_LOG_LEVEL"]
         return ctx
 
 
@@ -270,15 +280,20 @@ def _collect(procs: list[Any], conns: dict[Any, int], config: SessionConfig) -> 
                 kind, payload = pickle.loads(conn.recv_bytes())  # noqa: S301
                 if kind == "phase":
                     phases[rank] = str(payload)
-                elif kind == "result":
+                elif kind == "result" and rank < ws:  # the dealer's "result" is its exit
                     results[rank] = payload
                 elif kind == "failure":
                     failures[rank] = payload
         except (EOFError, OSError):
             del open_conns[conn]
 
+    own_since: float | None = None
     while len(results) < ws:
-        if any(f.rank == r for r, f in failures.items()) or deaths:
+        if deaths:
+            break
+        if own_since is None and any(f.rank == r for r, f in failures.items()):
+            own_since = time.monotonic()  # collect the others' reports for a moment
+        if own_since is not None and time.monotonic() - own_since > _OWN_GRACE:
             break
         if first_blame is not None and time.monotonic() - first_blame > _GRACE:
             break
@@ -302,7 +317,8 @@ def _collect(procs: list[Any], conns: dict[Any, int], config: SessionConfig) -> 
         _check_stopped(procs, sentinels, stopped_since, deaths, config.timeout + _GRACE * 2)
     if len(results) == ws:  # every party passed the final barrier: the session succeeded
         return [results[r] for r in range(ws)]
-    raise _choose_failure(failures, deaths, phases, ws)
+    codes = {r: p.exitcode for r, p in enumerate(procs)}
+    raise _choose_failure(failures, deaths, phases, ws, codes)
 
 
 def _proc_state(pid: int) -> str:
@@ -328,7 +344,8 @@ def _check_stopped(procs: list[Any], alive: dict[Any, int], since: dict[int, flo
 
 
 def _choose_failure(failures: dict[int, PartyFailure], deaths: dict[int, int],
-                    phases: dict[int, str], ws: int) -> PartyFailure:
+                    phases: dict[int, str], ws: int,
+                    codes: dict[int, int | None] | None = None) -> PartyFailure:
     own = sorted(r for r, f in failures.items() if f.rank == r)
     if own:
         f = failures[own[0]]
@@ -354,8 +371,9 @@ def _choose_failure(failures: dict[int, PartyFailure], deaths: dict[int, int],
             return PartyFailure(str(f), rank=culprit, phase=phases.get(culprit, f.phase))
         f = failures[min(failures)]
         return PartyFailure(str(f), rank=f.rank, phase=f.phase)
-    return PartyFailure("the session ended without results from every party", rank=None,
-                        phase="finish")
+    return PartyFailure(
+        f"the session ended without results from every party (phases: {phases}, exit codes: "
+        f"{codes})", rank=None, phase="finish")
 
 
 def _kill_all(procs: list[Any], *, graceful: bool) -> None:

@@ -15,6 +15,10 @@ the size header is checked against :data:`MAX_MESSAGE_BYTES` before any buffer i
 the payload is checked (magic, JSON, tags, nesting depth, tensor byte counts) before any object is
 built. Every failure raises :class:`~veil.errors.SerializationError`.
 
+On the dealer, requests from party 0 are also checked against what CrypTen's dealer serves
+(:func:`check_dealer_request`): CrypTen would otherwise call any method named in the request and
+any ``torch`` function named as the op.
+
 What is revealed: exactly the object sent, to the receiving party (or to every party of the
 group for ``broadcast_obj``); message sizes are visible to the network as before.
 """
@@ -28,7 +32,9 @@ from typing import Any
 
 from veil.errors import SerializationError, UnsupportedOperationError
 
-__all__ = ["MAX_MESSAGE_BYTES", "MAGIC", "encode", "decode", "install"]
+__all__ = [
+    "MAX_MESSAGE_BYTES", "MAGIC", "encode", "decode", "check_dealer_request", "install",
+]
 
 MAGIC = b"VLM1"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # 64 MiB: shapes and dealer requests are tiny
@@ -196,6 +202,76 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"constant {name} is not allowed")
 
 
+# -------------------------------------------------------------------- dealer requests
+
+# CrypTen's dealer runs ``getattr(self, message["function"])(*args, **kwargs)`` and, for
+# "additive", ``getattr(torch, op)(a, b, ...)``: only these names and shapes are let through.
+_DEALER_SIZES = {"additive": 2, "square": 1, "binary": 2, "wraps": 1, "B2A": 1}
+_DEALER_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
+_CONV_KWARGS = ("stride", "padding", "dilation", "groups", "output_padding")
+MAX_DEALER_ELEMENTS = 1 << 28  # per requested tensor (2 GiB of int64)
+
+
+def _small_ints(v: Any) -> bool:
+    if isinstance(v, tuple):
+        return len(v) <= 8 and all(_small_ints(x) for x in v)
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
+
+
+def check_dealer_request(obj: Any) -> Any:
+    """Validate a request that party 0 sends the dealer; returns it or raises
+    ``SerializationError`` (nothing outside CrypTen's five triple functions, its six ops and
+    tensors of at most ``MAX_DEALER_ELEMENTS`` elements)."""
+    import re
+
+    import torch
+
+    if obj == "terminate":
+        return obj
+    if not isinstance(obj, dict) or set(obj) != {"function", "device", "args", "kwargs"}:
+        raise _bad("a dealer request must be a dict with function, device, args, kwargs")
+    fn, device, args, kwargs = obj["function"], obj["device"], obj["args"], obj["kwargs"]
+    if fn not in _DEALER_SIZES:
+        raise _bad(f"dealer function {str(fn)[:40]!r} is not one of {sorted(_DEALER_SIZES)}")
+    if device is not None and not (
+            isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d{1,3})?", device)):
+        raise _bad(f"dealer device {str(device)[:40]!r} is not cpu or cuda[:N]")
+    n = _DEALER_SIZES[fn]
+    if not isinstance(args, tuple) or len(args) < n or not isinstance(kwargs, dict):
+        raise _bad(f"dealer request {fn!r} needs {n} sizes")
+    for size in args[:n]:
+        if not isinstance(size, torch.Size) or len(size) > 8:
+            raise _bad(f"dealer request {fn!r}: bad size {size!r}")
+        numel = 1
+        for d in size:
+            numel *= d
+        if numel > MAX_DEALER_ELEMENTS:
+            raise _bad(f"dealer request {fn!r} for {numel} elements (at most "
+                       f"{MAX_DEALER_ELEMENTS})")
+    rest = args[n:]
+    if fn == "additive":
+        if not rest or rest[0] not in _DEALER_OPS:
+            raise _bad(f"dealer op {str(rest[:1])[:40]} is not one of {_DEALER_OPS}")
+        rest = rest[1:]
+    if not all(_small_ints(v) for v in rest) or len(rest) > 5:
+        raise _bad(f"dealer request {fn!r}: unexpected extra arguments")
+    if any(k not in _CONV_KWARGS or not _small_ints(v) for k, v in kwargs.items()) or (
+            kwargs and fn != "additive"):
+        raise _bad(f"dealer request {fn!r}: unexpected keyword arguments {sorted(kwargs)[:5]}")
+    return obj
+
+
+def _check_size_reply(obj: Any) -> None:
+    import torch
+
+    numel = 1
+    for d in obj if isinstance(obj, torch.Size) else ():
+        numel *= d
+    if not isinstance(obj, torch.Size) or len(obj) > 8 or numel > MAX_DEALER_ELEMENTS:
+        raise _bad(f"the dealer announced a result of size {str(obj)[:60]} (a torch.Size of at "
+                   f"most {MAX_DEALER_ELEMENTS} elements expected)")
+
+
 # ------------------------------------------------------------------------- communicator
 
 
@@ -247,7 +323,13 @@ def recv_obj(self: Any, src: int, group: Any = None) -> Any:
     data = torch.empty(n, dtype=torch.uint8)
     dist.irecv(data, src=src, group=group).wait()
     _record(self, group, received=8 + n)
-    return decode(data.numpy().tobytes())
+    obj = decode(data.numpy().tobytes())
+    if group is getattr(self, "ttp_group", None):
+        if self.get_rank() == self.get_ttp_rank():
+            obj = check_dealer_request(obj)  # this process is the dealer, party 0 is asking
+        elif src == self.get_ttp_rank():
+            _check_size_reply(obj)  # party 0 allocates a tensor of this size next
+    return obj
 
 
 def broadcast_obj(self: Any, obj: Any, src: int, group: Any = None) -> Any:

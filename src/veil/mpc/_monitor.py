@@ -148,7 +148,7 @@ class Monitor:
                     failure = self._watch()
             except Exception:
                 failure = None if self.rank == 0 or self._stop.is_set() else (
-                    0, "its session store (hosted by party 0) is unreachable")
+                    0, "is unreachable (the session store it hosts does not answer)")
             else:
                 self._last_ok = time.monotonic()
             if failure is not None:

@@ -210,8 +210,8 @@ def run_process(
             f"could not reach party 0's session store at {host}:{port} within "
             f"{config.timeout:g} s")
         raise PartyFailure(
-            f"{rank_label(rank, ws)} {where}: {type(exc).__name__}: {exc}. Check that party 0 "
-            "runs, that --master names its address and a free port, and the firewall",
+            f"{rank_label(rank, ws)} {where}: {type(exc).__name__}: {_short(exc)}. Check that "
+            "party 0 runs, that --master names its address and a free port, and the firewall",
             rank=None if rank == 0 else 0, phase="rendezvous") from exc
     state.monitor = monitor
     if fail_fast is not None:
@@ -231,8 +231,8 @@ def run_process(
             hint = " and start the dealer" if ws in missing else ""
             raise PartyFailure(
                 f"rendezvous failed at {rank_label(rank, ws)}: {who} did not join within "
-                f"{config.timeout:g} s ({type(exc).__name__}: {exc}). Start every party with "
-                f"the same --world-size and --master{hint}",
+                f"{config.timeout:g} s ({type(exc).__name__}: {_short(exc)}). Start every party "
+                f"with the same --world-size and --master{hint}",
                 rank=missing[0] if missing else None, phase="rendezvous") from exc
         _reset_accounting()
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // total))
@@ -265,12 +265,15 @@ def run_process(
             with contextlib.suppress(Exception):  # keep the store up until the dealer is done
                 store.wait(["dealer_done"], timeout)
         return result
-    except PartyFailure as failure:
+    except Exception as exc:
+        failure = exc if isinstance(exc, PartyFailure) else _translate(state, exc)
         if failure.rank == rank:
             monitor.publish_error(f"{type(failure).__name__}: {failure}")
         else:
             monitor.publish_gone(failure.rank)
-        raise
+        if failure is exc:
+            raise
+        raise failure from exc
     finally:
         monitor.stop()
 
@@ -282,8 +285,11 @@ def _run_dealer(crypten: Any, store: Any, monitor: Monitor) -> None:
         warnings.simplefilter("ignore")
         TTPServer()  # serves party 0's requests until "terminate" or a broken connection
     monitor.stop()  # party 0 may leave any moment now: its store goes with it
-    finished = store.check(["fin"])
-    store.set("dealer_done", "1")
+    try:
+        finished = store.check(["fin"])
+        store.set("dealer_done", "1")
+    except Exception:  # party 0 (the store's host) is gone
+        finished = False
     if not finished:
         raise PartyFailure("the dealer lost its connection to party 0 before the session "
                            "finished", rank=0, phase="dealer")
@@ -309,7 +315,7 @@ def _translate(state: _State, exc: BaseException) -> PartyFailure:
     if is_comm_error(exc) and state.monitor is not None:
         culprit, how = state.monitor.diagnose()
         failure = _failure_from(state, culprit, how)
-        return PartyFailure(f"{failure} [{type(exc).__name__}: {_short(exc)}]",
+        return PartyFailure(f"{failure} ({type(exc).__name__}: {_short(exc)})",
                             rank=failure.rank, phase=failure.phase)
     tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     where = traceback.extract_tb(exc.__traceback__)
@@ -319,7 +325,8 @@ def _translate(state: _State, exc: BaseException) -> PartyFailure:
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).replace("\n", " ")
+    # no square brackets: gloo puts source paths in them, which terminals' markup misreads
+    text = str(exc).replace("\n", " ").replace("[", "(").replace("]", ")")
     return text if len(text) <= limit else text[:limit] + "…"
 
 

@@ -120,12 +120,12 @@ def _nbytes(t: Any) -> int:
 
 def record(comm: Any, group: Any, *, sent: int = 0, received: int = 0) -> None:
     """Count one communication round of this party (used by Veil's object messages)."""
-    if comm is None or not is_installed_cls(type(comm)):
+    if comm is None or not _is_installed_cls(type(comm)):
         return
     _ledger.add(sent, received, _group_info(comm, group)[1])
 
 
-def is_installed_cls(cls: type) -> bool:
+def _is_installed_cls(cls: type) -> bool:
     return bool(getattr(cls, "_veil_accounting", False))
 
 

@@ -42,10 +42,13 @@ from typing import Any
 
 from veil.errors import ConfigurationError, UnsupportedOperationError
 
-__all__ = ["KEY_BYTES", "SecureStream", "install", "is_installed", "local_stream"]
+__all__ = [
+    "KEY_BYTES", "SecureStream", "chacha20_torch", "install", "is_installed", "local_stream",
+]
 
 KEY_BYTES = 32
 _ZEROS = bytes(1 << 20)  # keystream = ChaCha20(zeros); processed in 1 MiB chunks
+_ON_DEVICE = 1 << 20  # draws of at least this many int64 on a GPU are generated on the GPU
 _MAX_DRAW_BYTES = 1 << 36  # 64 GiB per draw, far below ChaCha20's 2^32-block counter limit
 _lock = threading.Lock()
 _local: dict[str, Any] = {"pid": None, "stream": None}
@@ -111,7 +114,7 @@ class SecureStream:
         chunk = len(_ZEROS)
         for off in range(0, n, chunk):
             k = min(chunk, n - off)
-            enc.update_into(_ZEROS if k == chunk else _ZEROS[:k], buf[off : off + k])
+            enc.update_into(_ZEROS if k == chunk else memoryview(_ZEROS)[:k], buf[off : off + k])
 
     def random_bytes(self, n: int) -> bytes:
         """The next draw as ``n`` bytes."""
@@ -120,14 +123,70 @@ class SecureStream:
             self.fill(memoryview(out))
         return bytes(out)
 
-    def int64(self, shape: Any) -> Any:
-        """The next draw as a CPU int64 tensor of ``shape``, uniform over all 2^64 values."""
+    def int64(self, shape: Any, device: Any = None) -> Any:
+        """The next draw as an int64 tensor of ``shape``, uniform over all 2^64 values.
+
+        The keystream comes from OpenSSL on the CPU; for large draws on another device the
+        same ChaCha20 keystream is computed there with torch operations (:func:`chacha20_torch`)
+        instead of being copied from the host. A draw has the same value on every device.
+        """
         import torch
 
-        out = torch.empty(_as_shape(shape), dtype=torch.int64)
+        shape = _as_shape(shape)
+        numel = 1
+        for s in shape:
+            numel *= s
+        if device is not None and torch.device(device).type != "cpu" and numel >= _ON_DEVICE:
+            index = self._counter
+            self._counter += 1
+            return chacha20_torch(self._key, index, numel, torch.device(device)).reshape(shape)
+        out = torch.empty(shape, dtype=torch.int64)
         if out.numel():
             self.fill(memoryview(out.numpy()).cast("B"))
         return out
+
+
+_SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
+
+
+def chacha20_torch(key: bytes, nonce_index: int, numel: int, device: Any) -> Any:
+    """``numel`` int64 of the ChaCha20 keystream for ``key``, block counter 0 and the 96-bit
+    little-endian nonce ``nonce_index`` (RFC 8439 layout, as :meth:`SecureStream.fill`),
+    computed with torch operations on ``device`` (32-bit words held in int64)."""
+    import torch
+
+    m = 0xFFFFFFFF
+    blocks = (numel + 7) // 8  # a 64-byte block gives 8 int64
+    words = [*_SIGMA, *(int.from_bytes(key[i : i + 4], "little") for i in range(0, 32, 4))]
+    words += [0, *((nonce_index >> (32 * i)) & m for i in range(3))]
+    init = torch.tensor(words, dtype=torch.int64, device=device)[:, None].repeat(1, blocks)
+    init[12] += torch.arange(blocks, dtype=torch.int64, device=device)  # block counter
+    a, b, c, d = (init[i : i + 4].clone() for i in range(0, 16, 4))  # (4, blocks) each
+
+    def rounds(a: Any, b: Any, c: Any, d: Any) -> tuple[Any, Any, Any, Any]:
+        # the four quarter rounds of a column (or, rows rotated, diagonal) round at once
+        a = (a + b) & m
+        d = d ^ a
+        d = ((d << 16) | (d >> 16)) & m
+        c = (c + d) & m
+        b = b ^ c
+        b = ((b << 12) | (b >> 20)) & m
+        a = (a + b) & m
+        d = d ^ a
+        d = ((d << 8) | (d >> 24)) & m
+        c = (c + d) & m
+        b = b ^ c
+        b = ((b << 7) | (b >> 25)) & m
+        return a, b, c, d
+
+    for _ in range(10):
+        a, b, c, d = rounds(a, b, c, d)
+        a, b, c, d = rounds(a, b.roll(-1, 0), c.roll(-2, 0), d.roll(-3, 0))
+        b, c, d = b.roll(1, 0), c.roll(2, 0), d.roll(3, 0)
+    out = ((torch.cat([a, b, c, d]) + init) & m).t()  # (blocks, 16)
+    out = out.reshape(blocks * 8, 2)  # little-endian word pairs
+    hi = out[:, 1] - ((out[:, 1] >> 31) << 32)  # as signed 32-bit, so hi * 2^32 cannot overflow
+    return (hi * (1 << 32) + out[:, 0])[:numel]
 
 
 class _StreamView:
@@ -190,7 +249,7 @@ def _place(tensor: Any, device: Any) -> Any:
     device = torch.device(device)
     if device.type == "cpu":
         return tensor
-    tensor = tensor.to(device, non_blocking=False)
+    tensor = tensor.to(device)  # already there when drawn on the device
     if device.type == "cuda":
         return _crypten_module().cuda.CUDALongTensor(tensor)
     return tensor
@@ -210,7 +269,7 @@ def generate_random_ring_element(
 ) -> Any:
     """Uniform elements of the signed ring Z_{ring_size} (drop-in for CrypTen's function)."""
     device = _check_kwargs(kwargs)
-    t = _stream_for(generator).int64(size)
+    t = _stream_for(generator).int64(size, device)
     if ring_size != 2**64:
         if ring_size <= 1 or ring_size > 2**64 or ring_size & (ring_size - 1):
             raise UnsupportedOperationError(
@@ -230,7 +289,7 @@ def generate_kbit_random_tensor(
     if not isinstance(bitlength, int) or not 1 <= bitlength < 64:
         raise ConfigurationError(f"bitlength must be an int in 1..64, got {bitlength!r}")
     device = _check_kwargs(kwargs)
-    t = _stream_for(generator).int64(size) & ((1 << bitlength) - 1)
+    t = _stream_for(generator).int64(size, device) & ((1 << bitlength) - 1)
     return _place(t, device)
 
 

@@ -62,7 +62,7 @@ class _HEAggregator(Aggregator):
         encoded = {c: self._encode(v) for c, v in vecs.items()}  # validates all input first
         t0 = time.perf_counter()
         key_blob = self._key_holder_setup()
-        keyholder_t = time.perf_counter() - t0
+        setup_t = time.perf_counter() - t0
         submitters = [c for c in sorted(vecs) if c not in silent]
         client_t, sent = {}, {}
         blobs = []
@@ -80,13 +80,15 @@ class _HEAggregator(Aggregator):
         server_t = time.perf_counter() - t0
         t0 = time.perf_counter()
         total, q_total, clipped = self._key_holder_decrypt(sum_blob, len(submitters))
-        keyholder_t += time.perf_counter() - t0
+        keyholder_t = time.perf_counter() - t0
         stats = AggregationStats(
             client_seconds=sum(client_t.values()) / len(client_t),
             server_seconds=server_t + keyholder_t,
+            key_holder_seconds=keyholder_t,
             bytes_sent_per_client=sum(sent.values()) / len(sent),
             bytes_received_per_client=float(len(key_blob)),
             plain_bytes=4 * self.vector_length,
+            setup_seconds=setup_t,
         )
         dropped = {p: tuple(sorted(ids)) for p, ids in drops.items()}
         return AggregationResult(self.backend, total, tuple(submitters), clipped, stats,
@@ -163,7 +165,10 @@ class PaillierAggregator(_HEAggregator):
                 raise ConfigurationError(f"a submission holds {v.size} values / {v.addends} "
                                          "addends; expected one fresh update")
             total = v if total is None else total + v
-        return total.serialize()
+        # No re-randomization: the server adds no plaintext of its own, and the randomness of a
+        # sum of fresh ciphertexts is the product of the clients' randomness, which tells the
+        # key holder nothing about the individual plaintexts.
+        return total.serialize(rerandomize=False)
 
     def _key_holder_decrypt(self, blob: bytes, count: int) -> tuple[Any, Any, int]:
         import numpy as np

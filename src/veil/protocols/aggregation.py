@@ -50,10 +50,12 @@ class AggregationStats:
     every party in turn); bytes are wire bytes, averaged over clients that took part."""
 
     client_seconds: float  # mean per client, all of its steps
-    server_seconds: float  # everything the server (and key holder, if any) did
+    server_seconds: float  # everything the server (and key holder, if any) did per round
     bytes_sent_per_client: float
     bytes_received_per_client: float
     plain_bytes: int  # the update as float32, what plain FedAvg would send
+    setup_seconds: float = 0.0  # one-off key generation by a key holder (HE backends)
+    key_holder_seconds: float = 0.0  # part of server_seconds: the key holder's decryption
 
     @property
     def expansion(self) -> float:
@@ -125,14 +127,15 @@ class Aggregator(ABC):
 
 
 class MaskingAggregator(Aggregator):
-    """SecAgg masking (no key holder). See :mod:`veil.protocols.secagg`."""
+    """SecAgg masking (no key holder); ``neighbours=k`` selects SecAgg+ (sparse graph).
+    See :mod:`veil.protocols.secagg`."""
 
     backend: ClassVar[str] = "masking"
 
     def __init__(self, *, num_clients: int, vector_length: int, clip: float, threshold: int = 0,
-                 ring_bits: int = 32, allow_insecure: bool = False) -> None:
+                 ring_bits: int = 32, neighbours: int = 0, allow_insecure: bool = False) -> None:
         self.config = SecAggConfig(num_clients, vector_length, clip, threshold, ring_bits,
-                                   allow_insecure=allow_insecure)
+                                   allow_insecure=allow_insecure, neighbours=neighbours)
         self.num_clients, self.vector_length = num_clients, vector_length
         self.clip, self.threshold = float(clip), self.config.threshold
 

@@ -10,8 +10,10 @@ What is revealed to whom: the server learns, per round, the sum of the surviving
 (clipped, quantized, optionally noised) deltas, the total clip count, and who dropped; clients
 learn only the global models. With ``dp`` set, every client clips its delta to L2 norm
 ``l2_clip`` and adds Gaussian noise of standard deviation
-``noise_multiplier * l2_clip / sqrt(t)`` (t = the SecAgg threshold), so any aggregate of at least
-t survivors carries noise of at least ``noise_multiplier * l2_clip``: client-level
+``noise_multiplier * l2_clip / sqrt(t - 1)`` (t = the SecAgg threshold), so in any aggregate of
+at least t survivors the *other* clients' noise alone has standard deviation at least
+``noise_multiplier * l2_clip`` (against the server; colluding clients can subtract their own
+noise, which lowers the effective multiplier proportionally): client-level
 (epsilon, delta)-DP for the released models, accounted with RDP (:mod:`._secagg_dp`). Poisson
 client sampling (``sample_rate < 1``) uses ``secrets``; amplification by sampling assumes the
 server cannot see who was sampled beyond the aggregate (see docs/security/aggregation.md).
@@ -212,7 +214,8 @@ class _ClientWorker:
         if dp is not None:
             norm = float(np.linalg.norm(delta))
             delta = delta * min(1.0, dp.l2_clip / max(norm, 1e-12))
-            std = dp.noise_multiplier * dp.l2_clip / math.sqrt(head["threshold"])
+            # t - 1 others always survive with the target client: their noise alone suffices
+            std = dp.noise_multiplier * dp.l2_clip / math.sqrt(max(1, head["threshold"] - 1))
             delta = delta + gaussian(delta.size, std=std)
         self.delta = delta
         if self.cfg.aggregation == "plain":
@@ -339,8 +342,13 @@ def train_fedavg(config: FedAvgConfig, *,
     if cfg.processes:
         # forkserver: torch is imported once in the (single-threaded) server process and each
         # client is a fresh fork of it, instead of a spawn that re-imports torch per client.
+        # The forkserver is shared by the whole process (veil.mpc uses it too): set the preload
+        # list only if nobody has started it yet.
+        from multiprocessing import forkserver
+
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "sklearn.datasets", "veil.protocols.fedavg"])
+        if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
+            ctx.set_forkserver_preload(["torch", "sklearn.datasets", "veil.protocols.fedavg"])
     endpoints: list[_Endpoint] = []
     history: list[RoundRecord] = []
     try:
@@ -392,7 +400,7 @@ def _run_round(cfg: FedAvgConfig, rnd: int, model: Any, size: int, participants:
     clip = cfg.clip
     if cfg.dp is not None:
         clip = max(clip, cfg.dp.l2_clip + 8 * cfg.dp.noise_multiplier * cfg.dp.l2_clip
-                   / math.sqrt(threshold))
+                   / math.sqrt(max(1, threshold - 1)))
     sa_cfg = server = None
     head: dict[str, Any] = {"round": rnd, "threshold": threshold}
     if cfg.aggregation == "masking":

@@ -15,6 +15,10 @@ Four rounds, each a message from every live client to the server and a reply fro
    key for ``v`` in U2 \\ U3, never both for the same ``v``. With ``t`` responses the server
    removes every self mask and the pairwise masks of the dropped clients.
 
+SecAgg+ (Bell et al., CCS 2020): with ``SecAggConfig(..., neighbours=k)`` "every other client"
+above becomes "every neighbour" in a k-regular graph keyed by the round id, and the Shamir
+threshold becomes k // 2 + 1 of the k + 1 members of a neighbourhood.
+
 What is revealed to whom: the server learns the sum of the updates (and the total clip count) of
 the >= t clients in U3, and who dropped when; nothing about any individual update as long as it
 colludes with fewer than t clients. Clients learn nothing about other updates. Every round aborts
@@ -28,18 +32,21 @@ from __future__ import annotations
 
 import hmac
 import os
-import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from veil.errors import (
-    AggregationAborted,
-    ConfigurationError,
-    InsecureParametersError,
-    SerializationError,
-)
-from veil.he.serialize import params_digest
+from veil.errors import AggregationAborted, ConfigurationError, SerializationError
 from veil.protocols import shamir
+from veil.protocols._secagg_common import (
+    PHASES,
+    SecAggConfig,
+    SecAggResult,
+    _mac_key,
+    _pair_info,
+    _ring_mask,
+    _share_ad,
+    _x25519,
+)
 from veil.protocols._secagg_messages import (
     ROUND_ID_BYTES,
     AdvertiseKeys,
@@ -50,127 +57,10 @@ from veil.protocols._secagg_messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from veil.protocols._secagg_quant import Quantizer
-from veil.protocols.prg import SEED_BYTES, expand, hkdf, new_seed, ring_dtype
+from veil.protocols._secagg_server import SecAggServer
+from veil.protocols.prg import expand, hkdf, new_seed, ring_dtype
 
 __all__ = ["PHASES", "SecAggConfig", "SecAggClient", "SecAggServer", "SecAggResult"]
-
-PHASES = ("advertise", "share", "masked", "unmask")
-_U32 = struct.Struct(">I")
-_MAX_CLIENTS = 1 << 16
-
-
-@dataclass(frozen=True)
-class SecAggConfig:
-    """Public parameters of one aggregation round, known to the server and every client.
-
-    ``threshold`` (t) defaults to ``num_clients // 2 + 1``; values ``<= num_clients / 2`` need
-    ``allow_insecure=True``: two disjoint groups of t clients could then be led to reveal both
-    the seed shares and the key shares of the same client by a server lying about dropouts.
-    ``ring_bits`` (k): masked vectors live in Z_{2**k}; quantization leaves room for the sum of
-    ``num_clients`` updates, and the clip-count coordinate (at most ``vector_length`` per client)
-    must not wrap either.
-    """
-
-    num_clients: int
-    vector_length: int
-    clip: float
-    threshold: int = 0
-    ring_bits: int = 32
-    allow_insecure: bool = field(default=False, kw_only=True)
-    quantizer: Quantizer = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        n = self.num_clients
-        if not isinstance(n, int) or not 2 <= n <= _MAX_CLIENTS:
-            raise ConfigurationError(f"num_clients must be an integer in [2, {_MAX_CLIENTS}], "
-                                     f"got {n!r}")
-        if not isinstance(self.vector_length, int) or self.vector_length < 1:
-            raise ConfigurationError(f"vector_length must be a positive integer, got "
-                                     f"{self.vector_length!r}")
-        t = self.threshold or n // 2 + 1
-        if not isinstance(t, int) or not 1 <= t <= n:
-            raise ConfigurationError(f"threshold must be in [1, num_clients={n}], got {t!r}")
-        if 2 * t <= n and not self.allow_insecure:
-            raise InsecureParametersError(
-                f"threshold {t} of {n} clients is not a strict majority; use at least "
-                f"{n // 2 + 1} or pass allow_insecure=True"
-            )
-        object.__setattr__(self, "threshold", t)
-        object.__setattr__(self, "quantizer", Quantizer(clip=float(self.clip), max_addends=n,
-                                                        ring_bits=self.ring_bits))
-        if n * self.vector_length >= 1 << self.ring_bits:
-            raise ConfigurationError(
-                f"the clip count of {n} clients x {self.vector_length} values could wrap a "
-                f"{self.ring_bits}-bit ring; raise ring_bits"
-            )
-
-    @property
-    def params_hash(self) -> bytes:
-        return params_digest({"protocol": "veil.secagg/1", **self.quantizer.describe(),
-                              "num_clients": self.num_clients, "threshold": self.threshold,
-                              "vector_length": self.vector_length})
-
-    @property
-    def masked_length(self) -> int:
-        """Ring elements per masked input: the update plus one clip-count coordinate."""
-        return self.vector_length + 1
-
-    def max_message_bytes(self) -> int:
-        """Upper bound on any message of this round (used as the parsing size limit)."""
-        per_client = 4 + 4 + 12 + 2 * shamir.SHARE_BYTES + 16 + 8
-        return max(self.masked_length * 8, self.num_clients * per_client) + 4096
-
-
-@dataclass(frozen=True)
-class SecAggResult:
-    """What the server learns: the sum over ``survivors`` and the total number of clipped values.
-
-    ``quantized_total`` is the exact integer sum of the survivors' quantized updates; ``total``
-    is its dequantization (error at most ``len(survivors) * quantizer.step / 2`` per coordinate
-    beyond clipping).
-    """
-
-    total: Any
-    quantized_total: Any
-    survivors: tuple[int, ...]
-    dropped: dict[str, tuple[int, ...]]
-    clipped: int
-
-    @property
-    def mean(self) -> Any:
-        return self.total / len(self.survivors)
-
-
-def _x25519(private: Any, public: bytes) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-
-    try:
-        return private.exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError as exc:
-        raise SerializationError(
-            "X25519 key agreement failed (low-order or malformed public key); the peer's "
-            "advertised key is invalid"
-        ) from exc
-
-
-def _pair_info(label: bytes, a: int, b: int) -> bytes:
-    lo, hi = min(a, b), max(a, b)
-    return label + _U32.pack(lo) + _U32.pack(hi)
-
-
-def _mac_key(shared: bytes, round_id: bytes, client_id: int) -> bytes:
-    return hkdf(shared, salt=round_id, info=b"veil-secagg-mac" + _U32.pack(client_id))
-
-
-def _ring_mask(vec: Any, ring_bits: int) -> Any:
-    if ring_bits < vec.dtype.itemsize * 8:
-        vec &= vec.dtype.type((1 << ring_bits) - 1)
-    return vec
-
-
-def _share_ad(round_id: bytes, sender: int, recipient: int) -> bytes:
-    return b"veil-secagg-share" + round_id + _U32.pack(sender) + _U32.pack(recipient)
 
 
 class SecAggClient:
@@ -201,6 +91,9 @@ class SecAggClient:
         self._own_shares: tuple[int, int] = (0, 0)
         self._received: dict[int, tuple[int, int]] = {}
         self._u2: tuple[int, ...] = ()
+        self._nbrs: frozenset[int] = frozenset()
+        self._share_t = config.threshold
+        self._aead_keys: dict[int, bytes] = {}
 
     def _advance(self, expected: int, name: str) -> None:
         if self._phase != expected:
@@ -249,21 +142,24 @@ class SecAggClient:
                 f"only {len(entries)} clients advertised keys, below the threshold "
                 f"{cfg.threshold}; client {self.client_id} stops here"
             )
-        xs = [c + 1 for c in sorted(entries)]
-        seed_sh = shamir.split(int.from_bytes(self._seed, "big"), threshold=cfg.threshold, xs=xs)
+        nbrs = cfg.graph(entries, self.round_id)[self.client_id]
+        share_t = cfg.share_threshold(len(entries))
+        xs = [c + 1 for c in sorted(nbrs | {self.client_id})]
+        seed_sh = shamir.split(int.from_bytes(self._seed, "big"), threshold=share_t, xs=xs)
         mask_int = int.from_bytes(self._mask.private_bytes_raw(), "big")
-        key_sh = shamir.split(mask_int, threshold=cfg.threshold, xs=xs)
+        key_sh = shamir.split(mask_int, threshold=share_t, xs=xs)
         cts: dict[int, bytes] = {}
-        for v, (enc_v, _) in entries.items():
-            if v == self.client_id:
-                continue
+        self._aead_keys = {}
+        for v in sorted(nbrs):
+            enc_v = entries[v][0]
             key = hkdf(_x25519(self._enc, enc_v), salt=self.round_id,
                        info=_pair_info(b"veil-secagg-share-key", self.client_id, v))
+            self._aead_keys[v] = key  # the same key decrypts v's shares for us in round 2
             nonce = os.urandom(12)
             plain = shamir.share_to_bytes(seed_sh[v + 1]) + shamir.share_to_bytes(key_sh[v + 1])
             cts[v] = nonce + ChaCha20Poly1305(key).encrypt(
                 nonce, plain, _share_ad(self.round_id, self.client_id, v))
-        self._roster = entries
+        self._roster, self._nbrs, self._share_t = entries, nbrs, share_t
         self._own_shares = (seed_sh[self.client_id + 1], key_sh[self.client_id + 1])
         self._phase = 2
         return self._sign(ShareKeys(self.round_id, self.client_id, cts))
@@ -285,18 +181,18 @@ class SecAggClient:
         if msg.round_id != self.round_id or msg.recipient != self.client_id:
             raise SerializationError("share delivery is for another round or client")
         senders = set(msg.ciphertexts)
-        if self.client_id in senders or not senders <= set(self._roster):
-            raise SerializationError("share delivery names senders outside the roster")
-        u2 = tuple(sorted(senders | {self.client_id}))
-        if len(u2) < cfg.threshold:
-            raise AggregationAborted(f"only {len(u2)} clients shared keys, below the threshold "
-                                     f"{cfg.threshold}; client {self.client_id} stops here")
+        if not senders <= self._nbrs:
+            raise SerializationError("share delivery names senders that are not neighbours of "
+                                     f"client {self.client_id}")
+        u2 = tuple(sorted(senders | {self.client_id}))  # U2 within this client's neighbourhood
+        if len(u2) < self._share_t:
+            raise AggregationAborted(f"only {len(u2)} clients (of this neighbourhood) shared "
+                                     f"keys, below the threshold {self._share_t}; client "
+                                     f"{self.client_id} stops here")
         received: dict[int, tuple[int, int]] = {}
         for v, blob in msg.ciphertexts.items():
-            key = hkdf(_x25519(self._enc, self._roster[v][0]), salt=self.round_id,
-                       info=_pair_info(b"veil-secagg-share-key", v, self.client_id))
             try:
-                plain = ChaCha20Poly1305(key).decrypt(
+                plain = ChaCha20Poly1305(self._aead_keys[v]).decrypt(
                     blob[:12], blob[12:], _share_ad(self.round_id, v, self.client_id))
             except InvalidTag as exc:
                 raise SerializationError(f"share ciphertext from client {v} failed "
@@ -321,6 +217,7 @@ class SecAggClient:
             else:
                 acc -= mask
         self._received, self._u2, self._phase = received, u2, 3
+        self._aead_keys = {}
         acc = _ring_mask(acc, cfg.ring_bits)
         return self._sign(MaskedInput(self.round_id, self.client_id, acc))
 
@@ -337,7 +234,8 @@ class SecAggClient:
         if msg.round_id != self.round_id:
             raise SerializationError("unmask request is for another round")
         survivors = set(msg.survivors)
-        if not survivors <= set(self._u2):
+        if not survivors <= set(self._roster) or not (
+                survivors & (self._nbrs | {self.client_id})) <= set(self._u2):
             raise SerializationError("unmask request lists survivors that never shared keys")
         if self.client_id not in survivors:
             raise AggregationAborted(
@@ -349,221 +247,7 @@ class SecAggClient:
                                      f"threshold {cfg.threshold}; refusing to unmask")
         shares = dict(self._received)
         shares[self.client_id] = self._own_shares
-        seed = {v: shamir.share_to_bytes(shares[v][0]) for v in sorted(survivors)}
+        seed = {v: shamir.share_to_bytes(shares[v][0]) for v in self._u2 if v in survivors}
         keys = {v: shamir.share_to_bytes(shares[v][1]) for v in self._u2 if v not in survivors}
         self._phase = 4  # answered once: a second (different) request is refused
         return self._sign(UnmaskShares(self.round_id, self.client_id, seed, keys))
-
-
-class SecAggServer:
-    """The server's state for one round: collects messages, answers each round, unmasks the sum.
-
-    ``receive_*`` methods take wire bytes from one client and raise
-    :class:`~veil.errors.SerializationError` (leaving the state unchanged) for malformed,
-    unauthenticated, replayed, duplicated or late messages; ``close_*`` methods end a round and
-    raise :class:`~veil.errors.AggregationAborted` below the threshold.
-    """
-
-    def __init__(self, config: SecAggConfig, *, round_id: bytes | None = None) -> None:
-        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-        self.config = config
-        self.round_id = round_id if round_id is not None else os.urandom(ROUND_ID_BYTES)
-        if len(self.round_id) != ROUND_ID_BYTES:
-            raise ConfigurationError(f"round_id must be {ROUND_ID_BYTES} bytes")
-        self._key = X25519PrivateKey.generate()
-        self.public_key: bytes = self._key.public_key().public_bytes_raw()
-        self._phase = 0
-        self._adverts: dict[int, AdvertiseKeys] = {}
-        self._macs: dict[int, bytes] = {}
-        self._shares: dict[int, ShareKeys] = {}
-        self._u1: tuple[int, ...] = ()
-        self._u2: tuple[int, ...] = ()
-        self._u3: tuple[int, ...] = ()
-        self._acc: Any = None
-        self._masked_from: set[int] = set()
-        self._unmask: dict[int, UnmaskShares] = {}
-
-    # -- helpers ---------------------------------------------------------------------------
-    def _expect(self, phase: int, what: str) -> None:
-        if self._phase != phase:
-            raise SerializationError(f"{what} arrived while the round is in {self._state()}; "
-                                     "late or out-of-order messages are rejected")
-
-    def _state(self) -> str:
-        return ("advertise", "share", "masked", "unmask", "finished")[min(self._phase, 4)]
-
-    def _check(self, msg: Any, allowed: tuple[int, ...] | None, seen: Any) -> None:
-        cid = msg.client_id
-        if msg.round_id != self.round_id:
-            raise SerializationError(f"message from client {cid} is bound to round "
-                                     f"{msg.round_id.hex()[:8]}…, not this round "
-                                     f"{self.round_id.hex()[:8]}…: replay rejected")
-        if allowed is not None and cid not in allowed:
-            raise SerializationError(f"client {cid} may not send this message in this round")
-        if cid in seen:
-            raise SerializationError(f"duplicate submission from client {cid} rejected; each "
-                                     "client submits once per round")
-        if allowed is not None:
-            good = hmac.new(self._macs[cid], msg.signed_part(), "sha256").digest()
-            if not hmac.compare_digest(good, msg.tag):
-                raise SerializationError(f"authentication tag of client {cid}'s message is "
-                                         "wrong (forged, altered or from another session)")
-
-    def _abort_below(self, count: int, what: str) -> None:
-        if count < self.config.threshold:
-            self._phase = 5
-            self._acc = None
-            raise AggregationAborted(
-                f"round aborted: only {count} clients {what}, below the threshold "
-                f"{self.config.threshold}; nothing was revealed. Retry with more clients or a "
-                "lower threshold"
-            )
-
-    # -- round 0 ---------------------------------------------------------------------------
-    def receive_advertise(self, data: bytes) -> None:
-        self._expect(0, "an advertise message")
-        cfg = self.config
-        msg = AdvertiseKeys.from_bytes(data, params_hash=cfg.params_hash)
-        self._check(msg, None, self._adverts)
-        if not 0 <= msg.client_id < cfg.num_clients:
-            raise SerializationError(f"client id {msg.client_id} outside [0, {cfg.num_clients})")
-        known = {k for a in self._adverts.values() for k in (a.enc_public, a.mask_public)}
-        if msg.enc_public in known or msg.mask_public in known or msg.enc_public == msg.mask_public:
-            raise SerializationError(f"client {msg.client_id} advertised a reused public key")
-        mac = _mac_key(_x25519(self._key, msg.enc_public), self.round_id, msg.client_id)
-        self._adverts[msg.client_id] = msg
-        self._macs[msg.client_id] = mac
-
-    def close_advertise(self) -> bytes:
-        self._expect(0, "close_advertise")
-        self._abort_below(len(self._adverts), "advertised keys")
-        self._u1 = tuple(sorted(self._adverts))
-        self._phase = 1
-        entries = tuple((c, self._adverts[c].enc_public, self._adverts[c].mask_public)
-                        for c in self._u1)
-        return Roster(self.round_id, entries).to_bytes(self.config.params_hash)
-
-    # -- round 1 ---------------------------------------------------------------------------
-    def receive_shares(self, data: bytes) -> None:
-        self._expect(1, "a share message")
-        cfg = self.config
-        msg = ShareKeys.from_bytes(data, params_hash=cfg.params_hash,
-                                   max_bytes=cfg.max_message_bytes())
-        self._check(msg, self._u1, self._shares)
-        if set(msg.ciphertexts) != set(self._u1) - {msg.client_id}:
-            raise SerializationError(f"client {msg.client_id} must send one share ciphertext "
-                                     "to every other roster member")
-        self._shares[msg.client_id] = msg
-
-    def close_shares(self) -> dict[int, bytes]:
-        """End round 1; returns each client's delivery (ciphertexts addressed to it)."""
-        self._expect(1, "close_shares")
-        self._abort_below(len(self._shares), "shared their keys")
-        self._u2 = tuple(sorted(self._shares))
-        self._phase = 2
-        self._acc = None
-        return {v: ShareDelivery(self.round_id, v, {u: self._shares[u].ciphertexts[v]
-                                                    for u in self._u2 if u != v}
-                                 ).to_bytes(self.config.params_hash)
-                for v in self._u2}
-
-    # -- round 2 ---------------------------------------------------------------------------
-    def receive_masked(self, data: bytes) -> None:
-        self._expect(2, "a masked input")
-        cfg = self.config
-        msg = MaskedInput.from_bytes(data, params_hash=cfg.params_hash,
-                                     max_bytes=cfg.max_message_bytes(),
-                                     length=cfg.masked_length, dtype=ring_dtype(cfg.ring_bits))
-        self._check(msg, self._u2, self._masked_from)
-        if self._acc is None:
-            self._acc = msg.vector.copy()
-        else:
-            self._acc += msg.vector
-        self._masked_from.add(msg.client_id)
-
-    def close_masked(self) -> bytes:
-        self._expect(2, "close_masked")
-        self._abort_below(len(self._masked_from), "sent masked inputs")
-        self._u3 = tuple(sorted(self._masked_from))
-        self._phase = 3
-        return UnmaskRequest(self.round_id, self._u3).to_bytes(self.config.params_hash)
-
-    # -- round 3 ---------------------------------------------------------------------------
-    def receive_unmask(self, data: bytes) -> None:
-        self._expect(3, "an unmask response")
-        cfg = self.config
-        msg = UnmaskShares.from_bytes(data, params_hash=cfg.params_hash,
-                                      max_bytes=cfg.max_message_bytes())
-        self._check(msg, self._u3, self._unmask)
-        dropped = set(self._u2) - set(self._u3)
-        # The server never holds a seed share and a key share of the same client.
-        if set(msg.seed_shares) != set(self._u3) or set(msg.key_shares) != dropped:
-            raise SerializationError(
-                f"client {msg.client_id} must reveal seed shares of exactly the survivors and "
-                "key shares of exactly the dropped clients"
-            )
-        try:
-            for blob in (*msg.seed_shares.values(), *msg.key_shares.values()):
-                shamir.share_from_bytes(blob)
-        except ConfigurationError as exc:
-            raise SerializationError(f"client {msg.client_id} sent an invalid share") from exc
-        self._unmask[msg.client_id] = msg
-
-    def finish(self) -> SecAggResult:
-        """Reconstruct the masks and return the aggregate (the only thing the server learns)."""
-        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-        self._expect(3, "finish")
-        cfg = self.config
-        self._abort_below(len(self._unmask), "answered the unmask request")
-        helpers = sorted(self._unmask)[: cfg.threshold]
-        coeffs = shamir.lagrange_at_zero([h + 1 for h in helpers])
-
-        def secret(owner: int, seed_share: bool) -> bytes:
-            shares = {}
-            for h in helpers:
-                m = self._unmask[h]
-                blob = (m.seed_shares if seed_share else m.key_shares)[owner]
-                shares[h + 1] = shamir.share_from_bytes(blob)
-            value = shamir.reconstruct(shares, threshold=cfg.threshold, coefficients=coeffs)
-            if value >> (8 * SEED_BYTES):
-                self._phase = 5
-                raise AggregationAborted(f"shares of client {owner} are inconsistent; aborting")
-            return value.to_bytes(SEED_BYTES, "big")
-
-        acc = self._acc
-        for u in self._u3:
-            seed = secret(u, True)
-            acc -= expand(seed, cfg.masked_length, ring_bits=cfg.ring_bits,
-                          domain=b"veil-secagg-self" + self.round_id)
-        dropped = [v for v in self._u2 if v not in self._u3]
-        for v in dropped:
-            key = X25519PrivateKey.from_private_bytes(secret(v, False))
-            if key.public_key().public_bytes_raw() != self._adverts[v].mask_public:
-                self._phase = 5
-                raise AggregationAborted(f"reconstructed masking key of client {v} does not "
-                                         "match its advertised key; aborting")
-            for u in self._u3:
-                pair = hkdf(_x25519(key, self._adverts[u].mask_public), salt=self.round_id,
-                            info=_pair_info(b"veil-secagg-pair", u, v))
-                mask = expand(pair, cfg.masked_length, ring_bits=cfg.ring_bits,
-                              domain=b"veil-secagg-pair" + self.round_id)
-                if u < v:
-                    acc -= mask
-                else:
-                    acc += mask
-        acc = _ring_mask(acc, cfg.ring_bits)
-        self._phase = 4
-        self._acc = None
-        q_total = acc[:-1].astype("uint64")
-        total = cfg.quantizer.dequantize_sum(q_total, len(self._u3))
-        n_adv = set(range(cfg.num_clients))
-        dropped_by_phase = {
-            "advertise": tuple(sorted(n_adv - set(self._u1))),
-            "share": tuple(sorted(set(self._u1) - set(self._u2))),
-            "masked": tuple(dropped),
-            "unmask": tuple(sorted(set(self._u3) - set(self._unmask))),
-        }
-        return SecAggResult(total=total, quantized_total=q_total, survivors=self._u3,
-                            dropped=dropped_by_phase, clipped=int(acc[-1]))

@@ -37,94 +37,34 @@ import numpy as np
 
 from veil.errors import ConfigurationError
 from veil.protocols import statistics as st
+from veil.protocols.stats_mpc_core import (
+    _TRANSCRIPTS,
+    FRAC_BITS,
+    MAX_ROWS,
+    UNIT,
+    _moments,
+    _open,
+    _reveal,
+    _sum_from_all,
+    _torch,
+    inv_sqrt,
+)
+from veil.protocols.stats_mpc_rows import logistic, oblivious_bisection, public_bisection
 
 __all__ = ["PREFLIGHT_CODES", "schema_digest", "run_release", "FRAC_BITS"]
 
-FRAC_BITS = 16
-UNIT = 2.0**-FRAC_BITS
-MAX_ROWS = 2**24
 PREFLIGHT_CODES = {
     1: "non-finite values (NaN or inf) in its data",
     2: f"values beyond ±{st.VALUE_LIMIT:g} (the MPC fixed-point range); rescale the column",
     3: "its privacy budget or release policy refused the release",
     4: "an invalid input",
 }
-_INV_SQRT_EXP = range(-8, 16)
-PUBLIC_FANOUT = 15  # thresholds per round of the public search (4 bits of the output per round)
-OBLIVIOUS_FANOUT = 3  # thresholds per round of the oblivious search  # v in [4^-8, 4^16)
 
 
 def schema_digest(columns: Sequence[str]) -> list[float]:
     """Three 20-bit integers from SHA-256 of the column names (fit exactly in fixed point)."""
     h = int.from_bytes(hashlib.sha256("\x1f".join(columns).encode()).digest()[:8], "big")
     return [float((h >> (20 * i)) & 0xFFFFF) for i in range(3)]
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-def _sum_from_all(party: Any, local: np.ndarray) -> Any:
-    """Shared sum over parties of each party's vector (all vectors have the same shape)."""
-    torch = _torch()
-    t = torch.as_tensor(np.asarray(local, dtype=np.float64))
-    total = None
-    for r in range(party.world_size):
-        s = party.share(t if r == party.rank else None, src=r, shape=tuple(t.shape))
-        total = s if total is None else total + s
-    return total
-
-
-def _decode(ring: Any, scale: int) -> np.ndarray:
-    """Exact float64 decoding of fixed-point ring elements (CrypTen's decode stops at float32)."""
-    r = ring.cpu().numpy().astype(np.int64)
-    whole = np.floor_divide(r, scale)
-    return whole.astype(np.float64) + (r - whole * scale).astype(np.float64) / scale
-
-
-def _reveal(party: Any, x: Any, to: Sequence[int] | None) -> np.ndarray | None:
-    """Open the shared ``x`` to the parties in ``to`` (all when None), in float64."""
-    if to is None:
-        return _open(party, x)
-    recipients = sorted(set(to))
-    if not recipients or any(not isinstance(r, int) or not 0 <= r < party.world_size
-                             for r in recipients):
-        raise ConfigurationError(
-            f"to must be None or party ranks in 0..{party.world_size - 1}, got {list(to)}")
-    out = None
-    inner = x._tensor
-    for r in recipients:
-        ring = inner.reveal(dst=r)
-        if party.rank == r:
-            out = _decode(ring, inner.encoder.scale)
-    _record(party, out)
-    return out
-
-
-def _open(party: Any, x: Any) -> np.ndarray:
-    """Open ``x`` to every party, in float64 (recorded in ``party``'s transcript, if any)."""
-    inner = x._tensor
-    out = _decode(inner.reveal(), inner.encoder.scale)
-    _record(party, out)
-    return out
-
-
-_TRANSCRIPTS: dict[int, list[np.ndarray]] = {}
-
-
-def _record(party: Any, value: np.ndarray | None) -> None:
-    log = _TRANSCRIPTS.get(id(party))
-    if log is not None and value is not None:
-        log.append(np.array(value, copy=True))
-
-
-def _fixed(bits: Any, like: Any) -> Any:
-    """Comparison results are integer-encoded; re-encode them on ``like``'s fixed-point scale."""
-    out = bits.clone()
-    out._tensor.encode_(like.encoder)
-    return out
 
 
 def preflight(party: Any, *, code: int, columns: Sequence[str], rows: int | None) -> float | None:
@@ -200,37 +140,6 @@ def dp_release(party: Any, x: np.ndarray, spec: st.Spec, noise: Sequence[int],
     return st.finalize_linear(spec, total)
 
 
-# --- secure nonlinear helpers ---------------------------------------------------------------
-def inv_sqrt(v: Any) -> Any:
-    """1/sqrt(v) on shares for 4^-8 <= v < 4^16: oblivious power-of-4 normalisation + Newton."""
-    torch = _torch()
-    exps = list(_INV_SQRT_EXP)
-    thresholds = torch.tensor([4.0**k for k in exps], dtype=torch.float64)
-    c = _fixed(v.unsqueeze(-1) >= thresholds, v)  # (m, K) shared bits: v >= 4^k
-    ones = c[..., :-1] - c[..., 1:]
-    onehot = [ones[..., i] for i in range(len(exps) - 1)] + [c[..., -1]]
-    scale = None
-    for k, oh in zip(exps, onehot):
-        term = oh * (2.0**-k)
-        scale = term if scale is None else scale + term
-    scale = scale + (1 - c[..., 0]) * (2.0 ** -exps[0])  # below range: treat as 4^-8
-    u = (v * scale) * scale  # in [1, 4)
-    y = 1.1 - 0.15 * u
-    for _ in range(5):
-        y = y * (3.0 - u * y * y) * 0.5
-    return y * scale
-
-
-def _moments(party: Any, x: np.ndarray, spec: st.Spec, n: float, full: bool) -> tuple[Any, Any]:
-    """Shared E[x] (d) and E[x xᵀ] (d × d) over all rows; each party divides its sums by N."""
-    d = spec.d
-    x = st.clip(x, spec)
-    second = (x.T @ x) if full else np.diag((x * x).sum(axis=0))
-    local = np.concatenate([x.sum(axis=0), second.reshape(-1)]) / n
-    v = _sum_from_all(party, local)
-    return v[:d], v[d:].reshape(d, d)
-
-
 def linear_release(party: Any, x: np.ndarray, spec: st.Spec, n: float) -> tuple[list, list]:
     """Shared outputs for the linear statistics: list of (key, shared tensor | public array)."""
     torch = _torch()
@@ -292,144 +201,6 @@ def _ols(spec: st.Spec, m1: Any, cov: Any, corr: Any, r: Any) -> Any:
     coef = beta_std * r[f] * sd_t
     intercept = m1[t] - (coef * m1[f]).sum()
     return (coef, intercept)
-
-
-# --- order statistics -------------------------------------------------------------------------
-def _range(spec: st.Spec, col: int) -> tuple[float, float]:
-    if spec.bounds is not None:
-        return spec.bounds[col]
-    return (-st.VALUE_LIMIT, st.VALUE_LIMIT)
-
-
-def public_bisection(party: Any, x: np.ndarray, spec: st.Spec,
-                     targets: Sequence[st.Target]) -> list[float]:
-    """Exact order statistics by a public (m+1)-ary search on the 2^-16 grid.
-
-    Each round, per target, every party shares its local counts of values <= m public thresholds
-    and the parties open the m bits ``joint count >= k``. The bits only say which of the m+1
-    sub-intervals holds the answer, so the whole transcript is a function of the output.
-    """
-    torch = _torch()
-    m = PUBLIC_FANOUT
-    xc = st.clip(x, spec)
-    cols = [np.sort(xc[:, t.col]) for t in targets]
-    base = np.array([_range(spec, t.col)[0] for t in targets])
-    grid = [math.ceil((_range(spec, t.col)[1] - b) / UNIT) for t, b in zip(targets, base)]
-    lo = [-1] * len(targets)  # invariant: count(lo) < k <= count(hi); answer = hi
-    hi = list(grid)
-    k = torch.tensor([[t.index + 1 - 0.5] for t in targets], dtype=torch.float64)
-    with party.phase("stats order statistics (public search)"):
-        while any(h - lo_ > 1 for lo_, h in zip(lo, hi)):
-            points = [[lo_ + (h - lo_) * (i + 1) // (m + 1) for i in range(m)]
-                      for lo_, h in zip(lo, hi)]
-            counts = np.array([np.searchsorted(c, base[j] + np.array(p) * UNIT, side="right")
-                               for j, (c, p) in enumerate(zip(cols, points))], dtype=np.float64)
-            bits = np.rint(_open(party, _sum_from_all(party, counts) >= k)).astype(bool)
-            for j, p in enumerate(points):
-                if hi[j] - lo[j] <= 1:
-                    continue
-                below = [q for q, b in zip(p, bits[j]) if not b]
-                above = [q for q, b in zip(p, bits[j]) if b]
-                lo[j] = max([lo[j], *below])
-                hi[j] = min([hi[j], *above])
-    return [float(b + h * UNIT) for b, h in zip(base, hi)]
-
-
-def _padded_columns(party: Any, x: np.ndarray, spec: st.Spec, cols: Sequence[int],
-                    n: float) -> Any:
-    """Shared (len(cols), P·N) matrix: each party's column padded to N with a sentinel."""
-    xc = st.clip(x, spec)
-    mat = np.zeros((len(cols), int(n)))
-    for i, c in enumerate(cols):
-        sentinel = _range(spec, c)[1] + 1.0
-        mat[i, :] = sentinel
-        mat[i, :xc.shape[0]] = xc[:, c]
-    parts = [party.share(_torch().as_tensor(mat) if r == party.rank else None, src=r,
-                         shape=mat.shape) for r in range(party.world_size)]
-    from veil import mpc
-
-    return mpc.cat(parts, dim=1)
-
-
-def oblivious_bisection(party: Any, x: np.ndarray, spec: st.Spec, targets: Sequence[st.Target],
-                        n: float) -> Any:
-    """Interpolated order statistics by an (m+1)-ary search with secret thresholds.
-
-    Only the interval width is public (it shrinks by m+1 each round whatever the data); the
-    lower end, the comparisons and the counts stay shared. Returns the shared values.
-    """
-    torch = _torch()
-    from veil import mpc
-
-    m = OBLIVIOUS_FANOUT
-    ranks: list[tuple[int, int]] = []  # (col, k) searches
-    for t in targets:
-        ranks.append((t.col, t.a + 1))
-        ranks.append((t.col, t.a + 2))
-    cols = sorted({c for c, _ in ranks})
-    data = _padded_columns(party, x, spec, cols, n)  # (C, P·N)
-    rows = data[torch.tensor([cols.index(c) for c, _ in ranks])]  # (Q, P·N)
-    lo0 = torch.tensor([_range(spec, c)[0] - UNIT for c, _ in ranks], dtype=torch.float64)
-    width = torch.tensor([_range(spec, c)[1] - _range(spec, c)[0] + UNIT for c, _ in ranks],
-                         dtype=torch.float64)
-    k = torch.tensor([[float(kk)] for _, kk in ranks], dtype=torch.float64)  # integer counts
-    steps = int(math.ceil(math.log(float(width.max()) / UNIT, m + 1)))
-    lo = rows[:, 0] * 0.0 + lo0  # invariant: count(lo) < k <= count(lo + width)
-    frac = torch.arange(1, m + 1, dtype=torch.float64) / (m + 1)
-    with party.phase("stats order statistics (oblivious search)"):
-        for _ in range(steps):
-            points = lo.unsqueeze(1) + width.unsqueeze(1) * frac.unsqueeze(0)  # (Q, m)
-            below = (rows.unsqueeze(1) <= points.unsqueeze(2)).sum(dim=2)  # (Q, m) counts
-            under = m - (below >= k).sum(dim=1)  # thresholds still below the answer
-            width = width / (m + 1)
-            lo = lo + _fixed(under, lo) * width
-    hi = lo + width
-    vals = []
-    for i, t in enumerate(targets):
-        a, b = hi[2 * i], hi[2 * i + 1]
-        vals.append(a * ((t.den - t.num) / t.den) + b * (t.num / t.den))
-    return mpc.stack(vals)
-
-
-# --- logistic regression ----------------------------------------------------------------------
-def logistic(party: Any, x: np.ndarray, spec: st.Spec, n: float) -> Any:
-    """Joint full-batch gradient descent on shares; returns shared [coef..., intercept]."""
-    torch = _torch()
-    from veil import mpc
-
-    t = spec.target_index
-    f = [j for j in range(spec.d) if j != t]
-    xc = st.clip(x, spec)
-    y = xc[:, t]
-    if not np.all((y == 0) | (y == 1)):
-        raise ConfigurationError(
-            f"party {party.rank}: logistic regression needs a 0/1 target; column "
-            f"{spec.columns[t]!r} has other values")
-    feats = xc[:, f]
-    m1, m2 = _moments(party, feats, st.Spec(("mean",), tuple(spec.columns[j] for j in f)), n,
-                      False)
-    r = inv_sqrt(m2[torch.arange(len(f)), torch.arange(len(f))] - m1 * m1)
-    block = np.zeros((int(n), len(f) + 2))  # features, label, mask; padded to N rows
-    block[:feats.shape[0], :len(f)] = feats
-    block[:feats.shape[0], len(f)] = y
-    block[:feats.shape[0], len(f) + 1] = 1.0
-    parts = [party.share(torch.as_tensor(block) if rr == party.rank else None, src=rr,
-                         shape=block.shape) for rr in range(party.world_size)]
-    data = mpc.cat(parts, dim=0)
-    mask = data[:, len(f) + 1]
-    z = (data[:, :len(f)] - m1.unsqueeze(0)) * r.unsqueeze(0) * mask.unsqueeze(1)
-    label = data[:, len(f)]
-    w = r * 0.0
-    b = m1[0] * 0.0
-    step = spec.learning_rate / n
-    with party.phase("stats logistic regression"):
-        for _ in range(spec.iterations):
-            p = (z.matmul(w.unsqueeze(1)).squeeze(1) + b).sigmoid()
-            g = (p - label) * mask
-            w = w - z.t().matmul(g.unsqueeze(1)).squeeze(1) * step
-            b = b - g.sum() * step
-    coef = w * r
-    return mpc.cat([coef, (b - (coef * m1).sum()).unsqueeze(0)])
 
 
 # --- one release --------------------------------------------------------------------------------

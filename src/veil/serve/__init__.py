@@ -5,7 +5,12 @@ uploads only its *public* part once (content-addressed by SHA-256), then sends c
 decrypts the encrypted predictions. The server never sees a secret key or a plaintext.
 
 >>> from veil.serve import Client                    # doctest: +SKIP
->>> Client("http://127.0.0.1:8000").predict(x)       # `veil serve --model linear:digits`
+>>> Client("http://127.0.0.1:8000").predict(x)       # `veil serve --model zoo:digits-mlp`
+
+Server side in Python: ``create_app(model, config=ServerConfig(...))`` (an ASGI app) or
+``serve(model, host=..., port=...)``; ``model`` is a spec (``"linear:digits"``,
+``"zoo:NAME[:single]"``) or an :class:`Evaluator` such as ``CompiledEvaluator(name, net,
+input_shape)`` for your own torch model. Security notes: ``docs/security/serve.md``.
 
 Names are imported lazily (``import veil.serve`` does not load FastAPI, numpy or TenSEAL).
 """
@@ -22,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "ServerConfig": "config",
     "Evaluator": "evaluator",
     "LinearEvaluator": "evaluator",
+    "CompiledEvaluator": "evaluator",
     "ModelInfo": "evaluator",
     "load_evaluator": "evaluator",
 }

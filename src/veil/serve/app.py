@@ -38,6 +38,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from veil.errors import (
     ConfigurationError,
@@ -128,15 +129,18 @@ class _Pool:
         """Start every worker now (spawned workers import TenSEAL), not on the first request."""
         futures = [self._pool.submit(worker.ping, 0.3) for _ in range(self._workers)]
         for f in futures:
-            f.result(timeout=120)
+            f.result(timeout=600)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+    def submit(self, fn: Callable[..., Any],
+               *args: Any) -> tuple[cf.ProcessPoolExecutor, cf.Future]:
+        """Submit to the current pool (rebuilt first if broken); returns (pool, future)."""
         pool = self._pool
         try:
-            return pool.submit(fn, *args)
+            return pool, pool.submit(fn, *args)
         except cf.process.BrokenProcessPool:
             self.rebuild(pool)
-            return self._pool.submit(fn, *args)
+            pool = self._pool
+            return pool, pool.submit(fn, *args)
 
     def rebuild(self, broken: cf.ProcessPoolExecutor) -> None:
         with self._lock:
@@ -211,6 +215,8 @@ class _Server:
             raise _Fail(408, "Timeout",
                         f"body not received within {timeout:.0f} s ({total} bytes arrived)"
                         ) from exc
+        except ClientDisconnect as exc:
+            raise _Fail(400, "Disconnected", f"client disconnected after {total} bytes") from exc
         if total == 0:
             raise _Fail(400, "SerializationError", "empty body; send the serialized payload")
         return total
@@ -220,8 +226,8 @@ class _Server:
         """Run ``fn(*args)`` in a worker; ``on_done`` fires when the worker is really done."""
         assert self.pool is not None
         try:
-            fut = self.pool.submit(fn, *args)
-        except BaseException as exc:
+            executor, fut = self.pool.submit(fn, *args)
+        except Exception as exc:
             on_done()
             raise _from_exception(exc, what) from exc
         fut.add_done_callback(lambda _f: on_done())
@@ -233,10 +239,10 @@ class _Server:
             raise _Fail(504, "Timeout", f"{what} did not finish within the server's deadline; "
                         "retry with fewer rows or later") from exc
         except cf.process.BrokenProcessPool as exc:
-            self.pool.rebuild(self.pool.current)
+            self.pool.rebuild(executor)  # only if no other request has done so already
             raise _from_exception(exc, what) from exc
-        except BaseException as exc:
-            if isinstance(exc, (_Fail, asyncio.CancelledError)):
+        except Exception as exc:
+            if isinstance(exc, _Fail):
                 raise
             raise _from_exception(exc, what) from exc
 
@@ -262,9 +268,13 @@ def create_app(model: str | Evaluator = "linear:digits", *,
     cfg = config if config is not None else ServerConfig()
     evaluator = load_evaluator(model) if isinstance(model, str) else model
     info = evaluator.info
+    request_limit = cfg.request_limit(info.plan)
     from veil import __version__
 
-    state = _Server(evaluator, model if isinstance(model, str) else None, cfg)
+    # zoo models (torch modules) are rebuilt by name in each worker (from the weight cache
+    # written by the first load); other evaluators are pickled to the workers as they are
+    spec = model if isinstance(model, str) and model.startswith("zoo:") else None
+    state = _Server(evaluator, spec, cfg)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -295,7 +305,7 @@ def create_app(model: str | Evaluator = "linear:digits", *,
 
     model_json = {
         **info.to_json(),
-        "limits": {"max_request_bytes": cfg.max_request_bytes,
+        "limits": {"max_request_bytes": request_limit,
                    "max_context_bytes": cfg.max_context_bytes,
                    "max_ciphertexts": cfg.max_ciphertexts,
                    "request_deadline_s": cfg.request_deadline_s},
@@ -362,33 +372,36 @@ def create_app(model: str | Evaluator = "linear:digits", *,
                         f"missing {CONTEXT_HEADER} header; upload the public context with POST "
                         "/contexts and send its id")
         cid = _parse_id(raw_id)
-        state.check_length(request, cfg.max_request_bytes)
+        state.check_length(request, request_limit)
         if not state.admission.try_enter():
             raise state.busy()
         pinned = submitted = False
+        upload: Upload | None = None
         try:
             if not state.store.acquire(cid):
                 raise _Fail(404, "UnknownContext", f"context {cid[:16]}… is not stored; upload "
                             "it with POST /contexts, then retry")
             pinned = True
-            chunks: list[bytes] = []
-            await state.stream(request, cfg.max_request_bytes, cfg.body_timeout_s,
-                               chunks.append)
-            payload = b"".join(chunks)
-            del chunks
+            upload = state.store.new_upload(digest=False)  # queued bodies wait on disk
+            await state.stream(request, request_limit, cfg.body_timeout_s, upload.write)
+            upload.finish()
             deadline = time.monotonic() + cfg.request_deadline_s
+            body_file = upload
 
             def done() -> None:
+                body_file.discard()
                 state.store.release(cid)
                 state.admission.leave()
 
             submitted = True
-            out = await state.run(worker.evaluate, (cid, payload, cfg.max_request_bytes,
+            out = await state.run(worker.evaluate, (cid, str(upload.path), request_limit,
                                                     cfg.max_ciphertexts, deadline),
                                   deadline, "prediction", done)
             return Response(out, media_type=OCTET)
         finally:
             if not submitted:
+                if upload is not None:
+                    upload.discard()
                 if pinned:
                     state.store.release(cid)
                 state.admission.leave()

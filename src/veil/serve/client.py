@@ -66,6 +66,10 @@ class Client:
                                          f"{value!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or \
+                max_response_bytes < 1024:
+            raise ConfigurationError(
+                f"max_response_bytes must be an integer >= 1024, got {max_response_bytes!r}")
         if context is not None and not getattr(context, "has_secret_key", False):
             raise ConfigurationError(
                 "Client(context=...) needs the client's own context with its secret key (to "
@@ -104,6 +108,8 @@ class Client:
 
         timeout = self.timeout if timeout is None else timeout
         for attempt in range(self.retries + 1):
+            # httpx's timeout bounds each read/write; this bounds the whole exchange too
+            end = time.monotonic() + timeout
             try:
                 with self._http.stream(method, path, content=content, headers=headers,
                                        timeout=timeout) as resp:
@@ -117,6 +123,9 @@ class Client:
                         if len(body) > limit:
                             raise PartyFailure(f"server's {what} answer exceeds the client's "
                                                f"limit of {limit} bytes", phase=what)
+                        if time.monotonic() > end:
+                            raise PartyFailure(f"server {self.url} did not complete {what} "
+                                               f"within {timeout:g} s", phase=what)
                     status, retry_after = resp.status_code, resp.headers.get("retry-after", "1")
             except httpx.TimeoutException as exc:
                 raise PartyFailure(f"server {self.url} did not complete {what} within "

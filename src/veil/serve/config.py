@@ -23,7 +23,9 @@ class ServerConfig:
 
     Every limit is enforced *before* the corresponding bytes are parsed: ``Content-Length`` is
     checked against the limit first, and the streamed body is counted as it arrives, so an
-    oversized or lying upload is cut off at the limit and never reaches TenSEAL.
+    oversized or lying upload is cut off at the limit and never reaches TenSEAL. Bodies stream
+    to files in the store directory, so queued requests cost disk, not memory; only the
+    ``workers`` requests being evaluated are in memory.
 
     ``workers`` processes evaluate the model (TenSEAL holds the GIL, so threads would not run in
     parallel); each caches up to ``contexts_per_worker`` loaded public contexts by their SHA-256.
@@ -37,7 +39,7 @@ class ServerConfig:
     """
 
     max_context_bytes: int = 256 * MiB
-    max_request_bytes: int = 32 * MiB
+    max_request_bytes: int | None = None  # None: derived from the model (request_limit_for)
     max_ciphertexts: int = 512
     workers: int = field(default_factory=_default_workers)
     queue_size: int = 32
@@ -52,7 +54,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         ints = {
             "max_context_bytes": self.max_context_bytes,
-            "max_request_bytes": self.max_request_bytes,
+            "max_request_bytes": 1 if self.max_request_bytes is None else self.max_request_bytes,
             "max_ciphertexts": self.max_ciphertexts,
             "workers": self.workers,
             "retry_after_s": self.retry_after_s,
@@ -81,6 +83,24 @@ class ServerConfig:
                 )
         if self.store_dir is not None and not isinstance(self.store_dir, Path):
             object.__setattr__(self, "store_dir", Path(self.store_dir))
+
+    def request_limit(self, plan: dict) -> int:
+        """``max_request_bytes``, or when unset the size of one full request for this model.
+
+        A fresh ciphertext takes at most ``2 * N * (primes - 1) * 8`` bytes; a ``batched``
+        request holds one per input feature (one batch of up to ``slots`` rows), a ``single``
+        one a few. The default allows that with 25 % slack, and never less than 32 MiB.
+        """
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        params = plan["params"]
+        ct = 2 * params["poly_modulus_degree"] * (len(params["coeff_mod_bit_sizes"]) - 1) * 8
+        count = 1
+        for d in plan["input_shape"]:
+            count *= int(d)
+        if plan["layout"] != "batched":
+            count = 4
+        return max(32 * MiB, int(1.25 * count * ct) + MiB)
 
     @property
     def max_in_flight(self) -> int:

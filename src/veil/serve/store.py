@@ -23,22 +23,23 @@ __all__ = ["ContextStore", "Upload"]
 class Upload:
     """A body being streamed to a temporary file in the store directory."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, digest: bool = True) -> None:
         fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if digest else None
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
-        self._hash.update(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)
         self.size += len(chunk)
 
     def finish(self) -> str:
-        """Close the file and return the hex SHA-256 of what was written."""
+        """Close the file; return the hex SHA-256 of what was written ("" without digest)."""
         self._file.close()
-        return self._hash.hexdigest()
+        return self._hash.hexdigest() if self._hash is not None else ""
 
     def discard(self) -> None:
         if not self._file.closed:
@@ -68,8 +69,8 @@ class ContextStore:
         with self._lock:
             return len(self._used)
 
-    def new_upload(self) -> Upload:
-        return Upload(self.directory)
+    def new_upload(self, *, digest: bool = True) -> Upload:
+        return Upload(self.directory, digest=digest)
 
     def acquire(self, context_id: str) -> bool:
         """Pin a stored context for one request; False if it is not stored."""

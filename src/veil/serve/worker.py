@@ -97,7 +97,7 @@ def check_context(context_id: str, tmp_path: str, max_bytes: int, deadline: floa
     return {"context_id": context_id}
 
 
-def evaluate(context_id: str, payload: bytes, max_bytes: int, max_ciphertexts: int,
+def evaluate(context_id: str, body_path: str, max_bytes: int, max_ciphertexts: int,
              deadline: float) -> bytes:
     """Open a ``models.encrypted`` request, run the model for its context, return the result.
 
@@ -109,6 +109,10 @@ def evaluate(context_id: str, payload: bytes, max_bytes: int, max_ciphertexts: i
 
     if time.monotonic() > deadline:
         raise TimeoutError("request started after its deadline (server overloaded)")
+    path = Path(body_path)
+    if path.stat().st_size > max_bytes:  # the parent counted already; never read past a limit
+        raise SerializationError(f"request exceeds the limit of {max_bytes} bytes")
+    payload = path.read_bytes()
     header, frames = unpack_frames(payload, KIND_ENCRYPTED, max_bytes=max_bytes,
                                    max_frames=max_ciphertexts)
     del payload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,19 +57,30 @@ def party_release(party: Any, x: np.ndarray, release: Release, *, dataset: str,
 def joint_job(party: Any, source: Any, columns: Sequence[str], release: Release,
               dataset: str) -> dict[str, Any]:
     """Job used by :func:`veil.stats.joint` (backend 'mpc'): loads this party's own data."""
+    t0 = time.perf_counter()
     x, _cols, _ = load_table(source, columns, party=party.rank)
     values = party_release(party, x, release, dataset=dataset)
-    return {"values": values, "comm": party.comm_stats()}
+    return {"values": values, "comm": party.comm_stats(), "seconds": time.perf_counter() - t0}
 
 
-def job(party: Any, source: str, columns: str, stats: str, min_cohort: int = 10,
-        epsilon: float | None = None, bounds: str | None = None) -> dict[str, Any] | None:
-    """``veil party ... --job veil.stats._party:job`` entry: each party passes its own CSV path.
+def job(party: Any, source: str, columns: str, stats: str, min_cohort: int | str = 10,
+        epsilon: float | str | None = None, bounds: str | None = None) -> dict[str, Any] | None:
+    """``veil party ... --job veil.stats._party:job --arg source=a.csv --arg columns=age,bmi
+    --arg stats=mean,stdev [--arg min_cohort=10 --arg epsilon=1 --arg bounds=0:120]``.
 
-    ``columns`` and ``stats`` are comma-separated; ``bounds`` is ``"low:high"`` (all columns).
-    Returns the statistics (revealed to all parties) as plain lists.
+    Each party passes its own CSV path. ``columns`` and ``stats`` are comma-separated; ``bounds``
+    is ``"low:high"`` (all columns). Returns the statistics (revealed to all parties) as plain
+    lists. Values arrive as strings from the command line and are converted here.
     """
     from veil import stats as api
+
+    try:
+        min_cohort = int(min_cohort)
+        epsilon = None if epsilon in (None, "") else float(epsilon)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"min_cohort must be an integer and epsilon a number, got {min_cohort!r}, "
+            f"{epsilon!r}") from exc
 
     lo_hi = None
     if bounds:

@@ -42,6 +42,7 @@ class JointResult:
     bytes_sent: int
     messages: list[tuple[str, str, str, int]] = field(default_factory=list)
     epsilon: float | None = None
+    protocol_seconds: float | None = None  # MPC: slowest party's time inside the job
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -94,8 +95,10 @@ def joint(
     for name in names:
         release.check_budget(name)
     t0 = time.perf_counter()
+    inner_seconds = None
     if backend == "mpc":
-        values, nbytes, messages = _run_mpc(datasets, tables, cols, release, names, timeout)
+        values, nbytes, messages, inner_seconds = _run_mpc(datasets, tables, cols, release,
+                                                           names, timeout)
     else:
         for name in names:
             release.charge(name)
@@ -105,11 +108,13 @@ def joint(
     release.log(parties=len(tables), backend=backend, rows=values.get("count")
                 if release.dp is None else None, datasets=names)
     return JointResult(to_plain(values, was_1d), backend, len(tables), cols, seconds, nbytes,
-                       messages, None if release.dp is None else release.dp.epsilon)
+                       messages, None if release.dp is None else release.dp.epsilon,
+                       inner_seconds)
 
 
 def _run_mpc(datasets: Sequence[Any], tables: list[np.ndarray], cols: tuple[str, ...],
-             release: Release, names: list[str], timeout: float) -> tuple[dict, int, list]:
+             release: Release, names: list[str],
+             timeout: float) -> tuple[dict, int, list, float]:
     from veil import mpc
     from veil.stats._party import joint_job
 
@@ -127,7 +132,8 @@ def _run_mpc(datasets: Sequence[Any], tables: list[np.ndarray], cols: tuple[str,
     comm = [r["comm"] for r in results]
     messages = [(f"party{i}", "parties", "mpc", int(c.get("bytes_sent", 0)))
                 for i, c in enumerate(comm)]
-    return results[0]["values"], sum(m[3] for m in messages), messages
+    inner = max(float(r["seconds"]) for r in results)
+    return results[0]["values"], sum(m[3] for m in messages), messages, inner
 
 
 def _run_he(tables: list[np.ndarray], release: Release, backend: str, bits: int,

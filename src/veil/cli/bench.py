@@ -1,0 +1,94 @@
+"""``veil bench schemes | peers``: which scheme, at what cost, on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+bench_app = typer.Typer(help="Benchmark schemes side by side, and Veil against peer libraries.",
+                        no_args_is_help=True)
+
+
+def _list(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise typer.BadParameter(f"give at least one {what}, comma-separated")
+    return items
+
+
+def _sizes(value: str) -> list[int]:
+    out = []
+    for item in _list(value, "size"):
+        try:
+            size = float(item)
+        except ValueError as exc:
+            raise typer.BadParameter(f"size {item!r} is not a number (e.g. 1e3)") from exc
+        if size != int(size) or not 1 <= size <= 1e7:
+            raise typer.BadParameter(f"size {item!r} must be a whole number in 1..1e7")
+        out.append(int(size))
+    return out
+
+
+def _progress_runner(total: int):  # pragma: no cover - terminal UI
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                        transient=True)
+    task = progress.add_task("benchmarking", total=total)
+
+    def step(msg: str) -> None:
+        progress.update(task, advance=1, description=msg)
+
+    return progress, step
+
+
+@bench_app.command("schemes")
+def schemes(
+    ops: str = typer.Option("add,mul,sum,mean,dot,vecmat,logreg", help="comma-separated jobs"),
+    sizes: str = typer.Option("1e3,1e4", help="comma-separated input sizes"),
+    schemes: str = typer.Option("plain,ckks,bfv,paillier,mpc2,mpc3", help="schemes to compare"),
+    repeats: int = typer.Option(3, min=1, max=100, help="timed repeats per measurement"),
+    json_out: Path = typer.Option(Path("bench-schemes.json"), "--json", help="JSON output"),
+    plot: Path = typer.Option(Path("bench-schemes.png"), "--plot", help="PNG plot output"),
+) -> None:
+    """The same jobs under plaintext, CKKS, BFV, Paillier and MPC: time, bytes, error."""
+    from rich.console import Console
+
+    from veil.bench import report
+    from veil.bench.schemes import run_schemes
+
+    op_list, size_list, scheme_list = _list(ops, "op"), _sizes(sizes), _list(schemes, "scheme")
+    progress, step = _progress_runner(len(op_list) * len(size_list) * len(scheme_list))
+    with progress:
+        records = run_schemes(op_list, size_list, scheme_list, repeats=repeats, progress=step)
+    console = Console()
+    console.print(report.table(records, "veil bench schemes"))
+    report.write_json(records, json_out, command="schemes")
+    report.plot(records, plot, "Veil: time and bytes per scheme")
+    console.print(f"wrote {json_out} and {plot}")
+
+
+@bench_app.command("peers")
+def peers(
+    size: str = typer.Option("1e3", help="vector length for the element-wise comparisons"),
+    repeats: int = typer.Option(3, min=1, max=100, help="timed repeats per measurement"),
+    json_out: Path = typer.Option(Path("bench-peers.json"), "--json", help="JSON output"),
+) -> None:
+    """Veil against raw TenSEAL, phe+gmpy2, raw CrypTen and MPyC on this machine, as ratios."""
+    from rich.console import Console
+
+    from veil.bench import peers as peer_bench
+
+    n = _sizes(size)[0]
+    progress, step = _progress_runner(len(peer_bench.COMPARISONS))
+    with progress:
+        rows = peer_bench.run_peers(n, repeats=repeats, progress=step)
+    console = Console()
+    console.print(peer_bench.table(rows))
+    peer_bench.write_json(rows, json_out)
+    console.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")
