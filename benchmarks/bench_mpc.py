@@ -190,6 +190,7 @@ def _matmul_job(crypten, rank, spec, side, repeats):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none present)")
 def test_cuda_matmul_2048_speedup(benchmark) -> None:
     def both() -> dict[str, float]:
         out = {}

@@ -143,7 +143,7 @@ def he_mean_variance(backend: str, rows: int = 1_000_000) -> dict[str, Any]:
             "err_var": abs(float(res["variance"]) - allx.var(ddof=1))}
 
 
-def per_row_paillier(sample: int = 2_000, packed_sample: int = 100_000) -> dict[str, Any]:
+def per_row_paillier(sample: int = 200, packed_sample: int = 10_000) -> dict[str, Any]:
     """Encrypting every row instead (what a per-record protocol pays), extrapolated to 10^6."""
     import phe
 

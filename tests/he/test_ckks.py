@@ -144,10 +144,10 @@ def test_chunked_tensor_all_ops(ctx: CKKSContext) -> None:
 @pytest.mark.slow
 def test_chunked_matmul() -> None:
     """Tall matrices across chunks (TenSEAL's mm costs one rotation per row: slow)."""
-    small = CKKSContext.generate(CKKSParams(4096, (40, 20, 40), 20))
+    small = CKKSContext.generate(CKKSParams(4096, (39, 30, 40), 30))
     n = small.slots + 7
     x, m = RNG.uniform(-1, 1, n), RNG.uniform(-1, 1, (n, 3))
-    close(small.decrypt(small.encrypt(x).matmul(m)), x @ m, 0.5)
+    close(small.decrypt(small.encrypt(x).matmul(m)), x @ m, 1e-2)
 
 
 # -- batched layout helpers ---------------------------------------------------------------------
@@ -358,7 +358,7 @@ def test_shared_decryption_adds_calibrated_noise(ctx: CKKSContext) -> None:
     assert abs(noise.std() / sigma - 1) < 0.1  # 4096 samples: std within 10%
     assert abs(noise.mean()) < 5 * sigma / np.sqrt(ctx.slots)
     assert not np.array_equal(shared, ctx.decrypt(zeros, shared=True, error_bound=bound))
-    s = ctx.encrypt(X).sum()  # default bound: tracked estimate, about 1e-4 absolute here
+    s = ctx.encrypt(X).sum()  # default bound: the tracked estimate
     assert abs(ctx.decrypt(s, shared=True) - X.sum()) < 10 * flooding_sigma(s.error_bound, 1)
     with pytest.raises(ConfigurationError, match="statistical_security"):
         ctx.decrypt(s, shared=True, statistical_security=8)
@@ -370,7 +370,9 @@ def test_error_bound_covers_observed_error(ctx: CKKSContext) -> None:
     a, b = ctx.encrypt(X, value_bound=3.0), ctx.encrypt(Y, value_bound=3.0)
     for t, exact in ((a, X), (a + b, X + Y), (a * b, X * Y), ((a * 0.5).sum(), 0.5 * X.sum()),
                      (a.polyval([1, 0.5, 0.1]), 1 + 0.5 * X + 0.1 * X**2)):
-        assert np.max(np.abs(ctx.decrypt(t) - exact)) < t.error_bound
+        # plus the deterministic scale-reset error of each multiplication (key-independent)
+        det = (2 - t.levels_left) * 3 * np.max(np.abs(exact)) * ctx.params.rescale_relative_error
+        assert np.max(np.abs(ctx.decrypt(t) - exact)) < t.error_bound + det
 
 
 def test_generate_refuses_non_params_and_translates_seal(ctx: CKKSContext) -> None:

@@ -117,7 +117,7 @@ def test_a_missing_party_is_named_at_rendezvous(fabric) -> None:
     common = ["--world-size", "2", "--master", master, "--timeout", "3"]
     p0 = _veil(names[0], "--rank", "0", *common, "--job", "selftest", "--host-dealer")
     try:
-        _, err = p0.communicate(timeout=60)
+        _, err = p0.communicate(timeout=120)  # the rendezvous waits at least 30 s
     finally:
         if p0.poll() is None:
             os.killpg(p0.pid, 9)

@@ -60,7 +60,8 @@ def oracle_job(party, data):
         ops.update({"matmul": sh["A"].matmul(sh["B"]),
                     "conv": sh["img"].conv2d(sh["ker"], padding=1),
                     "cat": mpc.cat([x, y]), "stack": mpc.stack([x, y]),
-                    "where": mpc.where(x > y, x, y)})
+                    "where": mpc.where(x > y, x, y),
+                    "where_pub": mpc.where(data["x"] > 0, x, y)})
     out = {name: party.reveal(v) for name, v in ops.items()}
     # reveal to a subset: what does each party receive?
     z = x * y
@@ -68,7 +69,9 @@ def oracle_job(party, data):
     only1 = party.reveal(z, to=[1])
     got = party.comm_stats()["bytes_received"] - before
     to_two = party.reveal(z, to=[0, party.world_size - 1])
+    binary = party.reveal(x.to(party.crypten.mpc.ptype.binary), to=[1])  # XOR shares
     return {"ops": out, "only1": only1, "received_in_reveal": got, "to_two": to_two,
+            "binary": binary,
             "is_shared": (mpc.is_shared(z), mpc.is_shared(torch.ones(1))),
             "world": (party.rank, party.world_size, str(party.device))}
 
@@ -85,6 +88,7 @@ def _expected(d: dict[str, torch.Tensor], parties: int) -> dict[str, torch.Tenso
         "matmul": d["A"] @ d["B"],
         "conv": torch.nn.functional.conv2d(d["img"], d["ker"], padding=1),
         "cat": torch.cat([x, y]), "stack": torch.stack([x, y]), "where": torch.maximum(x, y),
+        "where_pub": torch.where(x > 0, x, y),
     }
 
 
@@ -126,6 +130,10 @@ def test_reveal_to_subset_sends_shares_only_to_recipients(session) -> None:
             assert torch.allclose(r["to_two"].double(), want, atol=1e-3)
         else:
             assert r["to_two"] is None
+        if rank == 1:
+            assert torch.allclose(r["binary"].double(), data["x"], atol=1e-4)
+        else:
+            assert r["binary"] is None
 
 
 def test_party_view_and_helpers(session) -> None:
@@ -212,6 +220,8 @@ def misuse_job(party, what):
         return lambda: x  # cannot be pickled back to the launcher
     if what == "extra_tensor":
         return party.share(torch.ones(2), src=0)
+    if what == "shape_mismatch":
+        return party.share(torch.ones(2) if party.rank == 0 else None, src=0, shape=(3,))
     return None
 
 
@@ -238,6 +248,7 @@ def test_non_finite_input_is_reported_by_its_owner() -> None:
         ("bad_to", None, "to must be None or a non-empty list"),
         ("unpicklable", None, "cannot be sent back"),
         ("extra_tensor", 1, "only party 0 provides the data"),
+        ("shape_mismatch", 0, r"has shape \(2,\) but shape=\(3,\)"),
     ],
 )
 def test_misuse_inside_a_job_is_a_clear_error(what, rank, match) -> None:

@@ -117,7 +117,7 @@ def test_calibration_scales_with_sensitivity_and_budget_split() -> None:
 )
 def test_dp_config_validation(kwargs: dict) -> None:
     with pytest.raises(ConfigurationError):
-        DPConfig(**kwargs)
+        DPConfig(**{"bounds": (0, 1), **kwargs})
 
 
 def test_dp_bounds_must_cover_every_column() -> None:

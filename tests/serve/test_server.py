@@ -245,6 +245,12 @@ def test_bad_ciphertexts_are_4xx_and_server_keeps_serving(digits_server, client_
 
 
 def test_client_translates_server_errors(digits_server, client_ctx) -> None:
+    from veil import he
+
+    other = he.CKKSContext.generate(he.CKKSParams.for_depth(1, precision_bits=30),
+                                    galois_keys=False)
+    with pytest.raises(errors.KeyMismatchError, match="server's model needs"):
+        Client(digits_server.url, context=other).predict(np.zeros(64))
     client = Client(digits_server.url, context=client_ctx)
     with pytest.raises(errors.ConfigurationError, match="rows of shape"):
         client.predict(np.zeros((2, 5)))

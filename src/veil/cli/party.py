@@ -16,9 +16,12 @@ is printed as JSON on stdout (tensors as nested lists).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
+import os
 import re
+import sys
 from typing import Any
 
 import typer
@@ -81,6 +84,14 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _exit_now(code: int) -> None:
+    """End the process without running C++ destructors of torch.distributed's background threads
+    (at interpreter shutdown they can abort with "terminate called without an active exception")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def party(
@@ -114,7 +125,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigurationError("--dealer takes no --rank, --job or --host-dealer")
             run_dealer(world_size=world_size, master=master, timeout=timeout,
                        _fail_fast=print_failure_and_exit)
-            return
+            _exit_now(0)
         if rank is None or job is None:
             raise ConfigurationError("a party needs --rank and --job (or pass --dealer)")
         fn = resolve_job(job)
@@ -123,5 +134,6 @@ def register(app: typer.Typer) -> None:
             timeout=timeout, provider=provider,
             allow_party0_sees_inputs=allow_party0_sees_inputs, device=device,
             precision_bits=precision_bits, host_dealer=host_dealer,
-            _fail_fast=print_failure_and_exit)
+            _fail_fast=functools.partial(print_failure_and_exit, hosts_store=rank == 0))
         typer.echo(json.dumps(_jsonable(result)))
+        _exit_now(0)

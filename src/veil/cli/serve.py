@@ -10,7 +10,8 @@ def register(app: typer.Typer) -> None:
     def serve(
         model: str = typer.Option(
             "zoo:digits-mlp", "--model", "-m",
-            help="model to serve: zoo:NAME (veil.models.zoo) or linear:digits",
+            help="model to serve: zoo:NAME (veil.models.zoo, batched layout), zoo:NAME:single "
+            "(one row per request, needs Galois keys) or linear:digits",
         ),
         host: str = typer.Option(
             "127.0.0.1", "--host",
@@ -26,7 +27,8 @@ def register(app: typer.Typer) -> None:
             help="requests that may wait for a worker; beyond that the server answers 503",
         ),
         deadline: float = typer.Option(
-            60.0, "--deadline", min=0.1, max=3600.0, help="per-request deadline in seconds",
+            120.0, "--deadline", min=0.1, max=3600.0,
+            help="seconds from a complete request to its answer (504 after)",
         ),
         max_request_mb: int = typer.Option(
             0, "--max-request-mb", min=0, max=4096,

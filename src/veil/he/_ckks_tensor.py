@@ -11,9 +11,10 @@ Depth: every multiplication (ciphertext or plaintext operand, scalars included) 
 level; ``polyval`` of degree ``d`` consumes ``floor(log2 d) + 1``. Veil checks the remaining
 levels before calling TenSEAL and raises :class:`~veil.errors.DepthExhaustedError`.
 
-Error tracking: every tensor carries ``error_bound``, a data-independent high-probability bound
-on ``|decrypted - exact|`` per element, propagated through the ops (see docs/security/he-ckks.md).
-It sizes the noise flooding of ``CKKSContext.decrypt(..., shared=True)``.
+Error tracking: every tensor carries ``error_bound``, a data-independent bound on the
+key-dependent noise per element, propagated through the ops (independent noises add in
+quadrature; see docs/security/he-ckks.md). It sizes the noise flooding of
+``CKKSContext.decrypt(..., shared=True)``.
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ class CKKSTensor:
 
     @property
     def error_bound(self) -> float:
-        """Estimated bound on the absolute error of each element (see module docstring)."""
+        """Bound on the key-dependent noise in each element (average-case model; see
+        docs/security/he-ckks.md). This is what ``decrypt(shared=True)`` must hide. The total
+        error can also include a deterministic, key-independent relative error of up to
+        ``params.rescale_relative_error`` per multiplication (TenSEAL's scale reset)."""
         return self._err
 
     def __len__(self) -> int:
@@ -107,11 +111,14 @@ class CKKSTensor:
     # -- internals -----------------------------------------------------------------------------
     def _new(self, chunks: list[Any], shape: tuple[int, ...], level: int, err: float,
              mag: float) -> CKKSTensor:
-        return CKKSTensor(self._ctx, chunks, shape, level=level, err=err, mag=mag,
-                          torch=self._torch)
+        t = object.__new__(CKKSTensor)  # hot path: skip __init__'s recomputation
+        t._ctx, t._chunks, t._shape, t._level, t._err, t._mag, t._torch = (
+            self._ctx, chunks, shape, level, err, mag, self._torch)
+        t._size = self._size if shape == self._shape else math.prod(shape)
+        return t
 
     def _check_same(self, other: CKKSTensor, op: str) -> None:
-        if other._ctx is not self._ctx and other._ctx.key_id != self._ctx.key_id:
+        if other._ctx is not self._ctx and other._ctx._key_id != self._ctx._key_id:
             raise KeyMismatchError(
                 f"{op}: operands were encrypted under different keys (key ids "
                 f"{self._ctx.key_id[:8]}… and {other._ctx.key_id[:8]}…); encrypt both with the "
@@ -148,17 +155,25 @@ class CKKSTensor:
         TenSEAL mod-switches the *argument* in place when it has more levels than ``self``;
         calling on the higher operand keeps both caller-visible tensors unchanged.
         """
-        swap = other._level > self._level
+        pairs = zip(other._chunks, self._chunks) if other._level > self._level \
+            else zip(self._chunks, other._chunks)
+        try:
+            return [getattr(hi, fn)(lo) for hi, lo in pairs]
+        except Exception as exc:
+            if not is_transparent_error(exc):
+                with translate(op):
+                    raise
+        # exact cancellation somewhere (e.g. a - a): SEAL refuses transparent results
         out = []
         with translate(op):
             for a, b in zip(self._chunks, other._chunks):
-                hi, lo = (b, a) if swap else (a, b)
+                hi, lo = (b, a) if other._level > self._level else (a, b)
                 try:
                     out.append(getattr(hi, fn)(lo))
                 except RuntimeError as exc:
                     if not is_transparent_error(exc):
                         raise
-                    out.append(self._zeros_like_chunk(a))  # exact cancellation: fresh zero
+                    out.append(self._zeros_like_chunk(a))  # fresh encryption of zero
         return out
 
     def _min_level(self, chunks: list[Any]) -> int:
@@ -169,9 +184,13 @@ class CKKSTensor:
         return self._ctx._rescale_err
 
     def _rs(self, mag: float, times: int = 1) -> float:
-        """Error added by ``times`` rescales of a value of magnitude ``mag``: rounding plus
-        TenSEAL's scale reset (relative error ``params.rescale_relative_error``)."""
-        return times * (self._ctx._rescale_err + mag * self._ctx._rel)
+        """Key-dependent noise added by ``times`` rescales/key switches (rounding noise).
+
+        TenSEAL's scale reset also multiplies a value of magnitude ``mag`` by up to
+        ``1 +- params.rescale_relative_error``; that error depends only on the values, reveals
+        nothing about the key, and is not part of ``error_bound``."""
+        del mag  # the scale-reset error is deterministic (key-independent): not tracked here
+        return times * self._ctx._rescale_err
 
     # -- element-wise arithmetic -----------------------------------------------------------
     def __add__(self, other: Any) -> CKKSTensor:
@@ -179,7 +198,7 @@ class CKKSTensor:
             self._check_same(other, "add")
             chunks = self._pairwise(other, "add", "add")
             return self._new(chunks, self._shape, min(self._level, other._level),
-                             self._err + other._err, self._mag + other._mag)
+                             math.hypot(self._err, other._err), self._mag + other._mag)
         return self._plain_op(other, "add_plain", "add")
 
     __radd__ = __add__
@@ -195,7 +214,7 @@ class CKKSTensor:
             else:
                 chunks = self._pairwise(other, "sub", "sub")
             return self._new(chunks, self._shape, min(self._level, other._level),
-                             self._err + other._err, self._mag + other._mag)
+                             math.hypot(self._err, other._err), self._mag + other._mag)
         return self._plain_op(other, "sub_plain", "sub")
 
     def __rsub__(self, other: Any) -> CKKSTensor:
@@ -284,7 +303,8 @@ class CKKSTensor:
         self._need_galois("sum")
         with translate("sum"):
             total = self._reduce_chunks([c.sum() for c in self._chunks])
-        return self._new([total], (), self._level, self._err * self._size,
+        err = self._err * math.sqrt(self._size) + self._rs(0, _log2(self._size))
+        return self._new([total], (), self._level, err,
                          self._mag * self._size)
 
     def dot(self, other: Any) -> CKKSTensor:
@@ -292,13 +312,16 @@ class CKKSTensor:
 
         One level, rotations (Galois keys).
         """
+        import numpy as np
+
         self._need_galois("dot")
         if isinstance(other, CKKSTensor):
             self._check_same(other, "dot")
             self._need_levels(1, "dot", min(self._level, other._level))
             parts = self._pairwise(other, "dot", "dot")
-            err = self._size * (self._mag * other._err + other._mag * self._err
-                                + self._err * other._err) + self._rs(self._mag * other._mag)
+            err = math.sqrt(self._size) * (self._mag * other._err + other._mag * self._err
+                                           + self._err * other._err)
+            err += self._rs(0, 1 + _log2(self._size))
             mag = self._size * self._mag * other._mag
         else:
             flat = as_plain_vector(other, self._size, "dot")
@@ -307,7 +330,9 @@ class CKKSTensor:
             with translate("dot"):
                 parts = [c.dot(ptd(p)) for c, p in zip(self._chunks, self._split(flat))]
             l1 = float(abs(flat).sum())
-            err, mag = self._err * l1 + self._rs(self._mag * l1), self._mag * l1
+            l2 = float(np.sqrt((flat**2).sum()))
+            err = self._err * l2 + self._rs(0, 1 + _log2(self._size))
+            mag = self._mag * l1
         with translate("dot"):
             total = self._reduce_chunks(parts)
         return self._new([total], (), _level_of(total), err, mag)
@@ -342,8 +367,9 @@ class CKKSTensor:
                      for i, c in enumerate(self._chunks)]
             out = self._reduce_chunks(parts)
         l1 = float(np.abs(m).sum(axis=0).max())
-        return self._new([out], (m.shape[1],), _level_of(out),
-                         self._err * l1 + self._rs(self._mag * l1), self._mag * l1)
+        l2 = float(np.sqrt((m**2).sum(axis=0)).max())
+        err = self._err * l2 + self._rs(0, 1 + math.isqrt(m.shape[0]))
+        return self._new([out], (m.shape[1],), _level_of(out), err, self._mag * l1)
 
     def mv(self, matrix: Any) -> CKKSTensor:
         """Plain matrix x vector: ``M[m, n] @ x[n] -> [m]`` (== ``x.matmul(M.T)``)."""
@@ -403,13 +429,18 @@ class CKKSTensor:
         with translate("conv2d_im2col"):
             out = self._chunks[0].conv2d_im2col(k.tolist(), int(windows))
         l1 = float(np.abs(k).sum())
-        return self._new([out], (int(windows),), _level_of(out),
-                         self._err * l1 + self._rs(self._mag * l1), self._mag * l1)
+        l2 = float(np.sqrt((k**2).sum()))
+        err = self._err * l2 + self._rs(0, 1 + _log2(k.size * windows))
+        return self._new([out], (int(windows),), _level_of(out), err, self._mag * l1)
 
     # -- serialization -------------------------------------------------------------------------
     def serialize(self) -> bytes:
         """Envelope ``ckks.tensor``: shape, level, error bound and the ciphertexts (no keys)."""
         return self._ctx._serialize_tensor(self)
+
+
+def _log2(n: int) -> int:
+    return max(1, int(n - 1).bit_length())
 
 
 def _is_scalar(x: Any) -> bool:

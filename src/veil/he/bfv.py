@@ -159,7 +159,8 @@ class BFVContext:
                 if decryptor.invariant_noise_budget(c.ciphertext()[0]) <= 0:
                     raise DepthExhaustedError(
                         f"the ciphertext's noise budget is exhausted after {t._muls} "
-                        f"multiplication(s); the result would be wrong. Use more or larger "
+                        f"multiplication(s) (or the ciphertext was corrupted); the result would "
+                        "be wrong. Use more or larger "
                         "coefficient primes (a larger poly_modulus_degree) or a smaller "
                         "plain_modulus"
                     )
@@ -242,6 +243,8 @@ class BFVContext:
                 or len(shape) > 32 or not 0 <= muls <= self._params.depth:
             raise SerializationError(f"{what}: invalid shape or multiplication count")
         size, slots = math.prod(shape), self.slots
+        if len(blobs) != -(-size // slots):  # before sizing anything by the header
+            raise SerializationError(f"{what}: {len(blobs)} ciphertexts for {size} values")
         expected = [min(slots, size - i) for i in range(0, size, slots)]
         if len(blobs) != len(expected):
             raise SerializationError(f"{what}: {len(blobs)} ciphertexts for {size} values")

@@ -323,8 +323,8 @@ def _walk(net: nn.Module, input_shape: tuple[int, ...] | None, scheme: str | Non
             raise ConfigurationError(
                 f"running {type(net).__name__} on an input of shape (1, {input_shape}) failed "
                 f"({type(exc.__cause__ or exc).__name__}: "
-                f"{str(exc.__cause__ or exc).splitlines()[0][:200]}); pass the per-sample input_shape without the "
-                "batch dimension, e.g. input_shape=(64,) or (1, 8, 8)"
+                f"{str(exc.__cause__ or exc).splitlines()[0][:200]}); pass the per-sample "
+                "input_shape without the batch dimension, e.g. input_shape=(64,) or (1, 8, 8)"
             ) from exc
     modules = dict(gm.named_modules())
     alias: dict[str, str] = {}

@@ -24,6 +24,7 @@ from veil.errors import PartyFailure
 __all__ = [
     "run",
     "run_party",
+    "run_dealer",
     "Party",
     "PartyFailure",
     "PROVIDERS",
@@ -36,6 +37,7 @@ __all__ = [
 _LAZY = {
     "run": ("veil.mpc._launch", "run"),
     "run_party": ("veil.mpc._cluster", "run_party"),
+    "run_dealer": ("veil.mpc._cluster", "run_dealer"),
     "Party": ("veil.mpc.session", "Party"),
     "PROVIDERS": ("veil.mpc.providers", "PROVIDERS"),
     "cat": ("veil.mpc.tensor", "cat"),

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from veil.errors import ConfigurationError, PartyFailure
-from veil.mpc._monitor import TICK, rank_label
+from veil.mpc._monitor import rank_label
 from veil.mpc.providers import DEFAULT_TIMEOUT, SessionConfig, make_config
 
 __all__ = ["run", "JobRef", "job_ref", "resolve_job"]
@@ -173,11 +173,11 @@ def _child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | Non
         with contextlib.suppress(BaseException):
             report("failure", failure)
         if rank == 0:
-            time.sleep(4 * TICK)  # keep the session store up so the others can read why
+            time.sleep(LINGER)  # keep the session store up so the others can read why
         os._exit(3)
 
     try:
-        from veil.mpc._party import run_process
+        from veil.mpc._party import LINGER, run_process
 
         job = resolve_job(ref) if ref is not None else None
         result = run_process(job, rank=rank, master=master, config=config, args=args,
@@ -213,8 +213,9 @@ def run(
     """Run ``job(party, *args, *per_party_args[rank])`` in ``parties`` processes on this machine.
 
     Returns each party's return value, index = rank. Raises :class:`PartyFailure` naming the rank
-    and phase if any party raises, dies, hangs or cannot be reached (every wait is bounded by
-    ``timeout`` seconds); no process is left behind. ``provider="dealer"`` (default) adds a
+    and phase if any party raises, dies, hangs or cannot be reached (every communication is
+    bounded by ``timeout`` seconds, the rendezvous by ``max(timeout, 30)``); no process is left
+    behind. ``provider="dealer"`` (default) adds a
     dealer process that holds no inputs; ``provider="tfp"`` lets party 0 generate the triples and
     needs ``allow_party0_sees_inputs=True``.
     """
@@ -224,7 +225,12 @@ def run(
     ref = job_ref(job)
     args = tuple(args)
     if per_party_args is not None:
-        per_party = [tuple(a) for a in per_party_args]
+        try:
+            per_party = [tuple(a) for a in per_party_args]
+        except TypeError as exc:
+            raise ConfigurationError(
+                "per_party_args must be a list with one tuple of arguments per party, got "
+                f"{per_party_args!r}") from exc
         if len(per_party) != parties:
             raise ConfigurationError(
                 f"per_party_args must hold one tuple per party ({parties}), got {len(per_party)}")

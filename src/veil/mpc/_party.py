@@ -19,6 +19,7 @@ import functools
 import os
 import socket
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,13 +28,17 @@ from datetime import timedelta
 from typing import Any
 
 from veil.errors import ConfigurationError, PartyFailure, VeilError
-from veil.mpc._monitor import Monitor, rank_label
+from veil.mpc._monitor import TICK, Monitor, rank_label
 from veil.mpc.providers import SessionConfig
 
 __all__ = ["run_process", "parse_master", "Reporter"]
 
 Reporter = Callable[[str, Any], None]
 DEALER = "dealer"
+LINGER = 4 * TICK  # party 0 keeps the store up this long after a failure
+# Starting processes, connecting every pair and agreeing keys can take seconds on a loaded
+# machine: the rendezvous waits at least this long even when the per-operation timeout is short.
+RENDEZVOUS_MIN_S = 30.0
 _COMM_ERROR_HINTS = ("gloo", "connection closed", "connection reset", "timed out", "timeout",
                      "socket", "broken pipe", "peer", "store")
 
@@ -106,6 +111,19 @@ def _patched_process_groups(store: Any, timeout: timedelta) -> Iterator[None]:
         yield
     finally:
         dist.init_process_group, dist.new_group = orig_init, orig_new
+
+
+def _set_op_timeouts(crypten: Any, timeout: timedelta) -> None:
+    """After the rendezvous: every process group waits at most ``timeout`` per operation."""
+    from torch.distributed import distributed_c10d as c10d
+
+    comm = crypten.comm.get()
+    groups = [c10d._get_default_group()] + [
+        g for g in (getattr(comm, n, None) for n in ("main_group", "ttp_group", "ttp_comm_group"))
+        if g is not None]
+    for group in groups:
+        with contextlib.suppress(ValueError):  # groups this process is not part of
+            c10d._set_pg_timeout(timeout, group)
 
 
 @dataclass
@@ -199,16 +217,17 @@ def run_process(
     if iface and "GLOO_SOCKET_IFNAME" not in os.environ:
         os.environ["GLOO_SOCKET_IFNAME"] = iface
     timeout = timedelta(seconds=config.timeout)
+    rdv_s = max(config.timeout, RENDEZVOUS_MIN_S)
+    rdv_timeout = timedelta(seconds=rdv_s)
     crypten = _configure_crypten(config)
     try:
         store = dist.TCPStore(host, port, world_size=None, is_master=(rank == 0),
-                              timeout=timeout, wait_for_workers=False)
+                              timeout=rdv_timeout, wait_for_workers=False)
         monitor = Monitor(host=host, port=port, rank=rank, world_size=ws, total=total,
                           timeout=config.timeout)
     except Exception as exc:
         where = f"could not host the session store on {host}:{port}" if rank == 0 else (
-            f"could not reach party 0's session store at {host}:{port} within "
-            f"{config.timeout:g} s")
+            f"could not reach party 0's session store at {host}:{port} within {rdv_s:g} s")
         raise PartyFailure(
             f"{rank_label(rank, ws)} {where}: {type(exc).__name__}: {_short(exc)}. Check that "
             "party 0 runs, that --master names its address and a free port, and the firewall",
@@ -222,16 +241,17 @@ def run_process(
         state.set_phase("rendezvous")
         _install_extensions(crypten)  # before init: keys are agreed inside crypten.init()
         try:
-            with _patched_process_groups(store, timeout), warnings.catch_warnings():
+            with _patched_process_groups(store, rdv_timeout), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 crypten.init()
+            _set_op_timeouts(crypten, timeout)
         except Exception as exc:
             missing = [r for r in range(total) if r != rank and not store.check([f"hello/{r}"])]
             who = ", ".join(rank_label(r, ws) for r in missing) or "a party"
             hint = " and start the dealer" if ws in missing else ""
             raise PartyFailure(
                 f"rendezvous failed at {rank_label(rank, ws)}: {who} did not join within "
-                f"{config.timeout:g} s ({type(exc).__name__}: {_short(exc)}). Start every party "
+                f"{rdv_s:g} s ({type(exc).__name__}: {_short(exc)}). Start every party "
                 f"with the same --world-size and --master{hint}",
                 rank=missing[0] if missing else None, phase="rendezvous") from exc
         _reset_accounting()
@@ -271,6 +291,8 @@ def run_process(
             monitor.publish_error(f"{type(failure).__name__}: {failure}")
         else:
             monitor.publish_gone(failure.rank)
+        if rank == 0 and reporter is None:  # (the local launcher's child lingers itself,
+            time.sleep(LINGER)  # after reporting): keep the store up so the others read why
         if failure is exc:
             raise
         raise failure from exc
@@ -330,8 +352,14 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def print_failure_and_exit(failure: PartyFailure) -> None:  # pragma: no cover - CLI path
-    """Fail-fast handler for ``veil party``: report on stderr and end the process now."""
+def print_failure_and_exit(failure: PartyFailure, *, hosts_store: bool = False) -> None:
+    """Fail-fast handler for ``veil party``: report on stderr and end the process now.
+
+    Party 0 (``hosts_store``) first keeps the session store up for :data:`LINGER` seconds so
+    that the others can still read who failed.
+    """
     sys.stderr.write(f"error: PartyFailure: {failure}\n")
     sys.stderr.flush()
+    if hosts_store:
+        time.sleep(LINGER)
     os._exit(1)

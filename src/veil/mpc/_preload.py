@@ -1,16 +1,22 @@
 """Imported once by the forkserver that starts local party processes (see ``_launch``).
 
-Importing torch and crypten here means every party forked from the server starts with them
-already loaded (tens of milliseconds instead of seconds per process).
+Importing torch, crypten and the modules every party needs here means every party forked from the
+server starts with them already loaded (tens of milliseconds instead of seconds per process).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+
 import torch
 import torch.distributed  # noqa: F401
 
-import veil.mpc._party
-import veil.mpc.session  # noqa: F401
 from veil.mpc._compat import import_crypten
 
 import_crypten()
+for _name in ("veil.mpc._party", "veil.mpc._launch", "veil.mpc.session", "veil.mpc.tensor",
+              "veil.mpc._messages", "veil.mpc.rng", "veil.mpc.accounting", "veil.mpc.device",
+              "psutil", "cryptography.hazmat.primitives.ciphers"):
+    with contextlib.suppress(ImportError):  # optional parts; the party imports what it needs
+        importlib.import_module(_name)

@@ -31,7 +31,8 @@ DEFAULT_TIMEOUT = 60.0
 class SessionConfig:
     """Settings shared by every process of one session (parties and dealer).
 
-    ``timeout`` bounds every wait (rendezvous, each communication, the final barrier), in seconds.
+    ``timeout`` bounds every wait (each communication, the final barrier), in seconds; the
+    rendezvous waits ``max(timeout, 30)`` seconds (process start-up can be slow on a busy host).
     """
 
     world_size: int

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -65,7 +65,7 @@ class DPConfig:
     """
 
     epsilon: float
-    bounds: Bounds | Mapping[str, Bounds] = field(default=(0.0, 1.0))
+    bounds: Bounds | Mapping[str, Bounds]
     delta: float = 0.0
     mechanism: str = "laplace"
 

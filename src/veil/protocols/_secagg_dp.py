@@ -93,7 +93,7 @@ class RDPAccountant:
     noise_multiplier: float
     sample_rate: float = 1.0
     rounds: int = 0
-    _per_round: dict[int, float] = field(default_factory=dict, repr=False)
+    _per_round: dict[int, float] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._per_round = {a: sampled_gaussian_rdp(self.sample_rate, self.noise_multiplier, a)

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from veil.errors import AggregationAborted, ConfigurationError
 from veil.protocols.secagg import PHASES, SecAggClient, SecAggConfig, SecAggServer
 
-__all__ = [
+__all__ = [  # PaillierAggregator and CKKSAggregator also resolve here, lazily
     "AggregationStats",
     "AggregationResult",
     "Aggregator",
@@ -236,3 +236,14 @@ def secure_sum(updates: Mapping[int, Any], *, clip: float, backend: str = "maski
     agg = make_aggregator(backend, num_clients=len(updates), vector_length=length, clip=clip,
                           threshold=threshold, **options)
     return agg.aggregate(updates, dropouts=dropouts)
+
+
+def __getattr__(name: str) -> Any:
+    """``PaillierAggregator`` / ``CKKSAggregator`` load on first use (they pull in ``veil.he``)."""
+    for target in BACKENDS.values():
+        module, attr = target.split(":")
+        if attr == name and module != __name__:
+            import importlib
+
+            return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,9 +33,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from veil.errors import AggregationAborted, ConfigurationError, PartyFailure, SerializationError
+from veil.protocols._secagg_dp import RDPAccountant, gaussian
 
 __all__ = ["DPConfig", "FedAvgConfig", "RoundRecord", "FedAvgResult", "train_fedavg",
-           "make_model", "load_digits_split"]
+           "make_model", "load_digits_split", "RDPAccountant", "gaussian"]
 
 _OK, _ERR = 0, 1
 _OP_TRAIN, _OP_SHARE, _OP_MASKED, _OP_UNMASK, _OP_STOP = 1, 2, 3, 4, 5
@@ -185,7 +186,6 @@ class _ClientWorker:
         import torch
         from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-        from veil.protocols._secagg_dp import gaussian
         from veil.protocols.secagg import SecAggClient, SecAggConfig
 
         head_len = _U32.unpack_from(payload)[0]
@@ -325,7 +325,6 @@ def train_fedavg(config: FedAvgConfig, *,
     import torch
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-    from veil.protocols._secagg_dp import RDPAccountant
     from veil.protocols.secagg import PHASES, SecAggConfig, SecAggServer
 
     cfg = config

@@ -149,13 +149,14 @@ def logistic(party: Any, x: np.ndarray, spec: st.Spec, n: float) -> Any:
     label = data[:, len(f)]
     w = r * 0.0
     b = m1[0] * 0.0
-    step = spec.learning_rate / n
+    rows = int(n)  # divide by the integer N (exact truncation), not by a tiny fixed-point 1/N
+    lr = spec.learning_rate
     with party.phase("stats logistic regression"):
         for _ in range(spec.iterations):
             p = (z.matmul(w.unsqueeze(1)).squeeze(1) + b).sigmoid()
             g = (p - label) * mask
-            w = w - z.t().matmul(g.unsqueeze(1)).squeeze(1) * step
-            b = b - g.sum() * step
+            w = w - z.t().matmul(g.unsqueeze(1)).squeeze(1).div(rows) * lr
+            b = b - g.sum().div(rows) * lr
     coef = w * r
     return mpc.cat([coef, (b - (coef * m1).sum()).unsqueeze(0)])
 

@@ -263,7 +263,9 @@ def create_app(model: str | Evaluator = "linear:digits", *,
     """Build the ASGI app serving ``model`` (a spec such as ``"zoo:digits-mlp"`` or an Evaluator).
 
     Worker processes start with the app (lifespan) and stop with it. Run it with uvicorn, or with
-    :func:`veil.serve.serve` / ``veil serve``.
+    :func:`veil.serve.serve` / ``veil serve``. Workers are *spawned* processes: a script that
+    builds the app must do so under ``if __name__ == "__main__":`` (as for any multiprocessing
+    code), and an Evaluator object passed here must be picklable.
     """
     cfg = config if config is not None else ServerConfig()
     evaluator = load_evaluator(model) if isinstance(model, str) else model

@@ -43,7 +43,7 @@ class ServerConfig:
     max_ciphertexts: int = 512
     workers: int = field(default_factory=_default_workers)
     queue_size: int = 32
-    request_deadline_s: float = 60.0
+    request_deadline_s: float = 120.0
     context_deadline_s: float = 120.0
     body_timeout_s: float = 60.0
     retry_after_s: int = 1
