@@ -212,6 +212,18 @@ def test_dot_is_linear(ctx: CKKSContext, ab: tuple[np.ndarray, np.ndarray], c: f
     close(lhs, (c * a + b) @ w, 1e-2)
 
 
+@settings(max_examples=8)
+@given(st.integers(1, 12), st.integers(1, 4), finite, st.integers(0, 2**32 - 1))
+def test_matmul_is_linear(ctx: CKKSContext, n: int, m: int, c: float, seed: int) -> None:
+    g = np.random.default_rng(seed)  # test data only
+    a, b, w = g.uniform(-5, 5, n), g.uniform(-5, 5, n), g.uniform(-1, 1, (n, m))
+    lhs = ctx.decrypt((ctx.encrypt(a) * c + ctx.encrypt(b)).matmul(w))
+    rhs = c * ctx.decrypt(ctx.encrypt(a).matmul(w)) + ctx.decrypt(ctx.encrypt(b) @ w)
+    close(lhs, rhs, 1e-2)
+    close(lhs, (c * a + b) @ w, 1e-2)
+    close(ctx.decrypt(w.T @ ctx.encrypt(a)), w.T @ a, 1e-4)
+
+
 @settings(max_examples=5)
 @given(st.integers(1, 3), st.integers(1, 300))
 def test_chunking_roundtrip_any_length(ctx: CKKSContext, k: int, extra: int) -> None:
