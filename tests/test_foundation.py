@@ -156,3 +156,26 @@ def test_demo_rejects_bad_party_counts(parties: str) -> None:
     assert proc.returncode == 2, proc
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "--parties" in proc.stderr
+
+
+def test_cli_prints_veil_errors_with_brackets_verbatim(capsys: pytest.CaptureFixture) -> None:
+    import typer
+
+    from veil import cli
+
+    probe = typer.Typer()
+
+    @probe.command()
+    def boom() -> None:
+        raise errors.PartyFailure("gloo said [/__w/pytorch/gloo.cc:42] closed", rank=1)
+
+    original = cli.app
+    cli.app = probe
+    try:
+        code = cli.main([])
+    finally:
+        cli.app = original
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "[/__w/pytorch/gloo.cc:42]" in err
+    assert "Traceback" not in err

@@ -123,3 +123,12 @@ def test_secure_default_context() -> None:
     c = BFVContext.generate(galois_keys=False)
     assert c.params == BFVParams.default() and c.params.security_bits == 128
     np.testing.assert_array_equal(c.decrypt(c.encrypt([3, -4]) * c.encrypt([5, 6])), [15, -24])
+
+
+def test_plain_operands_must_be_integers(ctx: BFVContext) -> None:
+    a = ctx.encrypt(X)
+    np.testing.assert_array_equal(ctx.decrypt(a * 2.0), 2 * X)
+    with pytest.raises(ConfigurationError, match="not an integer"):
+        a * 2.5
+    with pytest.raises(ConfigurationError, match="not an integer"):
+        a + np.full(X.size, 0.5)

@@ -321,6 +321,10 @@ def test_plain_operand_checks(ctx: CKKSContext) -> None:
         a + ctx.encrypt(Y[:5])
     with pytest.raises(ConfigurationError, match="division"):
         a / 0
+    with pytest.raises(ConfigurationError, match="too large to encode"):
+        a * 1e30
+    with pytest.raises(ConfigurationError, match="too large to encode"):
+        a + np.full(X.size, 2.0**20)
 
 
 def test_no_galois_keys_means_clear_error(other_ctx: CKKSContext) -> None:

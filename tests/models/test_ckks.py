@@ -110,7 +110,7 @@ def test_cnn_poly_single_sample_im2col_and_second_conv(zoo):
     assert [s.kind for s in plan.stages] == ["im2col", "poly", "affine", "poly", "affine"]
     ctx = he.CKKSContext.generate(plan.params, galois_keys=True)
     compiled = models.compile(entry.model, ctx.public(), input_shape=(1, 8, 8), layout="single")
-    for i in range(2):
+    for i in range(1):
         x = entry.x_test[i]
         y = models.decrypt_output(ctx, compiled(models.encrypt_input(ctx, x, plan)))
         want = entry.model(x[None]).detach().numpy()

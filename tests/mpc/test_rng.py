@@ -195,6 +195,10 @@ def _patched_job(crypten, rank):
     if crypten.mpc.ttp_required():
         client = crypten.mpc.provider.ttp_provider.TTPClient.get()
         out["dealer_stream"] = isinstance(client.generator, r._StreamView)
+        out["dealer_draw"] = client.generator.stream.random_bytes(16)
+    # 4. install() again is a no-op: same streams, nothing re-agreed
+    r.install(crypten)
+    out["idempotent"] = all(crypten.generators[k][cpu] is v for k, v in gens.items())
     return out
 
 
@@ -233,8 +237,11 @@ def test_crypten_draws_only_from_secure_streams(world: int, provider: str,
         torch.testing.assert_close(res["matmul"], x.view(2, 2) @ y.view(2, 2), atol=tol + 0.03,
                                    rtol=0.01)
         assert torch.equal(res["przs"], torch.zeros(1000, dtype=torch.int64))
+        assert res["idempotent"] is True
         if provider == "TTP":
             assert res["dealer_stream"] is True
+    if provider == "TTP":  # each party has its own dealer key
+        assert len({res["dealer_draw"] for res in results}) == world
     for rank in range(world):
         assert results[rank]["next"] == results[(rank + 1) % world]["prev"]
     locals_ = {res["local"] for res in results}

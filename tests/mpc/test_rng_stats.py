@@ -188,3 +188,26 @@ def test_threshold_matches_chi2_quantile() -> None:
     # Wilson-Hilferty vs known quantiles: chi2(255) 0.999 quantile ~ 330.5; 1e-6 ~ 376.9
     assert abs(chi2_threshold(255, z=3.0902) - 330.5) < 1.0
     assert 370 < CHI2_255 < 385
+
+
+# ------------------------------------------------------------ dealer (Beaver) triple shares
+
+
+def _triple_job(crypten, rank, n, batches):
+    provider = crypten.mpc.get_default_provider()
+    out = []
+    for _ in range(batches):
+        a, b, c = provider.generate_additive_triple(torch.Size([n]), torch.Size([n]), "mul")
+        assert torch.equal(c.reveal(), a.reveal() * b.reveal())  # a valid triple
+        out.append({"a": a.share.numpy().copy(), "c": c.share.numpy().copy()})
+    return out
+
+
+def test_dealer_triple_shares_are_uniform() -> None:
+    # party 0's c share is computed by the dealer (c - the other parties' stream shares);
+    # party 1's shares are its dealer stream's keystream
+    res = harness.run_parties(_triple_job, 2, args=(N, RUNS), provider="TTP")
+    for rank in (0, 1):
+        votes = [uniform(batch["a"]) and uniform(batch["c"]) for batch in res[rank]]
+        assert sum(votes) > len(votes) // 2
+    assert uniform(res[0][0]["c"] - res[0][1]["c"])  # batches do not repeat

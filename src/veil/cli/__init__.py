@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except VeilError as exc:
+        from rich.markup import escape
+
         Console(stderr=True).print(
-            f"[bold red]error:[/bold red] {type(exc).__name__}: {exc}", highlight=False
+            f"[bold red]error:[/bold red] {type(exc).__name__}: {escape(str(exc))}",
+            highlight=False,
         )
         return 2 if isinstance(exc, ConfigurationError) else 1
     return 0

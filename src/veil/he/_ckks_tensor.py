@@ -279,6 +279,11 @@ class CKKSTensor:
             with translate(op):
                 chunks = [getattr(c, fn)(p) for c, p in zip(self._chunks, parts)]
             wmax = float(abs(flat).max())
+        if wmax >= self._ctx.params.max_abs_value:
+            raise ConfigurationError(
+                f"{op}: plaintext operand magnitude {wmax:g} is too large to encode; |w| must "
+                f"stay below {self._ctx.params.max_abs_value:g} (2^integer_bits)"
+            )
         if is_mul:
             err = self._err * wmax + self._rs(self._mag * wmax)
             return self._new(chunks, self._shape, self._min_level(chunks), err, self._mag * wmax)

@@ -179,7 +179,14 @@ def as_plain_vector(x: Any, size: int, what: str, *, integer: bool = False) -> A
         raise ConfigurationError(
             f"{what}: plaintext operand must be numeric, got dtype {arr.dtype}"
         )
-    flat = arr.ravel().astype(np.int64 if integer else np.float64)
+    flat = arr.ravel()
+    if integer and flat.dtype.kind == "f":
+        bad = ~np.isfinite(flat) | (flat != np.round(flat))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ConfigurationError(
+                f"{what}: plaintext element {i} = {float(flat[i])!r} is not an integer")
+    flat = flat.astype(np.int64 if integer else np.float64)
     if not integer and not np.isfinite(flat).all():
         i = int(np.argmax(~np.isfinite(flat)))
         raise ConfigurationError(

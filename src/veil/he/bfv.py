@@ -344,8 +344,10 @@ class BFVTensor:
         if isinstance(other, (str, bytes)) or other is None:
             return NotImplemented
         bound = self._ctx.params.plain_modulus
-        if isinstance(other, int) or (getattr(other, "shape", None) == ()
-                                      and getattr(other, "dtype", None) is not None):
+        if isinstance(other, float) and other.is_integer():
+            other = int(other)
+        if isinstance(other, (int, float)) or (getattr(other, "shape", None) == ()
+                                               and getattr(other, "dtype", None) is not None):
             flat = as_plain_vector([other], 1, op, integer=True)
             vals = [int(flat[0]) % bound] * len(self._chunks)
             if fn != "mul_plain":  # add/sub a scalar to every element

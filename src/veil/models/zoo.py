@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pickle
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,7 +154,8 @@ def load(name: str, *, retrain: bool = False) -> ZooEntry:
             state = torch.load(path, map_location="cpu", weights_only=True)
             net.load_state_dict(state, strict=True)
             loaded = True
-        except (RuntimeError, OSError, ValueError, KeyError, TypeError, EOFError):
+        except (RuntimeError, OSError, ValueError, KeyError, TypeError, EOFError,
+                pickle.UnpicklingError):
             loaded = False  # corrupt or foreign cache file: retrain below
     if not loaded:
         _train(net, x_train, y_train, epochs, lr)
