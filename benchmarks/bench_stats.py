@@ -28,6 +28,8 @@ from veil import stats
 from veil.protocols import statistics as st
 
 PEER_TIMEOUT = int(os.environ.get("VEIL_BENCH_PEER_TIMEOUT", "1500"))
+MPYC_CORR_ROWS = int(os.environ.get("VEIL_BENCH_MPYC_CORR_ROWS", "10000"))
+MPYC_MEDIAN_ROWS = int(os.environ.get("VEIL_BENCH_MPYC_MEDIAN_ROWS", "1000"))
 
 MPYC_PEER = r'''
 import os, time
@@ -183,15 +185,16 @@ def _once(benchmark: Any, fn: Any, *args: Any) -> Any:
 @pytest.mark.slow
 def test_corr_ols_10k_vs_mpyc(benchmark: Any) -> None:
     veil = _once(benchmark, veil_corr_ols)
-    peer = mpyc_seconds("corr", 1000)
-    benchmark.extra_info.update({"veil": veil, "mpyc_1000_rows_s": peer})
+    peer = mpyc_seconds("corr", MPYC_CORR_ROWS)
+    benchmark.extra_info.update({"veil": veil, "mpyc_rows": MPYC_CORR_ROWS, "mpyc_s": peer,
+                                 "ratio_wall": None if peer is None else peer / veil["wall_s"]})
 
 
 @pytest.mark.slow
 def test_median_100k_vs_mpyc_1k(benchmark: Any) -> None:
     veil = _once(benchmark, veil_median)
-    benchmark.extra_info.update({"veil": veil, "mpyc_median_1000_s": mpyc_seconds("median",
-                                                                                  1000)})
+    peer = mpyc_seconds("median", MPYC_MEDIAN_ROWS)
+    benchmark.extra_info.update({"veil": veil, "mpyc_rows": MPYC_MEDIAN_ROWS, "mpyc_s": peer})
 
 
 @pytest.mark.slow
@@ -216,8 +219,8 @@ def main() -> None:
         out["per_row_paillier"] = per_row_paillier()
         out["per_row_ckks_1e6"] = per_row_ckks()
     if "mpyc" in which:
-        out["mpyc_corr_1000_s"] = mpyc_seconds("corr", 1000)
-        out["mpyc_median_1000_s"] = mpyc_seconds("median", 1000)
+        out[f"mpyc_corr_{MPYC_CORR_ROWS}_s"] = mpyc_seconds("corr", MPYC_CORR_ROWS)
+        out[f"mpyc_median_{MPYC_MEDIAN_ROWS}_s"] = mpyc_seconds("median", MPYC_MEDIAN_ROWS)
     print(json.dumps(out, indent=2, default=str))
 
 

@@ -179,3 +179,15 @@ def test_cli_prints_veil_errors_with_brackets_verbatim(capsys: pytest.CaptureFix
     assert code == 1
     assert "[/__w/pytorch/gloo.cc:42]" in err
     assert "Traceback" not in err
+
+
+def test_fixed_point_decode_is_exact_for_negative_values() -> None:
+    """CrypTen 0.4.1 decodes -7.99999 as -8.99998; Veil's compat layer fixes it."""
+    out = _run_py(
+        "import torch; from veil.mpc._compat import import_crypten; import_crypten();"
+        " from crypten.encoder import FixedPointEncoder;"
+        " e = FixedPointEncoder(precision_bits=16);"
+        " t = torch.tensor([-65535344, -524287, -524288, -32768, -1, 0, 1, 163840]);"
+        " print(e.decode(t).tolist() == (t.double() / 65536).float().tolist())"
+    )
+    assert out.strip() == "True"

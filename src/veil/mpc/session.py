@@ -24,18 +24,10 @@ from veil.mpc import tensor as _tensor
 __all__ = ["Party"]
 
 
-def _resolve_device(device: str) -> Any:
-    try:
-        from veil.mpc.device import resolve
-    except ModuleNotFoundError as exc:
-        if exc.name != "veil.mpc.device":
-            raise
-        import torch
+def _resolve_device(device: str, rank: int | None = None) -> Any:
+    from veil.mpc.device import resolve
 
-        if device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(device)
-    return resolve(device)
+    return resolve(device, rank=rank)
 
 
 class Party:
@@ -47,7 +39,7 @@ class Party:
         self.rank: int = _state.rank
         self.world_size: int = _state.config.world_size
         self.name: str = f"party{self.rank}"
-        self.device = _resolve_device(_state.config.device)
+        self.device = _resolve_device(_state.config.device, rank=_state.rank)
         self.precision_bits: int = _state.config.precision_bits
 
     def __repr__(self) -> str:
