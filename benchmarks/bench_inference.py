@@ -86,7 +86,10 @@ def bench_logreg() -> dict[str, Any]:
     }
 
 
-def bench_cnn_single(samples: int = 3) -> dict[str, Any]:
+CNN_SAMPLES = int(os.environ.get("VEIL_BENCH_CNN_SAMPLES", "2"))
+
+
+def bench_cnn_single(samples: int = CNN_SAMPLES) -> dict[str, Any]:
     from veil import he, models
     from veil.models import zoo
 
@@ -140,6 +143,65 @@ def bench_mpc() -> dict[str, Any]:
     return out
 
 
+def _acc_job(party: Any, cases: list) -> Any:
+    from veil import models
+
+    return [models.mpc_forward(party, net if party.rank == 0 else None,
+                               x if party.rank == 1 else None, input_shape=shape)
+            for net, x, shape in cases]
+
+
+def accuracy_table(ckks_models: tuple[str, ...] = ("digits-logreg", "digits-mlp-poly",
+                                                   "digits-cnn-poly", "digits-mlp+fix")) -> Any:
+    """Test-set accuracy of every zoo model: plaintext, MPC (2 parties), CKKS batched.
+
+    ``digits-mlp+fix`` is the ReLU MLP after ``models.fix`` (degree-4 fit of ReLU on the
+    activation range seen on the training data): approximation error included.
+    """
+    from veil import he, models, mpc
+    from veil.models import zoo
+
+    rows: dict[str, dict[str, Any]] = {}
+    entries = {n: zoo.load(n) for n in zoo.names()}
+    cases = [(e.model, e.x_test, e.input_shape) for e in entries.values()]
+    mpc_out = mpc.run(_acc_job, parties=2, args=(cases,), timeout=1200)[1]
+    for (n, e), y in zip(entries.items(), mpc_out):
+        with torch.no_grad():
+            plain = e.model(e.x_test).argmax(1)
+        rows[n] = {"plaintext": e.accuracy,
+                   "mpc": float((y.argmax(1) == e.y_test).float().mean()),
+                   "mpc_agreement": float((y.argmax(1) == plain).float().mean())}
+    for n in ckks_models:
+        base = n.split("+")[0]
+        e = entries[base]
+        net = e.model
+        if n.endswith("+fix"):
+            xtr = zoo.digits(e.input_shape)[0]
+            lo, hi = np.array(list(models.activation_ranges(net, xtr).values())).T
+            net = models.fix(net, domain=(float(lo.min()) - 1, float(hi.max()) + 1), degree=4)
+        plan = models.plan(net, e.input_shape)
+        ctx = he.CKKSContext.generate(plan.params, galois_keys=False)
+        compiled = models.compile(net, ctx.public(), input_shape=e.input_shape)
+        t0 = time.perf_counter()
+        y = models.decrypt_output(ctx, compiled(models.encrypt_input(ctx, e.x_test, plan)))
+        with torch.no_grad():
+            ref = net(e.x_test).numpy()
+        rows.setdefault(n, {"plaintext": float((ref.argmax(1) == e.y_test.numpy()).mean())})
+        rows[n].update({"ckks": float((y.argmax(1) == e.y_test.numpy()).mean()),
+                        "ckks_agreement": float((y.argmax(1) == ref.argmax(1)).mean()),
+                        "ckks_max_logit_error": float(np.abs(y - ref).max()),
+                        "ckks_seconds_for_360": time.perf_counter() - t0,
+                        "ckks_N": plan.params.poly_modulus_degree, "depth": plan.depth})
+    return rows
+
+
+@pytest.mark.benchmark(group="inference")
+def test_bench_accuracy_table(benchmark):
+    result = benchmark.pedantic(accuracy_table, rounds=1, iterations=1)
+    benchmark.extra_info.update({k: str(v) for k, v in result.items()})
+    print(result)
+
+
 @pytest.mark.benchmark(group="inference")
 def test_bench_ckks_logreg_batched(benchmark):
     result = benchmark.pedantic(bench_logreg, rounds=1, iterations=1)
@@ -165,6 +227,9 @@ def test_bench_mpc(benchmark):
 
 if __name__ == "__main__":
     import json
+    import sys
 
-    for fn in (bench_logreg, bench_cnn_single, bench_mpc):
+    fns = {f.__name__: f for f in (bench_logreg, bench_cnn_single, bench_mpc, accuracy_table)}
+    for name in sys.argv[1:] or list(fns):
+        fn = fns[name]
         print(fn.__name__, json.dumps(fn(), indent=1, default=str), flush=True)

@@ -42,7 +42,7 @@ class Functional(nn.Module):
         self.fc = nn.Linear(6, 5)
 
     def forward(self, x):
-        y = torch.relu(self.fc(x)) + torch.sigmoid(x[:, :5] if False else self.fc(x))
+        y = torch.relu(self.fc(x)) + torch.sigmoid(self.fc(x))
         y = F.gelu(y) + y.tanh()
         return F.softmax(y.view(y.size(0), -1), dim=-1)
 

@@ -29,11 +29,11 @@ def test_cache_round_trip_and_corrupt_cache(zoo, tmp_path, monkeypatch):
     again = zoo.load("digits-logreg")
     for k, v in again.model.state_dict().items():
         assert torch.equal(v, state[k])
-    retrained = zoo.load("digits-logreg", retrain=True)  # deterministic training
+    path.write_bytes(b"not a checkpoint")  # ignored: retrained, deterministically
+    retrained = zoo.load("digits-logreg")
     for k, v in retrained.model.state_dict().items():
         assert torch.equal(v, first.model.state_dict()[k])
-    path.write_bytes(b"not a checkpoint")
-    assert zoo.load("digits-logreg").accuracy == first.accuracy
+    assert torch.load(path, weights_only=True).keys() == state.keys()
 
 
 def test_unknown_model(zoo):

@@ -71,7 +71,9 @@ def _ckks(loads: Sequence[wl.Workload], repeats: int, progress: Progress) -> lis
             "sum": lambda s=sent: s[0].sum(),
             "mean": lambda s=sent, n=w.size: s[0].sum() * (1.0 / n),
             "dot": lambda s=sent, v=w.w: s[0].dot(v),
-            "vecmat": lambda s=sent, m=w.W: s[0].matmul(m),
+            # one dot product per column: log2(slots) rotations each, where TenSEAL's mm
+            # (CKKSTensor.matmul) rotates once per row, i.e. n times
+            "vecmat": lambda s=sent, m=w.W: [s[0].dot(m[:, k]) for k in range(m.shape[1])],
             "logreg": lambda s=sent, m=w.W, b=w.b: linear_combination(s, m, b),
         }[w.op]
         times, res = _timed(fn, repeats)

@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "BFVParams": "params",
     "CKKSContext": "ckks",
     "CKKSTensor": "ckks",
+    "linear_combination": "ckks",
     "BFVContext": "bfv",
     "BFVTensor": "bfv",
     "PaillierKeyPair": "paillier",

@@ -270,6 +270,12 @@ class CKKSContext:
                     f"{statistical_security!r}"
                 )
             bound = t.error_bound if error_bound is None else float(error_bound)
+            if error_bound is None and not math.isfinite(bound):
+                raise ConfigurationError(
+                    "the tensor's tracked error bound overflowed (its public value bounds are "
+                    "too large to track); pass error_bound= explicitly, or encrypt with a "
+                    "tighter value_bound="
+                )
             if not math.isfinite(bound) or bound <= 0:
                 raise ConfigurationError(f"error_bound must be a positive float, got {bound!r}")
             out += csprng_gaussian(t.size, flooding_sigma(bound, t.size, statistical_security))

@@ -104,8 +104,8 @@ def inv_sqrt(v: Any) -> Any:
         scale = term if scale is None else scale + term
     scale = scale + (1 - c[..., 0]) * (2.0 ** -exps[0])  # below range: treat as 4^-8
     u = (v * scale) * scale  # in [1, 4)
-    y = 1.1 - 0.15 * u
-    for _ in range(5):
+    y = 1.1 - 0.15 * u  # relative error <= 0.13 on [1, 4); Newton: e -> 1.5 e^2
+    for _ in range(3):  # rel. error 0.13 -> 0.025 -> 1e-3 -> 1.4e-6
         y = y * (3.0 - u * y * y) * 0.5
     return y * scale
 
