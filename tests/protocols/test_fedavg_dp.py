@@ -100,17 +100,19 @@ def test_fedavg_with_dropouts_and_aborts() -> None:
 
 
 def test_dp_fedavg_accounts_and_stays_within_noise_of_plain() -> None:
-    base = {"num_clients": 8, "rounds": 4, "seed": 3, "processes": False}
+    # 8 rounds: the accuracy gap to plain FedAvg is then about 0.02 +- 0.03 over the CSPRNG
+    # noise (measured), so 0.15 is ~4 standard deviations: a real bias fails, noise does not.
+    base = {"num_clients": 8, "rounds": 8, "seed": 3, "processes": False}
     plain = train_fedavg(FedAvgConfig(aggregation="plain", **base))
     # Digits has ~1,400 training rows over 8 clients: meaningful epsilon needs far more clients,
     # so this checks the mechanism (clip + distributed noise + accounting) at low noise.
     dp = DPConfig(l2_clip=3.0, noise_multiplier=0.05, delta=1e-5)
     private = train_fedavg(FedAvgConfig(dp=dp, **base))
     acc = RDPAccountant(0.05)
-    acc.step(4)
+    acc.step(8)
     assert private.epsilon == pytest.approx(acc.epsilon(1e-5))
     assert [r.epsilon for r in private.history] == sorted(r.epsilon for r in private.history)
-    assert abs(private.accuracy - plain.accuracy) < 0.1
+    assert abs(private.accuracy - plain.accuracy) < 0.15
     assert sum(r.clipped for r in private.history) == 0
 
 
