@@ -22,7 +22,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from veil.errors import ConfigurationError, DepthExhaustedError, KeyMismatchError
+from veil.errors import (
+    ConfigurationError,
+    DepthExhaustedError,
+    KeyMismatchError,
+    UnsupportedOperationError,
+)
 from veil.he._tenseal import as_plain_vector, cpp, is_torch, is_transparent_error, translate
 
 if TYPE_CHECKING:
@@ -47,11 +52,20 @@ class CKKSTensor:
     remaining levels and ``error_bound`` are public metadata.
     """
 
-    __slots__ = ("_ctx", "_chunks", "_shape", "_size", "_level", "_err", "_mag", "_torch")
+    __slots__ = ("_ctx", "_chunks", "_shape", "_size", "_level", "_err", "_mag", "_torch",
+                 "_padded")
     __array_ufunc__ = None  # numpy defers to our reflected operators (arr + t -> t.__radd__)
 
+    # TenSEAL fills a fresh ciphertext's unused slots with copies of the vector, and its
+    # row-rotating ``mm`` (``matmul``/``mv``) relies on those copies; a plaintext *vector* operand
+    # is encoded zero-padded, which breaks them. ``_padded`` marks such tensors (it propagates
+    # through every later operation and through serialization) so matmul refuses them instead of
+    # returning wrong numbers. Element-wise ops, sum and dot are unaffected.
+
     def __init__(self, ctx: CKKSContext, chunks: list[Any], shape: tuple[int, ...], *,
-                 level: int, err: float, mag: float, torch: bool = False) -> None:
+                 level: int, err: float, mag: float, torch: bool = False,
+                 padded: bool = False) -> None:
+        self._padded = padded
         self._ctx = ctx
         self._chunks = chunks
         self._shape = shape
@@ -110,10 +124,11 @@ class CKKSTensor:
 
     # -- internals -----------------------------------------------------------------------------
     def _new(self, chunks: list[Any], shape: tuple[int, ...], level: int, err: float,
-             mag: float) -> CKKSTensor:
+             mag: float, *, padded: bool | None = None) -> CKKSTensor:
         t = object.__new__(CKKSTensor)  # hot path: skip __init__'s recomputation
         t._ctx, t._chunks, t._shape, t._level, t._err, t._mag, t._torch = (
             self._ctx, chunks, shape, level, err, mag, self._torch)
+        t._padded = self._padded if padded is None else padded
         t._size = self._size if shape == self._shape else math.prod(shape)
         return t
 
@@ -198,7 +213,8 @@ class CKKSTensor:
             self._check_same(other, "add")
             chunks = self._pairwise(other, "add", "add")
             return self._new(chunks, self._shape, min(self._level, other._level),
-                             math.hypot(self._err, other._err), self._mag + other._mag)
+                             math.hypot(self._err, other._err), self._mag + other._mag,
+                             padded=self._padded or other._padded)
         return self._plain_op(other, "add_plain", "add")
 
     __radd__ = __add__
@@ -214,7 +230,8 @@ class CKKSTensor:
             else:
                 chunks = self._pairwise(other, "sub", "sub")
             return self._new(chunks, self._shape, min(self._level, other._level),
-                             math.hypot(self._err, other._err), self._mag + other._mag)
+                             math.hypot(self._err, other._err), self._mag + other._mag,
+                             padded=self._padded or other._padded)
         return self._plain_op(other, "sub_plain", "sub")
 
     def __rsub__(self, other: Any) -> CKKSTensor:
@@ -234,7 +251,7 @@ class CKKSTensor:
             err = (self._mag * other._err + other._mag * self._err + self._err * other._err
                    + self._rs(self._mag * other._mag))
             return self._new(chunks, self._shape, self._min_level(chunks), err,
-                             self._mag * other._mag)
+                             self._mag * other._mag, padded=self._padded or other._padded)
         return self._plain_op(other, "mul_plain", "mul")
 
     __rmul__ = __mul__
@@ -283,10 +300,13 @@ class CKKSTensor:
                 chunks = [getattr(c, fn)(operand) for c in self._chunks]
             else:
                 chunks = [getattr(c, fn)(p) for c, p in zip(self._chunks, self._split(flat))]
+        padded = self._padded or operand is None
         if is_mul:
             err = self._err * wmax + self._rs(self._mag * wmax)
-            return self._new(chunks, self._shape, self._min_level(chunks), err, self._mag * wmax)
-        return self._new(chunks, self._shape, self._level, self._err, self._mag + wmax)
+            return self._new(chunks, self._shape, self._min_level(chunks), err, self._mag * wmax,
+                             padded=padded)
+        return self._new(chunks, self._shape, self._level, self._err, self._mag + wmax,
+                         padded=padded)
 
     # -- reductions and linear algebra (rotations: need Galois keys) ---------------------------
     def _need_galois(self, op: str) -> None:
@@ -352,6 +372,14 @@ class CKKSTensor:
         import numpy as np
 
         self._need_galois("matmul")
+        if self._padded:
+            raise UnsupportedOperationError(
+                "matmul after adding, subtracting or multiplying a plaintext *vector* is not "
+                "supported: TenSEAL's matrix product relies on the slot layout of a fresh "
+                "encryption, which a plaintext vector operand breaks (the result would be wrong). "
+                "Do the matmul first and apply the vector afterwards, or add the vector as a "
+                "ciphertext (ctx.encrypt(v)); dot() and sum() work on any tensor."
+            )
         m = _plain_matrix(matrix, "matmul")
         if len(self._shape) != 1 or m.shape[0] != self._size:
             raise ConfigurationError(

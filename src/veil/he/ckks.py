@@ -341,7 +341,7 @@ class CKKSContext:
         with translate("serializing a CKKS tensor"):
             blobs = [c.serialize() for c in t._chunks]
         header = {"key_id": self._key_id, "shape": list(t.shape), "level": t.levels_left,
-                  "err": t._err, "mag": t._mag, "torch": t._torch}
+                  "err": t._err, "mag": t._mag, "torch": t._torch, "padded": t._padded}
         return envelope.pack(KIND_TENSOR, frame(header, blobs), params_hash=self._params_hash)
 
 
@@ -389,6 +389,7 @@ def _load_tensor(ctx: CKKSContext, data: bytes, max_bytes: int) -> CKKSTensor:
     err = check_header_field(header, "err", (int, float), what)
     mag = check_header_field(header, "mag", (int, float), what)
     torch_flag = check_header_field(header, "torch", bool, what)
+    padded = check_header_field(header, "padded", bool, what)
     if key_id != ctx.key_id:
         raise KeyMismatchError(
             f"this tensor was made under key {key_id[:8]}…, not this context's key "
@@ -434,7 +435,7 @@ def _load_tensor(ctx: CKKSContext, data: bytes, max_bytes: int) -> CKKSTensor:
     if min(levels) != level:
         raise SerializationError(f"{what}: header level {level} != ciphertext level {min(levels)}")
     return CKKSTensor(ctx, chunks, tuple(shape), level=level, err=max(float(err), ctx._clean_err),
-                      mag=float(mag), torch=torch_flag)
+                      mag=float(mag), torch=torch_flag, padded=padded)
 
 
 def linear_combination(tensors: Sequence[CKKSTensor], weights: Any,
