@@ -84,9 +84,7 @@ def _ckks(n: int, repeats: int) -> list[PeerRow]:
 # --- Paillier: Veil vs phe + gmpy2 -------------------------------------------------------------
 def _paillier(n: int, repeats: int) -> list[PeerRow]:
     from veil import he
-    from veil.he.paillier import import_phe
 
-    phe = import_phe()
     keys = he.PaillierKeyPair.generate(2048)
     pub, priv = keys.to_phe()
     m = min(n, PHE_MAX)

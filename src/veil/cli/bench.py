@@ -6,6 +6,10 @@ from pathlib import Path
 
 import typer
 
+SCHEMES_JSON = Path("bench-schemes.json")
+SCHEMES_PNG = Path("bench-schemes.png")
+PEERS_JSON = Path("bench-peers.json")
+
 bench_app = typer.Typer(help="Benchmark schemes side by side, and Veil against peer libraries.",
                         no_args_is_help=True)
 
@@ -49,8 +53,8 @@ def schemes(
     sizes: str = typer.Option("1e3,1e4", help="comma-separated input sizes"),
     schemes: str = typer.Option("plain,ckks,bfv,paillier,mpc2,mpc3", help="schemes to compare"),
     repeats: int = typer.Option(3, min=1, max=100, help="timed repeats per measurement"),
-    json_out: Path = typer.Option(Path("bench-schemes.json"), "--json", help="JSON output"),
-    plot: Path = typer.Option(Path("bench-schemes.png"), "--plot", help="PNG plot output"),
+    json_out: Path = typer.Option(SCHEMES_JSON, "--json", help="JSON output"),
+    plot: Path = typer.Option(SCHEMES_PNG, "--plot", help="PNG plot output"),
 ) -> None:
     """The same jobs under plaintext, CKKS, BFV, Paillier and MPC: time, bytes, error."""
     from rich.console import Console
@@ -73,7 +77,7 @@ def schemes(
 def peers(
     size: str = typer.Option("1e3", help="vector length for the element-wise comparisons"),
     repeats: int = typer.Option(3, min=1, max=100, help="timed repeats per measurement"),
-    json_out: Path = typer.Option(Path("bench-peers.json"), "--json", help="JSON output"),
+    json_out: Path = typer.Option(PEERS_JSON, "--json", help="JSON output"),
 ) -> None:
     """Veil against raw TenSEAL, phe+gmpy2, raw CrypTen and MPyC on this machine, as ratios."""
     from rich.console import Console

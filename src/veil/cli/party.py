@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
                                    help="HOST:PORT of party 0 (it hosts the session store)"),
         job: str = typer.Option(None, "--job", "-j",
                                 help=f"module:function or an alias: {', '.join(JOB_ALIASES)}"),
-        arg: list[str] = typer.Option([], "--arg", "-a",  # noqa: B008 - typer idiom
+        arg: list[str] = typer.Option([], "--arg", "-a",
                                       help="key=value passed to the job (repeatable)"),
         timeout: float = typer.Option(60.0, "--timeout", min=0.5,
                                       help="seconds any wait may take before PartyFailure"),
