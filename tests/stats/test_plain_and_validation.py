@@ -157,3 +157,14 @@ def test_dp_noise_has_the_calibrated_spread() -> None:
     # count alone: scale = (1 + rounding unit 2^-32) / ε ≈ 1 -> std √2
     assert 1.1 < np.std(counts) < 1.8
     assert abs(np.mean(counts) - 200) < 0.4
+
+
+def test_ckks_flooding_is_refused_rather_than_returning_garbage() -> None:
+    import numpy as np
+
+    from veil import stats
+    from veil.errors import UnsupportedOperationError
+
+    sites = [np.arange(20.0).reshape(10, 2), np.arange(20.0, 44.0).reshape(12, 2)]
+    with pytest.raises(UnsupportedOperationError, match="backend='paillier'"):
+        stats.joint(sites, ["mean"], backend="ckks", flood=True)

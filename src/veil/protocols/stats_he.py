@@ -18,8 +18,11 @@ role's own key object; :class:`Wire` records who sent how many bytes to whom.
 CKKS specifics: each value travels as two slots, ``hi * 2**24 + lo`` with ``hi`` an integer, so
 sums up to about 2^48 keep CKKS's absolute precision (~1e-5) instead of being limited by its
 2^29 range; ``round(hi)`` is exact. The key holder's decryption is *not* noise-flooded by
-default: the results are meant for the key holder. Pass ``flood=True`` when the decrypted values
-will be shown to a party that saw the ciphertexts (Li–Micciancio); it costs precision.
+default: the results are meant for the key holder. Flooding (``flood=True``) is refused for now:
+the noise needed (``CKKSContext.decrypt(shared=True)``) lands on the ``hi`` limb and is multiplied
+by 2^24, which destroys the result. When decrypted values go to a party that saw the ciphertexts
+(the aggregator; Li–Micciancio key recovery), use ``backend="paillier"``, which is exact and has no
+decryption-error leak.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from veil.errors import ConfigurationError
+from veil.errors import ConfigurationError, UnsupportedOperationError
 
 __all__ = ["Wire", "KeyHolder", "Aggregator", "owner_message", "PAILLIER_FRAC_BITS",
            "CKKS_LIMB_BITS"]
@@ -120,8 +123,15 @@ class KeyHolder:
         if self.backend == "paillier":
             vec = _he().PaillierVector.load(aggregate, self._keys.public_key)
             return np.asarray(self._keys.decrypt(vec), dtype=np.float64)
+        if flood:
+            raise UnsupportedOperationError(
+                "noise flooding is not available for the CKKS statistics backend: its two-limb "
+                "encoding (hi * 2**24 + lo) multiplies the flooding noise by 2**24. If the "
+                "results are shown to the aggregator (who holds the ciphertexts), use "
+                "backend='paillier' (exact, no decryption-error leak)"
+            )
         t = self._ctx.load_tensor(aggregate)
-        return _unlimb(np.asarray(self._ctx.decrypt(t, shared=flood), dtype=np.float64))
+        return _unlimb(np.asarray(self._ctx.decrypt(t), dtype=np.float64))
 
 
 def _load_public(backend: str, public: bytes, allow_insecure: bool) -> Any:

@@ -78,7 +78,8 @@ def joint(
     Options as in :func:`veil.stats.describe`. ``dataset_names`` label the datasets in the ledger
     and audit log (default: the file path, or ``party<i>``); a DP release is charged to every
     dataset's budget before the protocol starts (all or nothing). ``paillier_bits`` below 3072
-    need ``allow_insecure=True``; ``flood`` noise-floods the CKKS decryption (see stats_he).
+    need ``allow_insecure=True``. ``flood=True`` (CKKS noise flooding) is refused for now (see
+    ``veil.protocols.stats_he``); use ``backend="paillier"`` for results shown to the aggregator.
     """
     tables, cols, was_1d = validate_datasets(datasets, columns)
     release = make_release(
