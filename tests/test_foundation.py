@@ -67,6 +67,7 @@ def test_subpackage_access_is_lazy() -> None:
         (errors.PrivacyBudgetExceeded, RuntimeError),
         (errors.PolicyViolation, PermissionError),
         (errors.AggregationAborted, RuntimeError),
+        (errors.RemoteServiceError, ConnectionError),
     ],
 )
 def test_error_hierarchy(cls: type, builtin: type) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "PrivacyBudgetExceeded",
     "PolicyViolation",
     "AggregationAborted",
+    "RemoteServiceError",
 ]
 
 
@@ -93,3 +94,24 @@ class PolicyViolation(VeilError, PermissionError):
 
 class AggregationAborted(VeilError, RuntimeError):
     """A secure-aggregation round cannot finish (for example fewer survivors than the threshold)."""
+
+
+class RemoteServiceError(VeilError, ConnectionError):
+    """A remote Veil service (e.g. the inference server) was unreachable, timed out or failed.
+
+    ``status`` is the HTTP status when there was one, ``phase`` the step that failed.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 phase: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.phase = phase
+
+    def __reduce__(self):
+        return (_rebuild_remote_error, (str(self), self.status, self.phase))
+
+
+def _rebuild_remote_error(message: str, status: int | None,
+                          phase: str | None) -> RemoteServiceError:
+    return RemoteServiceError(message, status=status, phase=phase)

@@ -48,7 +48,7 @@ def test_cli_serves_and_enforces_the_deadline(client_ctx) -> None:
         client = Client(url, context=client_ctx)
         client.upload_context()  # contexts have their own, longer deadline
         # 640 ciphertext-plaintext products cannot finish in 0.1 s: 504, translated
-        with pytest.raises(errors.PartyFailure, match="504") as info:
+        with pytest.raises(errors.RemoteServiceError, match="504") as info:
             client.predict(np.zeros((1, 64)))
         assert info.value.phase == "prediction"
         assert httpx.get(url + "/health").status_code == 200

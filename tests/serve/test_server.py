@@ -280,7 +280,7 @@ def test_unreachable_server_is_party_failure() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound but not listening: connection refused
-        with pytest.raises(errors.PartyFailure, match="could not reach") as info:
+        with pytest.raises(errors.RemoteServiceError, match="could not reach") as info:
             Client(f"http://127.0.0.1:{port}", timeout=5).health()
     assert info.value.phase == "health"
 
@@ -340,7 +340,7 @@ def test_client_retries_503_then_raises_party_failure(digits_server, client_ctx)
         client = Client(digits_server.url, context=client_ctx, retries=1)
         client.model()
         client._context_id = "ab" * 32
-        with pytest.raises(errors.PartyFailure, match="503") as info:
+        with pytest.raises(errors.RemoteServiceError, match="503") as info:
             client._predict_frames("ab" * 32, [b"x"], {"layout": "batched", "n_samples": 1,
                                                        "windows": 0, "count": 1})
         assert info.value.phase == "prediction"

@@ -10,8 +10,9 @@ never leaves this object (:attr:`Client.context`). The client learns the model's
 Every request has a timeout; HTTP and transport failures become Veil errors: 400/413 →
 :class:`~veil.errors.SerializationError`, 422 → the server-side class (ConfigurationError,
 KeyMismatchError, ...), an unreachable, failing (5xx) or persistently overloaded (503) server →
-:class:`~veil.errors.PartyFailure` with ``phase`` naming the step. 503 answers are retried after
-``Retry-After`` (at most ``retries`` times), and an evicted context (404) is uploaded again.
+:class:`~veil.errors.RemoteServiceError` with ``phase`` naming the step (and ``status``, the HTTP
+status). 503 answers are retried after ``Retry-After`` (at most ``retries`` times), and an
+evicted context (404) is uploaded again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from veil.errors import (
     ConfigurationError,
     DepthExhaustedError,
     KeyMismatchError,
-    PartyFailure,
+    RemoteServiceError,
     SerializationError,
     UnsupportedOperationError,
     VeilError,
@@ -115,24 +116,25 @@ class Client:
                                        timeout=timeout) as resp:
                     declared = resp.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > limit:
-                        raise PartyFailure(f"server's {what} answer of {declared} bytes exceeds "
-                                           f"the client's limit of {limit}", phase=what)
+                        raise RemoteServiceError(
+                            f"server's {what} answer of {declared} bytes exceeds the client's "
+                            f"limit of {limit}", phase=what)
                     body = bytearray()
                     for chunk in resp.iter_bytes():
                         body += chunk
                         if len(body) > limit:
-                            raise PartyFailure(f"server's {what} answer exceeds the client's "
+                            raise RemoteServiceError(f"server's {what} answer exceeds the client's "
                                                f"limit of {limit} bytes", phase=what)
                         if time.monotonic() > end:
-                            raise PartyFailure(f"server {self.url} did not complete {what} "
+                            raise RemoteServiceError(f"server {self.url} did not complete {what} "
                                                f"within {timeout:g} s", phase=what)
                     status, retry_after = resp.status_code, resp.headers.get("retry-after", "1")
             except httpx.TimeoutException as exc:
-                raise PartyFailure(f"server {self.url} did not complete {what} within "
+                raise RemoteServiceError(f"server {self.url} did not complete {what} within "
                                    f"{timeout:g} s ({type(exc).__name__}); raise the timeout or "
                                    "check the server", phase=what) from exc
             except httpx.HTTPError as exc:
-                raise PartyFailure(f"could not reach server {self.url} for {what}: "
+                raise RemoteServiceError(f"could not reach server {self.url} for {what}: "
                                    f"{type(exc).__name__}: {exc}", phase=what) from exc
             if status in ok or status == 404:
                 return status, bytes(body)
@@ -157,7 +159,7 @@ class Client:
             return SerializationError(text)
         if 400 <= status < 500 and status not in (404, 408):
             return _ERRORS.get(kind, ConfigurationError)(text)
-        return PartyFailure(text, phase=what)
+        return RemoteServiceError(text, status=status, phase=what)
 
     def _json(self, path: str, what: str) -> dict[str, Any]:
         import json
@@ -258,7 +260,7 @@ class Client:
 
         got = json.loads(body).get("context_id")
         if got != cid:
-            raise PartyFailure(f"server stored the context as {got!r}, expected {cid}; the "
+            raise RemoteServiceError(f"server stored the context as {got!r}, expected {cid}; the "
                                "upload was altered in transit", phase="context upload")
         self._context_id = cid
         return cid
