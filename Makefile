@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.veil-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint bench setup clean
+.PHONY: demo test test-all lint bench docs setup clean
 
 $(STAMP): pyproject.toml requirements/crypten.txt requirements/torch-cpu.txt tools/bootstrap.sh tools/check_env.py
 	bash tools/bootstrap.sh
@@ -28,6 +28,10 @@ test-all: lint
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,iqr,ops $(PYTEST_ARGS)
+
+# API reference from the docstrings (docs/api); tests/test_docs.py checks it is current.
+docs: $(STAMP)
+	$(PY) tools/apidoc.py docs/api
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks build src/*.egg-info

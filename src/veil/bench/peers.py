@@ -31,6 +31,8 @@ MPC_PEER_TIMEOUT = 300
 
 @dataclass
 class PeerRow:
+    """One comparison: the same task timed with Veil and with the peer library."""
+
     task: str
     peer: str
     size: int
@@ -40,6 +42,7 @@ class PeerRow:
 
     @property
     def ratio(self) -> float:
+        """Peer time / Veil time (> 1: Veil is faster)."""
         return self.peer_s / self.veil_s if self.veil_s > 0 else float("nan")
 
 
@@ -211,6 +214,7 @@ COMPARISONS: dict[str, Callable[[int, int], list[PeerRow]]] = {
 
 
 def run_peers(n: int, *, repeats: int = 3, progress: Progress | None = None) -> list[PeerRow]:
+    """Run every comparison at size ``n`` (best of ``repeats`` per side)."""
     rows: list[PeerRow] = []
     for name, fn in COMPARISONS.items():
         if progress:
@@ -220,6 +224,7 @@ def run_peers(n: int, *, repeats: int = 3, progress: Progress | None = None) -> 
 
 
 def table(rows: list[PeerRow]) -> Any:
+    """A rich Table of the comparisons."""
     from rich.table import Table
 
     t = Table(title="veil bench peers (ratio = peer time / Veil time; > 1 means Veil is faster)")
@@ -232,6 +237,7 @@ def table(rows: list[PeerRow]) -> Any:
 
 
 def write_json(rows: list[PeerRow], path: str | Path) -> None:
+    """Write the rows, their ratios and the environment (versions, machine, git) as JSON."""
     doc = {"environment": environment(), "command": "peers",
            "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
            "median_ratio": statistics.median(r.ratio for r in rows) if rows else None}
