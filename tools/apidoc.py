@@ -58,8 +58,13 @@ def _summary(obj: Any) -> str:
 
 
 def _members(cls: type) -> list[str]:
+    """Public methods and properties, including those inherited from Veil base classes."""
+    merged: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__module__.startswith("veil."):
+            merged.update(vars(klass))
     out = []
-    for name, value in sorted(vars(cls).items()):
+    for name, value in sorted(merged.items()):
         if name.startswith("_"):
             continue
         if isinstance(value, property):

@@ -266,3 +266,59 @@ def check_header_field(header: dict[str, Any], key: str, typ: type | tuple[type,
         raise SerializationError(f"{what}: header field {key!r} is missing or malformed "
                                  f"({value!r})")
     return value
+
+
+class SealContext:
+    """What CKKS and BFV contexts share: the native TenSEAL context, its parameters, the key id.
+
+    Subclasses are constructed as ``cls(native, params, key_id)``.
+    """
+
+    __slots__ = ("_params", "_native", "_key_id", "_params_hash", "_sk", "__weakref__")
+
+    def __init__(self, native: Any, params: Any, key_id: str) -> None:
+        from veil.he import serialize as envelope
+
+        self._params = params
+        self._native = native
+        self._key_id = key_id
+        self._params_hash = envelope.params_digest(params.describe())
+        self._sk: Any = None
+
+    def public(self) -> Any:
+        """A copy without the secret key (this context is left unchanged)."""
+        if not self.has_secret_key:
+            return self
+        with translate("making the context public"):
+            native = self._native.copy()
+            native.make_context_public(False, False)
+        return type(self)(native, self._params, self._key_id)
+
+    @property
+    def params(self) -> Any:
+        """The parameter set (``CKKSParams`` / ``BFVParams``)."""
+        return self._params
+
+    @property
+    def slots(self) -> int:
+        """Values per ciphertext."""
+        return self._params.slots
+
+    @property
+    def has_secret_key(self) -> bool:
+        return bool(self._native.has_secret_key())
+
+    @property
+    def has_galois_keys(self) -> bool:
+        """Whether rotations (``sum``, ``dot``, ``matmul``) are available."""
+        return bool(self._native.has_galois_keys())
+
+    @property
+    def key_id(self) -> str:
+        """Random identifier of the key pair (shared by ``public()`` copies; not secret)."""
+        return self._key_id
+
+    @property
+    def params_hash(self) -> bytes:
+        """SHA-256 of the parameter description, carried in every envelope."""
+        return self._params_hash

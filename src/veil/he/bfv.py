@@ -30,6 +30,7 @@ from veil.errors import (
 )
 from veil.he import serialize as envelope
 from veil.he._tenseal import (
+    SealContext,
     as_plain_vector,
     check_header_field,
     cpp,
@@ -49,17 +50,12 @@ KIND_SECRET = "bfv.context.secret"
 KIND_TENSOR = "bfv.tensor"
 
 
-class BFVContext:
+class BFVContext(SealContext):
     """Keys and parameters for BFV. Create with :meth:`generate` or :meth:`load`."""
 
-    __slots__ = ("_params", "_native", "_key_id", "_params_hash", "_sk", "__weakref__")
+    __slots__ = ()
 
-    def __init__(self, native: Any, params: BFVParams, key_id: str) -> None:
-        self._params = params
-        self._native = native
-        self._key_id = key_id
-        self._params_hash = envelope.params_digest(params.describe())
-        self._sk = None
+    _params: BFVParams
 
     @classmethod
     def generate(cls, params: BFVParams | None = None, *, galois_keys: bool = True) -> BFVContext:
@@ -81,39 +77,6 @@ class BFVContext:
             if galois_keys:
                 native.generate_galois_keys()
         return cls(native, params, secrets.token_hex(16))
-
-    def public(self) -> BFVContext:
-        """A copy without the secret key (this context is left unchanged)."""
-        if not self.has_secret_key:
-            return self
-        with translate("making the context public"):
-            native = self._native.copy()
-            native.make_context_public(False, False)
-        return BFVContext(native, self._params, self._key_id)
-
-    @property
-    def params(self) -> BFVParams:
-        return self._params
-
-    @property
-    def slots(self) -> int:
-        return self._params.slots
-
-    @property
-    def has_secret_key(self) -> bool:
-        return bool(self._native.has_secret_key())
-
-    @property
-    def has_galois_keys(self) -> bool:
-        return bool(self._native.has_galois_keys())
-
-    @property
-    def key_id(self) -> str:
-        return self._key_id
-
-    @property
-    def params_hash(self) -> bytes:
-        return self._params_hash
 
     def __repr__(self) -> str:
         kind = "secret" if self.has_secret_key else "public"

@@ -28,6 +28,7 @@ from veil.errors import ConfigurationError, KeyMismatchError, SerializationError
 from veil.he import serialize as envelope
 from veil.he._ckks_tensor import CKKSTensor, polyval_depth
 from veil.he._tenseal import (
+    SealContext,
     check_header_field,
     cpp,
     csprng_gaussian,
@@ -76,18 +77,15 @@ def flooding_sigma(error_bound: float, count: int, statistical_security: int = 4
     return 2.0 ** (statistical_security / 2) * math.sqrt(count) * error_bound
 
 
-class CKKSContext:
+class CKKSContext(SealContext):
     """Keys and parameters for CKKS. Create with :meth:`generate` or :meth:`load`."""
 
-    __slots__ = ("_params", "_native", "_key_id", "_params_hash", "_sk", "_clean_err",
-                 "_rescale_err", "_rel", "__weakref__")
+    __slots__ = ("_clean_err", "_rescale_err", "_rel")
+
+    _params: CKKSParams
 
     def __init__(self, native: Any, params: CKKSParams, key_id: str) -> None:
-        self._params = params
-        self._native = native
-        self._key_id = key_id
-        self._params_hash = envelope.params_digest(params.describe())
-        self._sk = None
+        super().__init__(native, params, key_id)
         self._clean_err, self._rescale_err = _error_constants(params)
         self._rel = params.rescale_relative_error
 
@@ -122,41 +120,7 @@ class CKKSContext:
                 native.generate_galois_keys()
         return cls(native, params, secrets.token_hex(16))
 
-    def public(self) -> CKKSContext:
-        """A copy without the secret key (this context is left unchanged)."""
-        if not self.has_secret_key:
-            return self
-        with translate("making the context public"):
-            native = self._native.copy()
-            native.make_context_public(False, False)
-        return CKKSContext(native, self._params, self._key_id)
-
     # -- metadata ------------------------------------------------------------------------------
-    @property
-    def params(self) -> CKKSParams:
-        return self._params
-
-    @property
-    def slots(self) -> int:
-        return self._params.slots
-
-    @property
-    def has_secret_key(self) -> bool:
-        return bool(self._native.has_secret_key())
-
-    @property
-    def has_galois_keys(self) -> bool:
-        return bool(self._native.has_galois_keys())
-
-    @property
-    def key_id(self) -> str:
-        """Random identifier of the key pair (shared by ``public()`` copies; not secret)."""
-        return self._key_id
-
-    @property
-    def params_hash(self) -> bytes:
-        return self._params_hash
-
     def __repr__(self) -> str:
         kind = "secret" if self.has_secret_key else "public"
         return (f"CKKSContext({kind}, N={self._params.poly_modulus_degree}, "
