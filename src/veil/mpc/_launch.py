@@ -364,9 +364,15 @@ def _choose_failure(failures: dict[int, PartyFailure], deaths: dict[int, int],
                -code in signal.Signals._value2member_map_ else
                f"exited with status {code} without reporting")
         seen = "; ".join(f"{rank_label(r, ws)}: {f}" for r, f in sorted(failures.items()))
+        hint = ""
+        if code > 0 and phases[rank] == "start":
+            hint = ("; it died before the job started: if you call mpc.run from a script, put "
+                    "that call (and any other work) under `if __name__ == \"__main__\":` "
+                    "because each party re-imports the script to find the job, and see the "
+                    "party's traceback above")
         return PartyFailure(
             f"{rank_label(rank, ws)} {how} during phase {phases[rank]!r}"
-            + (f" (others saw: {seen})" if seen else ""), rank=rank, phase=phases[rank])
+            + (f" (others saw: {seen})" if seen else "") + hint, rank=rank, phase=phases[rank])
     if failures:
         # A rank that reported a failure itself was alive to do so: it is not the culprit.
         blamed = Counter(f.rank for f in failures.values()
