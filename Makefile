@@ -26,8 +26,11 @@ test: lint
 test-all: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# pytest-benchmark suites (benchmarks/bench_*.py); each file can also be run as a script that
+# prints its side-by-side table. Not part of `make test`.
 bench: $(STAMP)
-	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,iqr,ops $(PYTEST_ARGS)
+	$(PY) -m pytest benchmarks -o python_files='bench_*.py' --benchmark-only \
+		--benchmark-columns=min,median,iqr,ops $(PYTEST_ARGS)
 
 # API reference from the docstrings (docs/api); tests/test_docs.py checks it is current.
 docs: $(STAMP)
