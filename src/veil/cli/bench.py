@@ -50,7 +50,8 @@ def _progress_runner(total: int):  # pragma: no cover - terminal UI
 @bench_app.command("schemes")
 def schemes(
     ops: str = typer.Option("add,mul,sum,mean,dot,vecmat,logreg", help="comma-separated jobs"),
-    sizes: str = typer.Option("1e3,1e4", help="comma-separated input sizes"),
+    sizes: str = typer.Option("1e2,1e3", help="comma-separated input sizes (Paillier encrypts "
+                              "every element: 1e4 takes minutes on 2 cores)"),
     schemes: str = typer.Option("plain,ckks,bfv,paillier,mpc2,mpc3", help="schemes to compare"),
     repeats: int = typer.Option(3, min=1, max=100, help="timed repeats per measurement"),
     json_out: Path = typer.Option(SCHEMES_JSON, "--json", help="JSON output"),
