@@ -245,3 +245,24 @@ def write_json(rows: list[PeerRow], path: str | Path) -> None:
            "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
            "median_ratio": statistics.median(r.ratio for r in rows) if rows else None}
     Path(path).write_text(json.dumps(doc, indent=2, default=str))
+
+
+def plot(rows: list[PeerRow], path: str | Path) -> None:
+    """Horizontal bars of peer time / Veil time (log scale; the line at 1 means parity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.task} vs {r.peer}" for r in rows]
+    ratios = [r.ratio for r in rows]
+    fig, ax = plt.subplots(figsize=(8.0, 0.35 * len(rows) + 1.2))
+    ax.barh(labels, ratios, color=["tab:green" if v >= 1 else "tab:red" for v in ratios])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("peer time / Veil time (> 1: Veil faster)")
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

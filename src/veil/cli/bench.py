@@ -9,6 +9,7 @@ import typer
 SCHEMES_JSON = Path("bench-schemes.json")
 SCHEMES_PNG = Path("bench-schemes.png")
 PEERS_JSON = Path("bench-peers.json")
+PEERS_PNG = Path("bench-peers.png")
 
 bench_app = typer.Typer(help="Benchmark schemes side by side, and Veil against peer libraries.",
                         no_args_is_help=True)
@@ -79,6 +80,7 @@ def peers(
     size: str = typer.Option("1e3", help="vector length for the element-wise comparisons"),
     repeats: int = typer.Option(3, min=1, max=100, help="timed repeats per measurement"),
     json_out: Path = typer.Option(PEERS_JSON, "--json", help="JSON output"),
+    plot: Path = typer.Option(PEERS_PNG, "--plot", help="PNG plot output"),
 ) -> None:
     """Veil against raw TenSEAL, phe+gmpy2, raw CrypTen and MPyC on this machine, as ratios."""
     from rich.console import Console
@@ -92,7 +94,8 @@ def peers(
     console = Console()
     console.print(peer_bench.table(rows))
     peer_bench.write_json(rows, json_out)
-    console.print(f"wrote {json_out}")
+    peer_bench.plot(rows, plot)
+    console.print(f"wrote {json_out} and {plot}")
 
 
 def register(app: typer.Typer) -> None:
