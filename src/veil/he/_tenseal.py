@@ -23,6 +23,7 @@ from veil.errors import (
     BackendUnavailableError,
     ConfigurationError,
     DepthExhaustedError,
+    KeyMismatchError,
     SerializationError,
     VeilError,
 )
@@ -293,6 +294,26 @@ class SealContext:
             native = self._native.copy()
             native.make_context_public(False, False)
         return type(self)(native, self._params, self._key_id)
+
+    def _secret_key_for(self, t: Any, tensor_type: type) -> Any:
+        """The secret key that decrypts ``t``, after checking ``t`` belongs to this key pair."""
+        if not isinstance(t, tensor_type):
+            raise ConfigurationError(
+                f"decrypt expects a {tensor_type.__name__}, got {type(t).__name__}")
+        if t._ctx is not self and t._ctx.key_id != self._key_id:
+            raise KeyMismatchError(
+                f"this tensor was encrypted under key {t._ctx.key_id[:8]}…, not this context's "
+                f"key {self._key_id[:8]}…; decrypt it with the context that encrypted it"
+            )
+        if not self.has_secret_key:
+            raise ConfigurationError(
+                "this is a public context (no secret key) and cannot decrypt; decrypt with the "
+                f"secret context returned by {type(self).__name__}.generate (or loaded with its "
+                "secret key)"
+            )
+        if self._sk is None:
+            self._sk = self._native.secret_key()
+        return self._sk
 
     @property
     def params(self) -> Any:

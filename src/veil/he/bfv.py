@@ -102,20 +102,7 @@ class BFVContext(SealContext):
         """Exact decryption to an int64 array of ``t.shape`` (torch if ``t`` came from torch)."""
         import numpy as np
 
-        if not isinstance(t, BFVTensor):
-            raise ConfigurationError(f"decrypt expects a BFVTensor, got {type(t).__name__}")
-        if t._ctx is not self and t._ctx.key_id != self._key_id:
-            raise KeyMismatchError(
-                f"this tensor was encrypted under key {t._ctx.key_id[:8]}…, not this context's "
-                f"key {self._key_id[:8]}…; decrypt it with the context that encrypted it"
-            )
-        if not self.has_secret_key:
-            raise ConfigurationError(
-                "this is a public context (no secret key) and cannot decrypt; use the secret "
-                "context returned by BFVContext.generate"
-            )
-        if self._sk is None:
-            self._sk = self._native.secret_key()
+        self._secret_key_for(t, BFVTensor)
         decryptor = self._native.decryptor()
         with translate("BFV decryption"):
             for c in t._chunks:

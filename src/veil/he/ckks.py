@@ -210,22 +210,9 @@ class CKKSContext(SealContext):
         """
         import numpy as np
 
-        if not isinstance(t, CKKSTensor):
-            raise ConfigurationError(f"decrypt expects a CKKSTensor, got {type(t).__name__}")
-        if t._ctx is not self and t._ctx.key_id != self._key_id:
-            raise KeyMismatchError(
-                f"this tensor was encrypted under key {t._ctx.key_id[:8]}…, not this context's "
-                f"key {self._key_id[:8]}…; decrypt it with the context that encrypted it"
-            )
-        if not self.has_secret_key:
-            raise ConfigurationError(
-                "this is a public context (no secret key) and cannot decrypt; decrypt with the "
-                "secret context returned by CKKSContext.generate (or loaded with its secret key)"
-            )
-        if self._sk is None:
-            self._sk = self._native.secret_key()
+        sk = self._secret_key_for(t, CKKSTensor)
         with translate("CKKS decryption"):
-            parts = [c.decrypt(self._sk) for c in t._chunks]
+            parts = [c.decrypt(sk) for c in t._chunks]
         out = np.fromiter((v for p in parts for v in p), dtype=np.float64, count=t.size)
         if shared:
             if not isinstance(statistical_security, int) or not 30 <= statistical_security <= 128:
