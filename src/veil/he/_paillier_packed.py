@@ -38,7 +38,7 @@ from veil.he.encoding import (
     encode_array,
     is_integer_array,
 )
-from veil.he.serialize import DEFAULT_MAX_BYTES, pack, unpack
+from veil.he.serialize import DEFAULT_MAX_BYTES, pack
 
 MAX_ADDENDS = 1 << 40
 
@@ -262,19 +262,9 @@ class PackedPaillierVector:
         cls, data: bytes, public_key: Any, *, max_bytes: int = DEFAULT_MAX_BYTES
     ) -> PackedPaillierVector:
         """Load a packed vector made under ``public_key``; checks layout, counts and ciphertexts."""
-        from veil.he.paillier import PaillierPublicKey
-
-        if not isinstance(public_key, PaillierPublicKey):
-            raise ConfigurationError(
-                f"public_key must be a PaillierPublicKey, got {type(public_key).__name__}"
-            )
+        r, flags = wire.open_payload(data, public_key, wire.KIND_PACKED, "packed Paillier vector",
+                                     max_bytes)
         pk = public_key
-        env = unpack(data, kind=wire.KIND_PACKED, params_hash=pk._hash, max_bytes=max_bytes)
-        r = wire.Reader(env.body, "packed Paillier vector")
-        r.version()
-        flags = r.u8()
-        if flags not in (0, 1):
-            raise r.fail(f"unknown flags {flags:#x}")
         prec, max_abs, max_addends, addends = r.u16(), r.f64(), r.u64(), r.u64()
         if prec > MAX_PRECISION_BITS:
             raise r.fail(f"precision {prec} out of range")
@@ -284,7 +274,7 @@ class PackedPaillierVector:
             layout = PackingLayout.create(pk.bits, FixedPointEncoding(prec, max_abs), max_addends)
         except ConfigurationError as exc:
             raise SerializationError(f"malformed packed Paillier vector payload: {exc}") from exc
-        remaining = len(env.body) - r.pos
+        remaining = len(r.body) - r.pos
         shape = r.shape(max(remaining // pk._width, 1) * layout.slots)
         count = -(-math.prod(shape) // layout.slots)
         cs = r.ciphertexts(count, pk._width, pk._n)

@@ -33,7 +33,7 @@ from veil.he.encoding import (
     is_integer_array,
     max_abs_int,
 )
-from veil.he.serialize import DEFAULT_MAX_BYTES, pack, unpack
+from veil.he.serialize import DEFAULT_MAX_BYTES, pack
 
 MAX_SCALE_BITS = 8192
 
@@ -398,19 +398,9 @@ class PaillierVector:
         cls, data: bytes, public_key: Any, *, max_bytes: int = DEFAULT_MAX_BYTES
     ) -> PaillierVector:
         """Load a vector made under ``public_key``; every ciphertext is range- and unit-checked."""
-        from veil.he.paillier import PaillierPublicKey
-
-        if not isinstance(public_key, PaillierPublicKey):
-            raise ConfigurationError(
-                f"public_key must be a PaillierPublicKey, got {type(public_key).__name__}"
-            )
+        r, flags = wire.open_payload(data, public_key, wire.KIND_VECTOR, "Paillier vector",
+                                     max_bytes)
         pk = public_key
-        env = unpack(data, kind=wire.KIND_VECTOR, params_hash=pk._hash, max_bytes=max_bytes)
-        r = wire.Reader(env.body, "Paillier vector")
-        r.version()
-        flags = r.u8()
-        if flags not in (0, 1):
-            raise r.fail(f"unknown flags {flags:#x}")
         scale, prec, max_abs = r.u16(), r.u16(), r.f64()
         if scale > MAX_SCALE_BITS or prec > MAX_PRECISION_BITS:
             raise r.fail(f"scale {scale} / precision {prec} out of range")
@@ -421,7 +411,7 @@ class PaillierVector:
             enc = FixedPointEncoding(prec, max_abs)
         except ConfigurationError as exc:
             raise SerializationError(f"malformed Paillier vector payload: {exc}") from exc
-        remaining = len(env.body) - r.pos
+        remaining = len(r.body) - r.pos
         shape = r.shape(max(remaining // pk._width, 1))
         cs = r.ciphertexts(math.prod(shape), pk._width, pk._n)
         r.finish()
