@@ -269,6 +269,33 @@ def check_header_field(header: dict[str, Any], key: str, typ: type | tuple[type,
     return value
 
 
+def new_native_context(scheme: str, params: Any, *, plain_modulus: int = 0,
+                       galois_keys: bool = True, n_threads: int | None = None,
+                       hint: str = "") -> Any:
+    """A fresh TenSEAL context (asymmetric keys, relinearization keys, optional Galois keys).
+
+    ``scheme`` is "CKKS" or "BFV"; SEAL draws the keys from its own CSPRNG (seeded from the OS).
+    """
+    import os
+
+    ts = import_tenseal()
+    with translate(f"creating the {scheme} context"):
+        try:
+            native = ts._ts_cpp.TenSEALContext.new(
+                getattr(ts.SCHEME_TYPE, scheme).value, params.poly_modulus_degree, plain_modulus,
+                list(params.coeff_mod_bit_sizes), ts.ENCRYPTION_TYPE.ASYMMETRIC.value,
+                n_threads if n_threads and n_threads > 0 else (os.cpu_count() or 1))
+        except ValueError as exc:
+            raise ConfigurationError(f"SEAL rejected {params} ({exc}){hint}") from exc
+        if scheme == "CKKS":
+            native.global_scale = 2.0**params.scale_bits
+        if not native.has_relin_keys():
+            native.generate_relin_keys()
+        if galois_keys:
+            native.generate_galois_keys()
+    return native
+
+
 class SealContext:
     """What CKKS and BFV contexts share: the native TenSEAL context, its parameters, the key id.
 

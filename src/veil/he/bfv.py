@@ -18,7 +18,6 @@ Rotation-free: ``+ - *``, ``square``. Rotations (Galois keys): ``sum``, ``dot``.
 from __future__ import annotations
 
 import math
-import os
 import secrets
 from typing import Any
 
@@ -35,8 +34,8 @@ from veil.he._tenseal import (
     check_header_field,
     cpp,
     frame,
-    import_tenseal,
     is_transparent_error,
+    new_native_context,
     to_array,
     translate,
     unframe,
@@ -63,19 +62,8 @@ class BFVContext(SealContext):
         params = BFVParams.default() if params is None else params
         if not isinstance(params, BFVParams):
             raise ConfigurationError(f"expected BFVParams, got {type(params).__name__}")
-        ts = import_tenseal()
-        with translate("creating the BFV context"):
-            try:
-                native = ts._ts_cpp.TenSEALContext.new(
-                    ts.SCHEME_TYPE.BFV.value, params.poly_modulus_degree, params.plain_modulus,
-                    list(params.coeff_mod_bit_sizes), ts.ENCRYPTION_TYPE.ASYMMETRIC.value,
-                    os.cpu_count() or 1)
-            except ValueError as exc:
-                raise ConfigurationError(f"SEAL rejected {params} ({exc})") from exc
-            if not native.has_relin_keys():
-                native.generate_relin_keys()
-            if galois_keys:
-                native.generate_galois_keys()
+        native = new_native_context("BFV", params, plain_modulus=params.plain_modulus,
+                                    galois_keys=galois_keys)
         return cls(native, params, secrets.token_hex(16))
 
     def __repr__(self) -> str:

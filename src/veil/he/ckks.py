@@ -19,7 +19,6 @@ Serialized forms go through :mod:`veil.he.serialize` envelopes: ``ckks.context.p
 from __future__ import annotations
 
 import math
-import os
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -33,8 +32,8 @@ from veil.he._tenseal import (
     cpp,
     csprng_gaussian,
     frame,
-    import_tenseal,
     is_torch,
+    new_native_context,
     to_array,
     translate,
     unframe,
@@ -101,23 +100,10 @@ class CKKSContext(SealContext):
         params = CKKSParams.default() if params is None else params
         if not isinstance(params, CKKSParams):
             raise ConfigurationError(f"expected CKKSParams, got {type(params).__name__}")
-        ts = import_tenseal()
-        with translate("creating the CKKS context"):
-            try:
-                native = ts._ts_cpp.TenSEALContext.new(
-                    ts.SCHEME_TYPE.CKKS.value, params.poly_modulus_degree, 0,
-                    list(params.coeff_mod_bit_sizes), ts.ENCRYPTION_TYPE.ASYMMETRIC.value,
-                    n_threads if n_threads and n_threads > 0 else (os.cpu_count() or 1))
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"SEAL rejected {params} ({exc}); SEAL 4.1 only runs parameter sets within "
-                    "the 128-bit table, so allow_insecure=True cannot be used to create a context"
-                ) from exc
-            native.global_scale = 2.0**params.scale_bits
-            if not native.has_relin_keys():
-                native.generate_relin_keys()
-            if galois_keys:
-                native.generate_galois_keys()
+        native = new_native_context(
+            "CKKS", params, galois_keys=galois_keys, n_threads=n_threads,
+            hint="; SEAL 4.1 only runs parameter sets within the 128-bit table, so "
+                 "allow_insecure=True cannot be used to create a context")
         return cls(native, params, secrets.token_hex(16))
 
     # -- metadata ------------------------------------------------------------------------------
