@@ -5,8 +5,11 @@
    run: one ``ts.ckks_vector(ctx, x).mm(W) + b`` per sample (N=8192, Galois keys). Reported:
    per-sample time of each (server only and end to end, i.e. with client encryption and
    decryption), the ratio, and the argmax agreement of both with plaintext.
-2. CKKS ``digits-cnn-poly``, **single-sample** layout (im2col first conv, dense second conv):
-   latency per sample and max logit error vs plaintext.
+2. CKKS small CNN, **single-sample** latency and max logit error vs plaintext, side by side:
+   ``digits-cnn-fast`` in the taps layout (``veil.models.ckks_lanes``: N=8192, no row
+   rotations) and ``digits-cnn-poly`` in the generic single layout (im2col first conv, dense
+   second conv through TenSEAL's row-rotating ``mm``). ``taps_accuracy`` runs the fast CNN on
+   the whole test set.
 3. MPC (2 parties + dealer, one session) ``digits-mlp`` and ``digits-cnn`` on a batch of the
    digits test set: time and bytes sent per sample, vs plaintext torch on the same batch.
 
@@ -86,27 +89,74 @@ def bench_logreg() -> dict[str, Any]:
     }
 
 
-CNN_SAMPLES = int(os.environ.get("VEIL_BENCH_CNN_SAMPLES", "2"))
+CNN_SAMPLES = int(os.environ.get("VEIL_BENCH_CNN_SAMPLES", "5"))
+GENERIC_SAMPLES = int(os.environ.get("VEIL_BENCH_GENERIC_SAMPLES", "2"))
 
 
-def bench_cnn_single(samples: int = CNN_SAMPLES) -> dict[str, Any]:
+def _single(name: str, samples: int) -> dict[str, Any]:
+    """Single-sample CKKS latency of zoo model ``name``: client encrypt, server, client decrypt."""
     from veil import he, models
     from veil.models import zoo
 
-    entry = zoo.load("digits-cnn-poly")
+    entry = zoo.load(name)
     plan = models.plan(entry.model, (1, 8, 8), layout="single")
     ctx = he.CKKSContext.generate(plan.params, galois_keys=True)
     compiled = models.compile(entry.model, ctx.public(), input_shape=(1, 8, 8),
                               layout="single")
-    times, errs = [], []
+    parts, errs, agree, req, resp = [], [], 0, 0, 0
     for i in range(samples):
         x = entry.x_test[i]
         t0 = time.perf_counter()
-        y = models.decrypt_output(ctx, compiled(models.encrypt_input(ctx, x, plan)))
-        times.append(time.perf_counter() - t0)
-        errs.append(float(np.abs(y - entry.model(x[None]).detach().numpy()).max()))
-    return {"latency_s_median": float(np.median(times)), "max_logit_error": max(errs),
-            "params": plan.params.describe(), "depth": plan.depth}
+        enc = models.encrypt_input(ctx, x, plan)
+        t1 = time.perf_counter()
+        out = compiled(enc)
+        t2 = time.perf_counter()
+        y = models.decrypt_output(ctx, out)
+        t3 = time.perf_counter()
+        parts.append((t1 - t0, t2 - t1, t3 - t2))
+        want = entry.model(x[None]).detach().numpy()
+        errs.append(float(np.abs(y - want).max()))
+        agree += int(y.argmax() == want.argmax())
+        req, resp = len(enc.serialize()), len(out.serialize())
+    p = np.array(parts)
+    return {"layout": plan.input_encoding["kind"], "latency_s_median": float(np.median(p.sum(1))),
+            "encrypt_s": float(np.median(p[:, 0])), "server_s": float(np.median(p[:, 1])),
+            "decrypt_s": float(np.median(p[:, 2])), "max_logit_error": max(errs),
+            "argmax_agreement": agree / samples, "request_bytes": req, "response_bytes": resp,
+            "plaintext_accuracy": entry.accuracy, "params": plan.params.describe(),
+            "depth": plan.depth, "samples": samples}
+
+
+def bench_cnn_single(samples: int = CNN_SAMPLES, generic: int = GENERIC_SAMPLES) -> dict[str, Any]:
+    """``digits-cnn-fast`` in the taps layout vs ``digits-cnn-poly`` in the generic one."""
+    out = {"digits-cnn-fast": _single("digits-cnn-fast", samples)}
+    if generic:
+        out["digits-cnn-poly"] = _single("digits-cnn-poly", generic)
+        out["speedup"] = (out["digits-cnn-poly"]["latency_s_median"]
+                          / out["digits-cnn-fast"]["latency_s_median"])
+    out["max_logit_error"] = out["digits-cnn-fast"]["max_logit_error"]
+    return out
+
+
+def taps_accuracy(n: int = 360) -> dict[str, Any]:
+    """``digits-cnn-fast``, single-sample CKKS on ``n`` test images: accuracy and agreement."""
+    from veil import he, models
+    from veil.models import zoo
+
+    entry = zoo.load("digits-cnn-fast")
+    plan = models.plan(entry.model, (1, 8, 8), layout="single")
+    ctx = he.CKKSContext.generate(plan.params, galois_keys=True)
+    compiled = models.compile(entry.model, ctx.public(), input_shape=(1, 8, 8), layout="single")
+    with torch.no_grad():
+        ref = entry.model(entry.x_test[:n]).numpy()
+    t0 = time.perf_counter()
+    ys = np.concatenate([models.decrypt_output(ctx, compiled(models.encrypt_input(ctx, x, plan)))
+                         for x in entry.x_test[:n]])
+    return {"samples": n, "seconds": time.perf_counter() - t0,
+            "ckks_accuracy": float((ys.argmax(1) == entry.y_test[:n].numpy()).mean()),
+            "plaintext_accuracy": float((ref.argmax(1) == entry.y_test[:n].numpy()).mean()),
+            "agreement": float((ys.argmax(1) == ref.argmax(1)).mean()),
+            "max_logit_error": float(np.abs(ys - ref).max())}
 
 
 def _mpc_job(party: Any, name_models: list, xs: torch.Tensor) -> Any:
@@ -152,7 +202,8 @@ def _acc_job(party: Any, cases: list) -> Any:
 
 
 def accuracy_table(ckks_models: tuple[str, ...] = ("digits-logreg", "digits-mlp-poly",
-                                                   "digits-cnn-poly", "digits-mlp+fix")) -> Any:
+                                                   "digits-cnn-poly", "digits-cnn-fast",
+                                                   "digits-mlp+fix")) -> Any:
     """Test-set accuracy of every zoo model: plaintext, MPC (2 parties), CKKS batched.
 
     ``digits-mlp+fix`` is the ReLU MLP after ``models.fix`` (degree-4 fit of ReLU on the
@@ -229,7 +280,8 @@ if __name__ == "__main__":
     import json
     import sys
 
-    fns = {f.__name__: f for f in (bench_logreg, bench_cnn_single, bench_mpc, accuracy_table)}
+    fns = {f.__name__: f for f in (bench_logreg, bench_cnn_single, taps_accuracy, bench_mpc,
+                                   accuracy_table)}
     for name in sys.argv[1:] or list(fns):
         fn = fns[name]
         print(fn.__name__, json.dumps(fn(), indent=1, default=str), flush=True)

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import sys
 
 import pytest
+
+# MPC jobs and models defined in test modules are pickled by reference ("tests.models...");
+# party processes must be able to import them however pytest was started (`pytest` does not put
+# the repository root on sys.path, `python -m pytest` does).
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 # Keep hypothesis fast and deterministic in CI; tests opt into more examples where it matters.
 try:

@@ -183,6 +183,25 @@ def test_im2col_convolution_matches_numpy(ctx: CKKSContext) -> None:
         close(out, want, 1e-4)
 
 
+def test_block_sum_matches_numpy_and_checks_its_arguments(ctx: CKKSContext) -> None:
+    slots = ctx.slots
+    x = RNG.uniform(-1, 1, slots)
+    for block in (1, 16, slots // 2):
+        w = RNG.uniform(-2, 2, slots // block)
+        t = ctx.encrypt(x)
+        out = t.block_sum(w, block)
+        assert out.shape == (block,) and out.levels_left == t.levels_left - 1
+        close(ctx.decrypt(out), (x.reshape(-1, block) * w[:, None]).sum(axis=0), 1e-3)
+    t = ctx.encrypt(x)
+    for bad_block, n_w in ((12, slots // 12), (16, slots // 16 + 1), (0, 1)):
+        with pytest.raises(ConfigurationError, match="block_sum"):
+            t.block_sum(np.ones(n_w), bad_block)
+    with pytest.raises(ConfigurationError, match="block_sum"):
+        ctx.encrypt(x[:100]).block_sum(np.ones(100), 1)  # must fill the ciphertext
+    with pytest.raises(ConfigurationError, match="finite"):
+        t.block_sum(np.full(slots // 16, np.nan), 16)
+
+
 # -- hypothesis: algebraic laws -----------------------------------------------------------------
 
 finite = st.floats(-100, 100, allow_nan=False, allow_infinity=False)

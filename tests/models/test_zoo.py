@@ -9,8 +9,8 @@ from veil.errors import ConfigurationError
 
 
 def test_names_and_accuracy(zoo):
-    assert zoo.names() == ["digits-cnn", "digits-cnn-poly", "digits-logreg", "digits-mlp",
-                           "digits-mlp-poly"]
+    assert zoo.names() == ["digits-cnn", "digits-cnn-fast", "digits-cnn-poly", "digits-logreg",
+                           "digits-mlp", "digits-mlp-poly"]
     for name in zoo.names():
         entry = zoo.load(name)
         assert entry.accuracy > 0.9, (name, entry.accuracy)

@@ -465,6 +465,40 @@ class CKKSTensor:
         err = self._err * l2 + self._rs(0, 1 + _log2(k.size * windows))
         return self._new([out], (int(windows),), _level_of(out), err, self._mag * l1)
 
+    def block_sum(self, weights: Any, block: int) -> CKKSTensor:
+        """``out[r] = sum_i weights[i] * self[i * block + r]`` for ``r < block``.
+
+        A weighted sum of the tensor's consecutive blocks of ``block`` values: one level and
+        ``log2(size // block)`` rotations by multiples of ``block`` (one key switch each), however
+        many blocks. The tensor must fill exactly one ciphertext (``size == slots``), ``block``
+        must be a power of two and ``weights`` must hold ``size // block`` finite values.
+        """
+        import numpy as np
+
+        self._need_galois("block_sum")
+        w = _as_array(weights).ravel()
+        slots = self._ctx.slots
+        ok_block = isinstance(block, int) and not isinstance(block, bool) and 0 < block <= slots \
+            and not block & (block - 1)
+        nb = self._size // block if ok_block else 0
+        if len(self._chunks) != 1 or self._size != slots or not ok_block or w.size != nb:
+            raise ConfigurationError(
+                f"block_sum: needs a tensor filling one ciphertext ({slots} values, got "
+                f"{self._size}), a power-of-two block (got {block!r}) and one weight per block "
+                f"({nb} expected, got {w.size})"
+            )
+        if not np.isfinite(w).all() or float(np.abs(w).max()) >= self._ctx.params.max_abs_value:
+            raise ConfigurationError(
+                f"block_sum: weights must be finite and below {self._ctx.params.max_abs_value:g} "
+                "in magnitude"
+            )
+        self._need_levels(1, "block_sum")
+        with translate("block_sum"):
+            out = self._chunks[0].enc_matmul_plain(w.tolist(), block)
+        err = self._err * float(np.sqrt((w**2).sum())) + self._rs(0, 1 + _log2(nb))
+        return self._new([out], (block,), _level_of(out), err,
+                         self._mag * float(np.abs(w).sum()), padded=True)
+
     # -- serialization -------------------------------------------------------------------------
     def serialize(self) -> bytes:
         """Envelope ``ckks.tensor``: shape, level, error bound and the ciphertexts (no keys)."""

@@ -48,6 +48,7 @@ class EncryptedValues:
     n_samples: int
     tensors: list[Any]
     windows: int = 0  # im2col windows of an encoded input (0: not im2col)
+    outputs: int = 0  # single layout: values per sample to keep (0: all); taps-layout outputs
 
     @property
     def size(self) -> int:
@@ -59,7 +60,7 @@ class EncryptedValues:
         from veil.protocols.inference import KIND_ENCRYPTED, pack_frames
 
         header = {"layout": self.layout, "n_samples": self.n_samples, "windows": self.windows,
-                  "count": len(self.tensors)}
+                  "count": len(self.tensors), "outputs": self.outputs}
         return pack_frames(KIND_ENCRYPTED, header, [t.serialize() for t in self.tensors])
 
     @classmethod
@@ -70,8 +71,11 @@ class EncryptedValues:
         header, frames = unpack_frames(data, KIND_ENCRYPTED, max_bytes=max_bytes)
         try:
             layout, n, windows = header["layout"], header["n_samples"], header["windows"]
+            outputs = header.get("outputs", 0)
             ok = (layout in LAYOUTS and isinstance(n, int) and n > 0 and isinstance(windows, int)
-                  and windows >= 0 and header["count"] == len(frames) and frames)
+                  and windows >= 0 and header["count"] == len(frames) and frames
+                  and isinstance(outputs, int) and not isinstance(outputs, bool)
+                  and outputs >= 0)
         except KeyError as exc:
             raise SerializationError(f"models.encrypted header lacks {exc}") from exc
         if not ok:
@@ -83,7 +87,9 @@ class EncryptedValues:
                     f"models.encrypted: tensor of shape {t.shape} does not fit layout {layout} "
                     f"with {n} samples"
                 )
-        return cls(layout, n, tensors, windows)
+        if outputs and (layout != "single" or sum(t.size for t in tensors) < outputs):
+            raise SerializationError(f"models.encrypted: {outputs} outputs do not fit the tensors")
+        return cls(layout, n, tensors, windows, outputs)
 
 
 def encrypt_input(ctx: Any, x: Any, plan: Any) -> EncryptedValues:
@@ -113,6 +119,11 @@ def encrypt_input(ctx: Any, x: Any, plan: Any) -> EncryptedValues:
             "use layout='batched' for many samples"
         )
     enc = info["input_encoding"]
+    if enc["kind"] == "taps":
+        from veil.models.ckks_lanes import encode_taps
+
+        vecs = encode_taps(arr.reshape(-1), enc, ctx.params.slots)
+        return EncryptedValues("single", 1, [ctx.encrypt(v) for v in vecs])
     if enc["kind"] == "im2col":
         ph, pw = enc["padding"]
         img = np.pad(arr.reshape(shape)[0], ((ph, ph), (pw, pw)))
@@ -128,7 +139,8 @@ def decrypt_output(ctx: Any, out: EncryptedValues) -> np.ndarray:
     parts = [np.asarray(ctx.decrypt(t), dtype=np.float64).reshape(-1) for t in out.tensors]
     if out.layout == "batched":
         return np.stack(parts, axis=1)
-    return np.concatenate(parts)[None, :]
+    flat = np.concatenate(parts)
+    return (flat[: out.outputs] if out.outputs else flat)[None, :]
 
 
 class CompiledModel:
@@ -250,6 +262,10 @@ def compile(net: Any, ctx: Any, *, input_shape: Any = None,
     prog = as_program(net, input_shape)
     if not prog.has_params:
         raise ConfigurationError("compile needs the model with its weights (server side)")
+    if layout == "single":
+        fast = _compile_lanes(prog, ctx)
+        if fast is not None:
+            return fast
     stages = lower(prog, layout)
     used = _depths(stages, prog)
     depth = used[prog.output]
@@ -279,3 +295,29 @@ def compile(net: Any, ctx: Any, *, input_shape: Any = None,
                "params": params.describe(), "galois_keys": layout == "single",
                "input_encoding": enc}
     return CompiledModel(prog, stages, ctx, layout, depth, summary)
+
+
+def _compile_lanes(prog: Program, ctx: Any) -> Any:
+    """The taps-layout model (:mod:`veil.models.ckks_lanes`) when ``prog`` qualifies."""
+    from veil.models.ckks_lanes import LanesModel, LanesSpec
+    from veil.models.ckks_plan import lanes_lowering
+
+    params = ctx.params
+    _, spec = lanes_lowering(prog, params.slots)
+    if not isinstance(spec, LanesSpec):
+        return None
+    if spec.depth > params.depth:
+        raise DepthExhaustedError(
+            f"the model needs depth {spec.depth} in the single-sample (taps) layout but the "
+            f"context provides {params.depth}; create the context from models.plan(net, "
+            "input_shape, layout='single').params"
+        )
+    if not ctx.has_galois_keys:
+        raise ConfigurationError(
+            "the single-sample layout sums blocks with rotations and needs Galois keys; "
+            "generate the context with galois_keys=True (or use layout='batched')"
+        )
+    summary = {"layout": "single", "input_shape": list(prog.input_shape),
+               "output_size": spec.n_out, "depth": spec.depth, "params": params.describe(),
+               "galois_keys": True, "input_encoding": spec.encoding()}
+    return LanesModel(spec, ctx, summary, math.prod(prog.input_shape))

@@ -71,6 +71,8 @@ class Plan:
     galois_keys: bool
     stages: list[Stage]
     input_encoding: dict[str, Any]
+    note: str = ""  # why the single layout fell back to the generic (slow) lowering
+    lanes: Any = None  # the taps-layout lowering (server side), when used
 
     @property
     def slots(self) -> int:
@@ -156,7 +158,8 @@ def lower(prog: Program, layout: str = "batched") -> list[Stage]:
             m, b = _affine_matrix(chain, shapes[base])
             ident = m.shape[0] == m.shape[1] and (m == _eye(m.shape[0])).all() and not b.any()
             stages.append(Stage("affine", name, (base,), size_in, size_out, 0 if ident else 1,
-                                layers, {"matrix": m, "bias": b, "identity": bool(ident)}))
+                                layers, {"matrix": m, "bias": b, "identity": bool(ident),
+                                         "ops": list(chain)}))
         done.add(name)
 
     for op in prog.ops:
@@ -234,17 +237,30 @@ def max_secure_depth(precision_bits: int = 40) -> int:
 
 
 def plan(net: Any, input_shape: Any = None, *, layout: str = "batched",
-         precision_bits: int = 40, integer_bits: int = 19,
+         precision_bits: int | None = None, integer_bits: int = 19,
          allow_insecure: bool = False) -> Plan:
     """Plan CKKS inference of ``net`` (an ``nn.Module`` or a converted program).
 
     Computes stages, depth and slots and picks parameters BEFORE any encryption. Raises
     :class:`UnsupportedLayerError` for layers CKKS cannot run (see ``models.fix``) and
     :class:`DepthExhaustedError` naming the layer where a 128-bit budget runs out.
+
+    ``layout="single"`` uses the rotation-light taps layout (:mod:`veil.models.ckks_lanes`)
+    when the model has its shape (a local first layer, quadratic activations, an optional 1x1
+    mixing layer, a final affine map); ``Plan.note`` says why when it falls back to the generic
+    single layout. ``precision_bits`` defaults to 40 (the taps layout: the most that fits
+    ``N = 8192``, with ``|outputs| < 2**9``).
     """
     from veil.he import CKKSParams
 
     prog = as_program(net, input_shape)
+    note = ""
+    if layout == "single":
+        found = plan_lanes(prog, precision_bits, allow_insecure)
+        if not isinstance(found, str):
+            return found
+        note = f"generic single layout: {found}"
+    precision_bits = 40 if precision_bits is None else precision_bits
     stages = lower(prog, layout)
     used = _depths(stages, prog)
     depth = max(1, used[prog.output])
@@ -268,7 +284,61 @@ def plan(net: Any, input_shape: Any = None, *, layout: str = "batched",
     _check_slots(stages, params.slots, layout, prog)
     return Plan(layout, tuple(prog.input_shape), math.prod(prog.op(prog.output).shape)
                 if prog.ops else math.prod(prog.input_shape), depth, params,
-                layout == "single", stages, enc)
+                layout == "single", stages, enc, note=note)
+
+
+def _shapes(prog: Program) -> dict[str, tuple[int, ...]]:
+    shapes = {prog.input_name: tuple(prog.input_shape)}
+    shapes.update({op.name: op.shape for op in prog.ops})
+    return shapes
+
+
+def lanes_params(depth: int, precision_bits: int | None, allow_insecure: bool) -> Any:
+    """CKKS parameters for the taps layout: the finest scale that still fits ``N = 8192``."""
+    from veil.he import CKKSParams
+    from veil.models.ckks_lanes import INTEGER_BITS
+
+    if precision_bits is not None:
+        return CKKSParams.for_depth(depth, precision_bits=precision_bits,
+                                    integer_bits=INTEGER_BITS, allow_insecure=allow_insecure)
+    for p in range(40, 23, -1):
+        params = CKKSParams.for_depth(depth, precision_bits=p, integer_bits=INTEGER_BITS,
+                                      allow_insecure=allow_insecure)
+        if params.poly_modulus_degree <= 8192:
+            return params
+    return params
+
+
+def lanes_lowering(prog: Program, slots: int) -> tuple[list[Stage], Any]:
+    """Stages and the taps-layout lowering of ``prog`` for ``slots`` slots (or a reason)."""
+    from veil.models.ckks_lanes import analyze
+
+    try:
+        stages = lower(prog, "batched")
+    except UnsupportedLayerError as exc:
+        return [], str(exc)
+    if [s.kind for s in stages][:1] != ["affine"]:
+        return stages, "the model does not start with an affine layer"
+    return stages, analyze(prog, stages, _shapes(prog), slots)
+
+
+def plan_lanes(prog: Program, precision_bits: int | None, allow_insecure: bool) -> Plan | str:
+    """A taps-layout :class:`Plan` for ``prog``, or the reason it does not qualify."""
+    stages, spec = lanes_lowering(prog, 4096)  # shape check before choosing parameters
+    if isinstance(spec, str):
+        return spec
+    try:
+        params = lanes_params(spec.depth, precision_bits, allow_insecure)
+    except ConfigurationError as exc:
+        return str(exc)
+    if params.slots != spec.slots:
+        stages, spec = lanes_lowering(prog, params.slots)
+        if isinstance(spec, str):
+            return spec
+    for s in stages:
+        s.depth = 1  # one level per stage: affine, square, affine, square, block sum
+    return Plan("single", tuple(prog.input_shape), spec.n_out, spec.depth, params, True, stages,
+                spec.encoding(), lanes=spec)
 
 
 def _check_slots(stages: list[Stage], slots: int, layout: str, prog: Program) -> None:
