@@ -15,32 +15,62 @@ Roles and what each learns (semi-honest, aggregator and key holder do not collud
 Every message crosses the "wire" as bytes from ``serialize()`` and is loaded with the receiving
 role's own key object; :class:`Wire` records who sent how many bytes to whom.
 
-CKKS specifics: each value travels as two slots, ``hi * 2**24 + lo`` with ``hi`` an integer, so
-sums up to about 2^48 keep CKKS's absolute precision (~1e-5) instead of being limited by its
-2^29 range; ``round(hi)`` is exact. The key holder's decryption is *not* noise-flooded by
-default: the results are meant for the key holder. Flooding (``flood=True``) is refused for now:
-the noise needed (``CKKSContext.decrypt(shared=True)``) lands on the ``hi`` limb and is multiplied
-by 2^24, which destroys the result. When decrypted values go to a party that saw the ciphertexts
-(the aggregator; Li–Micciancio key recovery), use ``backend="paillier"``, which is exact and has no
-decryption-error leak.
+CKKS: an exact, integer release
+-------------------------------
+Every sufficient statistic ``v`` is put on the fixed-point grid ``2**-CKKS_FRAC_BITS``
+(``F = 24``): ``v_int = round(v * 2**24)``, an exact Python integer with ``|v_int| < 2**72``
+(``|v| < CKKS_MAX_ABS = 2**48`` real units per owner; larger values raise
+:class:`~veil.errors.ConfigurationError` naming the magnitude). ``v_int`` is split into
+``CKKS_LIMBS = 3`` integer limbs of ``CKKS_LIMB_BITS = 24`` bits, ``v_int = l0 + l1 * 2**24 +
+l2 * 2**48`` with ``l0, l1`` in ``[0, 2**24)`` and the signed top limb ``l2`` in ``[-2**24,
+2**24)``; each limb is one CKKS slot. Adding ciphertexts adds the limbs slot-wise.
+
+* **Rounding error** (the only error of the release): at most ``2**-(F+1) = 2**-25 ≈ 3.0e-8``
+  per statistic per owner, so at most ``P * 2**-25`` on a sum over ``P`` owners (``1.5e-5`` at
+  the maximum ``P``), plus the float64 rounding of the decoded sum (half an ulp, relative
+  ``2**-53``). Counts and histogram counts are integers, hence exact. DP noise is added on the
+  same grid (it must already lie on it; nothing is rounded).
+* **CKKS parameters** (:func:`_ckks_params`): ``N = 8192``, ``q0`` of 60 bits, scale ``2**26``:
+  slot values must stay below ``2**33`` in magnitude, and a fresh ciphertext's decryption error
+  is below ``B = 2N / 2**26 = 2**-12`` per slot (:func:`veil.he.ckks._error_constants`, ten
+  standard deviations). A slot sum of ``T`` encrypted vectors (owners plus noise) is below
+  ``T * 2**24`` and its error below ``T * 2**-12``; with ``T <= CKKS_MAX_TERMS = 511`` these are
+  ``< 2**33`` (no wrap-around) and ``< 0.125`` (the aggregator refuses a 512th vector).
+* **Decryption**: the key holder rounds every decrypted limb to the nearest integer, checks it
+  was within ``0.25`` of it (otherwise :class:`~veil.errors.ConfigurationError`: the parameters
+  lack precision; this cannot happen within the bounds above), recombines the limbs with exact
+  Python integers and divides by ``2**24`` (correctly rounded to float64). The released numbers
+  are a deterministic function of the exact integer aggregate: the CKKS decryption noise is
+  erased, which is stronger than noise flooding (Li–Micciancio / IND-CPA^D: nothing of the
+  secret-key-dependent noise reaches any output). ``flood=True`` is therefore accepted and has
+  no effect; the result is the same bits. (This holds for the semi-honest roles above; an
+  aggregator that adds crafted half-integer offsets is outside that model.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from veil.errors import ConfigurationError, UnsupportedOperationError
+from veil.errors import ConfigurationError
 
 __all__ = ["Wire", "KeyHolder", "Aggregator", "owner_message", "PAILLIER_FRAC_BITS",
-           "CKKS_LIMB_BITS"]
+           "CKKS_LIMB_BITS", "CKKS_LIMBS", "CKKS_FRAC_BITS", "CKKS_MAX_ABS", "CKKS_MAX_TERMS",
+           "encode_fixed", "to_limbs", "from_limbs", "decode_fixed", "round_limbs"]
 
 PAILLIER_FRAC_BITS = 32
 PAILLIER_MAX_ABS = 2.0**62
 CKKS_LIMB_BITS = 24
-_CKKS_PRECISION, _CKKS_INTEGER = 30, 29
+CKKS_LIMBS = 3
+CKKS_FRAC_BITS = 24
+_INT_BITS = CKKS_LIMB_BITS * CKKS_LIMBS  # |v_int| < 2**72
+CKKS_MAX_ABS = 2.0 ** (_INT_BITS - CKKS_FRAC_BITS)  # 2**48 real units per owner
+_CKKS_PRECISION, _CKKS_INTEGER = 26, 33  # scale 2**26, slot values |x| < 2**33, q0 = 60 bits
+CKKS_MAX_TERMS = 2 ** (_CKKS_INTEGER - CKKS_LIMB_BITS) - 1  # 511 vectors: sums < 2**33
+_ROUND_SLACK = 0.25
 
 
 @dataclass
@@ -77,20 +107,105 @@ def _ckks_params() -> Any:
                                       integer_bits=_CKKS_INTEGER)
 
 
-def _limbs(values: np.ndarray) -> np.ndarray:
-    hi = np.floor(values / 2.0**CKKS_LIMB_BITS)
-    lo = values - hi * 2.0**CKKS_LIMB_BITS
-    if np.any(np.abs(hi) >= 2.0**CKKS_LIMB_BITS):
+# -- CKKS fixed-point integer encoding ---------------------------------------------------------
+
+def encode_fixed(values: Any, *, on_grid: bool = False, what: str = "sufficient statistic"
+                 ) -> list[int]:
+    """``round(v * 2**CKKS_FRAC_BITS)`` per value, as exact Python integers (``|v| < 2**48``).
+
+    Scaling by a power of two is exact in float64 and ``np.rint`` returns the nearest integer
+    exactly (ties to even), so the only error is the rounding itself, at most ``2**-25``.
+    ``on_grid=True`` (DP noise) requires every value to lie on the grid already.
+    """
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(bad.argmax())
         raise ConfigurationError(
-            f"a sufficient statistic of magnitude {float(np.abs(values).max()):g} exceeds the "
-            f"CKKS backend's range (2^{2 * CKKS_LIMB_BITS}); rescale the data or use "
+            f"{what} {i} is {float(arr[i])!r}; the CKKS statistics backend encodes finite "
+            "values only: remove missing or infinite values from the data")
+    mag = np.abs(arr)
+    if arr.size and float(mag.max()) >= CKKS_MAX_ABS:
+        i = int(mag.argmax())
+        raise ConfigurationError(
+            f"{what} {i} has magnitude {mag[i]:.6g}, outside the CKKS statistics backend's range "
+            f"|value| < 2^{_INT_BITS - CKKS_FRAC_BITS} = {CKKS_MAX_ABS:.6g} per data owner "
+            f"({_INT_BITS}-bit fixed point, {CKKS_FRAC_BITS} fractional bits); rescale the data "
+            "(e.g. other units, so that column sums and sums of squares stay below that) or "
+            "use backend='paillier' (range 2^62)")
+    scaled = arr * 2.0**CKKS_FRAC_BITS
+    ints = np.rint(scaled)
+    if on_grid:
+        off = ints != scaled
+        if off.any():
+            i = int(off.argmax())
+            raise ConfigurationError(
+                f"{what} {i} = {float(arr[i])!r} is not on the 2^-{CKKS_FRAC_BITS} grid of the "
+                f"CKKS statistics backend; draw it in units of 2^-{CKKS_FRAC_BITS} "
+                f"(frac_bits <= {CKKS_FRAC_BITS}) so that it is added exactly")
+    return [int(v) for v in ints.tolist()]
+
+
+def to_limbs(ints: Sequence[int]) -> np.ndarray:
+    """Split integers ``|v| < 2**72`` into limbs: int64 array ``(CKKS_LIMBS, n)``, low first.
+
+    ``v == sum(limbs[k] << (24 * k))``; the low limbs are in ``[0, 2**24)``, the top limb
+    (arithmetic shift, i.e. floor) in ``[-2**24, 2**24)``.
+    """
+    mask = (1 << CKKS_LIMB_BITS) - 1
+    top = (CKKS_LIMBS - 1) * CKKS_LIMB_BITS
+    out = np.empty((CKKS_LIMBS, len(ints)), dtype=np.int64)
+    for j, raw in enumerate(ints):
+        v = int(raw)
+        if not -(1 << _INT_BITS) <= v < (1 << _INT_BITS):
+            raise ConfigurationError(
+                f"fixed-point integer {j} = {v} does not fit {CKKS_LIMBS} limbs of "
+                f"{CKKS_LIMB_BITS} bits (|v| < 2^{_INT_BITS}); rescale the data or use "
+                "backend='paillier'")
+        for k in range(CKKS_LIMBS - 1):
+            out[k, j] = (v >> (k * CKKS_LIMB_BITS)) & mask
+        out[-1, j] = v >> top
+    return out
+
+
+def from_limbs(limbs: Any) -> list[int]:
+    """Exact inverse of :func:`to_limbs`, also for limb-wise *sums* (any integer limbs)."""
+    arr = np.asarray(limbs)
+    if arr.ndim != 2 or arr.shape[0] != CKKS_LIMBS:
+        raise ConfigurationError(
+            f"expected limbs of shape ({CKKS_LIMBS}, n), got {arr.shape}")
+    return [sum(int(arr[k, j]) << (k * CKKS_LIMB_BITS) for k in range(CKKS_LIMBS))
+            for j in range(arr.shape[1])]
+
+
+def decode_fixed(ints: Sequence[int]) -> np.ndarray:
+    """``v / 2**CKKS_FRAC_BITS`` per integer, correctly rounded to float64."""
+    den = 1 << CKKS_FRAC_BITS
+    return np.array([int(v) / den for v in ints], dtype=np.float64)
+
+
+def round_limbs(decrypted: Any) -> np.ndarray:
+    """Round decrypted limb sums to int64, refusing any slot farther than 0.25 from an integer."""
+    x = np.asarray(decrypted, dtype=np.float64).reshape(-1)
+    r = np.rint(x)
+    dev = np.abs(x - r)
+    bad = ~np.isfinite(x) | (dev > _ROUND_SLACK) | (np.abs(r) >= 2.0**_CKKS_INTEGER)
+    if bad.any():
+        i = int(bad.argmax())
+        raise ConfigurationError(
+            f"decrypted CKKS slot {i} is {float(x[i])!r}, {float(dev[i]):.3g} from the nearest "
+            f"integer (at most {_ROUND_SLACK} allowed; |value| < 2^{_CKKS_INTEGER}): the CKKS "
+            "parameters lack the precision for an exact release (more than "
+            f"{CKKS_MAX_TERMS} encrypted vectors summed, or a ciphertext not produced by "
+            "veil.protocols.stats_he); aggregate fewer owners per release or use "
             "backend='paillier'")
-    return np.concatenate([hi, lo])
+    return r.astype(np.int64)
 
 
-def _unlimb(values: np.ndarray) -> np.ndarray:
-    half = values.size // 2
-    return np.rint(values[:half]) * 2.0**CKKS_LIMB_BITS + values[half:]
+def _ckks_plain(values: np.ndarray, *, on_grid: bool) -> np.ndarray:
+    what = "DP noise value" if on_grid else "sufficient statistic"
+    limbs = to_limbs(encode_fixed(values, on_grid=on_grid, what=what))
+    return limbs.reshape(-1).astype(np.float64)  # limb-major: all l0, all l1, all l2
 
 
 class KeyHolder:
@@ -115,7 +230,12 @@ class KeyHolder:
         return self._ctx.public().serialize()
 
     def open(self, aggregate: bytes, *, flood: bool = False) -> np.ndarray:
-        """Decrypt the aggregate (once per key holder: a second call raises)."""
+        """Decrypt the aggregate (once per key holder: a second call raises).
+
+        ``flood`` has no effect on either backend: Paillier decrypts exactly, and the CKKS
+        release is exact-rounded (decrypted limbs are rounded to integers, so no decryption
+        noise reaches the result; see the module docstring). It is accepted for compatibility.
+        """
         if self._opened:
             raise ConfigurationError(
                 "this key holder already decrypted its aggregate; use a fresh key per release")
@@ -123,15 +243,15 @@ class KeyHolder:
         if self.backend == "paillier":
             vec = _he().PaillierVector.load(aggregate, self._keys.public_key)
             return np.asarray(self._keys.decrypt(vec), dtype=np.float64)
-        if flood:
-            raise UnsupportedOperationError(
-                "noise flooding is not available for the CKKS statistics backend: its two-limb "
-                "encoding (hi * 2**24 + lo) multiplies the flooding noise by 2**24. If the "
-                "results are shown to the aggregator (who holds the ciphertexts), use "
-                "backend='paillier' (exact, no decryption-error leak)"
-            )
+        # ``flood`` is deliberately unused: rounding the limbs erases the decryption noise
         t = self._ctx.load_tensor(aggregate)
-        return _unlimb(np.asarray(self._ctx.decrypt(t), dtype=np.float64))
+        raw = np.asarray(self._ctx.decrypt(t), dtype=np.float64).reshape(-1)
+        if raw.size % CKKS_LIMBS:
+            raise ConfigurationError(
+                f"the CKKS aggregate has {raw.size} slots, not a multiple of {CKKS_LIMBS} limbs: "
+                "it was not produced by veil.protocols.stats_he")
+        limbs = round_limbs(raw).reshape(CKKS_LIMBS, -1)
+        return decode_fixed(from_limbs(limbs))
 
 
 def _load_public(backend: str, public: bytes, allow_insecure: bool) -> Any:
@@ -144,10 +264,11 @@ def _load_public(backend: str, public: bytes, allow_insecure: bool) -> Any:
     return ctx
 
 
-def _encrypt(backend: str, key: Any, values: np.ndarray) -> Any:
+def _encrypt(backend: str, key: Any, values: np.ndarray, *, on_grid: bool = False) -> Any:
     if backend == "paillier":
         return key.encrypt(values, precision_bits=PAILLIER_FRAC_BITS, max_abs=PAILLIER_MAX_ABS)
-    return key.encrypt(_limbs(values))
+    return key.encrypt(_ckks_plain(values, on_grid=on_grid),
+                       value_bound=float(1 << CKKS_LIMB_BITS))
 
 
 def owner_message(backend: str, public: bytes, values: np.ndarray, *,
@@ -165,6 +286,16 @@ class Aggregator:
         self._key = _load_public(backend, public, allow_insecure)
         self._total: Any = None
         self.count = 0
+        self._terms = 0  # encrypted vectors summed (owners plus noise)
+
+    def _take_term(self, what: str) -> None:
+        if self.backend == "ckks" and self._terms >= CKKS_MAX_TERMS:
+            raise ConfigurationError(
+                f"{what} would be encrypted vector {self._terms + 1} of this CKKS aggregate; the "
+                f"CKKS statistics backend sums at most {CKKS_MAX_TERMS} (owners plus DP noise), "
+                f"so that limb sums stay below 2^{_CKKS_INTEGER} and exact; use fewer data "
+                "owners per release or backend='paillier'")
+        self._terms += 1
 
     def add(self, message: bytes) -> None:
         if self.backend == "paillier":
@@ -175,15 +306,21 @@ class Aggregator:
             raise ConfigurationError(
                 f"owner message {self.count} has shape {tuple(v.shape)}, expected "
                 f"{tuple(self._total.shape)}: the owners computed different statistics")
+        self._take_term(f"owner message {self.count}")
         self._total = v if self._total is None else self._total + v
         self.count += 1
 
     def add_noise(self, noise: np.ndarray) -> None:
-        """Add encrypted noise (real units, already on the fixed-point grid) to the aggregate."""
+        """Add encrypted noise (real units, already on the fixed-point grid) to the aggregate.
+
+        CKKS: the noise goes through the same integer encoding as the statistics and must lie
+        on the ``2**-CKKS_FRAC_BITS`` grid (it is added exactly, never rounded).
+        """
         if self._total is None:
             raise ConfigurationError("add the owners' messages before the noise")
+        self._take_term("the DP noise")
         self._total = self._total + _encrypt(self.backend, self._key,
-                                             np.asarray(noise, dtype=np.float64))
+                                             np.asarray(noise, dtype=np.float64), on_grid=True)
 
     def result_message(self) -> bytes:
         if self._total is None:

@@ -78,8 +78,10 @@ def joint(
     Options as in :func:`veil.stats.describe`. ``dataset_names`` label the datasets in the ledger
     and audit log (default: the file path, or ``party<i>``); a DP release is charged to every
     dataset's budget before the protocol starts (all or nothing). ``paillier_bits`` below 3072
-    need ``allow_insecure=True``. ``flood=True`` (CKKS noise flooding) is refused for now (see
-    ``veil.protocols.stats_he``); use ``backend="paillier"`` for results shown to the aggregator.
+    need ``allow_insecure=True``. ``flood`` has no effect and is kept for compatibility: Paillier
+    decrypts exactly, and the CKKS release is exact-rounded (statistics travel as integers on a
+    ``2**-24`` grid and the key holder rounds the decrypted limbs, so no decryption noise reaches
+    the results — stronger than noise flooding); see ``veil.protocols.stats_he``.
     """
     tables, cols, was_1d = validate_datasets(datasets, columns)
     release = make_release(
@@ -153,7 +155,8 @@ def _run_he(tables: list[np.ndarray], release: Release, backend: str, bits: int,
                                      allow_insecure=allow_insecure)
         agg.add(wire.send(f"owner{i}", "aggregator", "encrypted statistics", msg))
     if release.dp is not None:
-        bits_ = stats_he.PAILLIER_FRAC_BITS if backend == "paillier" else 16
+        # noise on the statistics' own fixed-point grid, so it is added exactly
+        bits_ = stats_he.PAILLIER_FRAC_BITS if backend == "paillier" else stats_he.CKKS_FRAC_BITS
         units = noise_in_units(release.groups(bits_))
         agg.add_noise(np.array(units, dtype=np.float64) * 2.0**-bits_)
     total = holder.open(wire.send("aggregator", "key holder", "aggregate",
