@@ -10,14 +10,27 @@ each step reveals, and to whom:
   (divisions by secret values via a normalised Newton inverse square root) and only the requested
   outputs are opened, to ``to`` (all parties by default). ``stdev`` opens the variance and takes
   the square root in the clear (the same information).
-* order statistics, public bisection (``exact`` targets such as min, max, median_low/high, odd-N
-  median): per step each party shares its *local* count of values <= a public threshold; the
-  parties open only the bit ``joint count >= k``. The bits are the binary expansion of the output
-  on the 2^-16 grid, so the transcript is a function of the output alone; all parties learn it.
-* order statistics, oblivious bisection (interpolating quantiles, even-N median, or any order
-  statistic when ``to`` is restricted): every party shares its column padded with sentinels to
-  ``N`` rows (so per-party row counts stay hidden); thresholds, comparisons and the interpolation
-  stay secret-shared; only the final value is opened to ``to``.
+* order statistics, public search (every min, max, median, median_low/high and quantile when
+  the outputs go to all parties, ``to=None``): per round and per target, each party evaluates m
+  public thresholds ``t`` on its own rows and secret-shares its *local* count of values <= t;
+  for an interpolating target (even-N median, quantiles between two order statistics:
+  v = (1 - f)·x_(a) + f·x_(a+1)) it also shares its own gaps ``t - max{x <= t}`` and
+  ``min{x > t} - t`` (values rounded to 2^-20, gaps capped at 4·VALUE_LIMIT; every party's share
+  vector has the same public length). On the shares the counts are summed, the gaps of all
+  parties are compared pairwise (this decides the predicate with the joint nearest values below
+  and above ``t``) and the predicate ``[output <= t]`` is evaluated with secure comparisons and
+  multiplications; only that bit per threshold is opened, to all parties. The next thresholds
+  depend only on earlier bits, so the transcript is a function of the output alone (exact
+  targets: the output on the 2^-16 grid; interpolating ones: on the 2^-17 grid, within 2^-16 of
+  the exact value). All parties learn every output; nothing else about the values (no count,
+  gap, per-party value or the two order statistics around an interpolated output) is opened.
+* order statistics, oblivious bisection (any order statistic when ``to`` is restricted, since
+  public thresholds would show the answer to everyone; also the rare cut points the public
+  search does not take: ``"exclusive"`` quantiles extrapolated beyond the first or last order
+  statistic, or ``n > 65536`` quantiles): every party shares its column padded with sentinels to
+  ``N`` rows (so per-party row counts stay hidden); thresholds, comparisons and the
+  interpolation stay secret-shared; only the final value is opened to ``to``. Cost: O(P·N)
+  secure comparisons per round.
 * logistic regression: rows shared padded to ``N`` each; gradient descent on shares; only the
   coefficients are opened.
 * DP release: each party adds its own discrete noise to its integer-encoded sufficient statistics
@@ -49,7 +62,12 @@ from veil.protocols.stats_mpc_core import (
     _torch,
     inv_sqrt,
 )
-from veil.protocols.stats_mpc_rows import logistic, oblivious_bisection, public_bisection
+from veil.protocols.stats_mpc_rows import (
+    logistic,
+    oblivious_bisection,
+    public_bisection,
+    public_search_supports,
+)
 
 __all__ = ["PREFLIGHT_CODES", "schema_digest", "run_release", "FRAC_BITS"]
 
@@ -244,7 +262,8 @@ def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
     with party.phase("stats linear"):
         shared.extend(linear_release(party, x, spec, n))
     order = st.order_targets(spec, int(n)) if any(s in spec.stats for s in st.ORDER) else []
-    fast = [t for t in order if t.exact and to is None]
+    # public search whenever everyone gets the outputs (its bits show them to all parties)
+    fast = [t for t in order if to is None and public_search_supports(t)]
     slow = [t for t in order if t not in fast]
     fast_vals = public_bisection(party, x, spec, fast) if fast else []
     if slow:

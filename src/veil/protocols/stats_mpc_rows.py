@@ -14,6 +14,7 @@ import numpy as np
 from veil.errors import ConfigurationError
 from veil.protocols import statistics as st
 from veil.protocols.stats_mpc_core import (
+    FRAC_BITS,
     OBLIVIOUS_FANOUT,
     PUBLIC_FANOUT,
     UNIT,
@@ -21,46 +22,177 @@ from veil.protocols.stats_mpc_core import (
     _moments,
     _open,
     _range,
-    _sum_from_all,
     _torch,
     inv_sqrt,
 )
 
-__all__ = ["public_bisection", "oblivious_bisection", "logistic"]
+__all__ = ["public_bisection", "public_search_supports", "oblivious_bisection", "logistic"]
+
+
+FINE = UNIT / 2  # search grid of interpolating targets (2^-17)
+GAP_BITS = 20  # interpolating targets: values rounded to the 2^-20 grid before anything is shared
+GAP_SCALE = 2.0 ** (GAP_BITS - FRAC_BITS)  # gaps * 16 are exact on CrypTen's 2^-16 grid
+GAP_CAP = 4.0 * st.VALUE_LIMIT  # shared gaps are capped here; every gap that matters is smaller
+MAX_PUBLIC_DEN = 2**16  # keeps den * gap * GAP_SCALE (<= 2^37) far inside the 64-bit ring
+
+
+def public_search_supports(t: st.Target) -> bool:
+    """Whether :func:`public_bisection` handles ``t``: exact order statistics, and interpolation
+    *between* two order statistics (0 < num < den <= 2^16). Extrapolated cut points (the
+    ``"exclusive"`` quantile method below the first or above the last order statistic) are not."""
+    return t.exact or 0 < t.num < t.den <= MAX_PUBLIC_DEN
+
+
+def _round_fine(v: np.ndarray) -> np.ndarray:
+    """Round to the 2^-20 grid (exact in float64 for |v| < 2^32; monotone, so order-preserving)."""
+    return np.round(v * 2.0**GAP_BITS) * 2.0**-GAP_BITS
+
+
+def _local_view(col: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This party's count of values <= each threshold and its gaps to the nearest value at or
+    below (``t - max{x <= t}``) and above (``min{x > t} - t``); GAP_CAP where there is none."""
+    idx = np.searchsorted(col, thr, side="right")
+    if col.size == 0:
+        cap = np.full(thr.shape, GAP_CAP)
+        return idx.astype(np.float64), cap, cap.copy()
+    below = col[np.maximum(idx - 1, 0)]
+    above = col[np.minimum(idx, col.size - 1)]
+    gap_a = np.where(idx > 0, np.minimum(thr - below, GAP_CAP), GAP_CAP)
+    gap_b = np.where(idx < col.size, np.minimum(above - thr, GAP_CAP), GAP_CAP)
+    return idx.astype(np.float64), gap_a, gap_b
+
+
+def _times(x: Any, k: Any) -> Any:
+    """``x * k`` for a public integer tensor ``k``, exact (on the shares, no truncation)."""
+    out = x.clone()
+    out._tensor.share = out._tensor.share * k
+    return out
+
+
+def _prod0(x: Any) -> Any:
+    """Product over dim 0 of a shared 0/1 tensor, in ceil(log2 k) rounds of multiplications."""
+    from veil import mpc
+
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        y = x[:half] * x[half:2 * half]
+        x = y if x.shape[0] % 2 == 0 else mpc.cat([y, x[2 * half:]])
+    return x[0]
+
+
+def _round_bits(party: Any, exact: list[tuple[np.ndarray, np.ndarray]],
+                interp: list[tuple[np.ndarray, np.ndarray]], k_exact: Any, k_interp: Any,
+                weights: tuple[Any, Any]) -> np.ndarray:
+    """Open the predicate bits of one round: ``[x_(k) <= t]`` for exact targets and
+    ``[v <= t]`` for interpolating ones, for every (target, threshold); shape (T, m).
+
+    ``exact``/``interp``: (sorted local column, thresholds (m,)) per target; ``k_exact`` (Te, 1)
+    holds k - 1/2, ``k_interp`` (Ti, 1) holds a + 1/2 (0-based a); ``weights`` are the public
+    integers (den - num, num) per interpolating target, (Ti, 1) each.
+
+    With A = max{x <= t} and B = min{x > t} over all parties, ``num·(B - t) <= (den - num)·(t -
+    A)`` holds iff some party r's own gap above witnesses it against every party s's gap below:
+    the P² comparisons go into the same single batched comparison as the counts (one comparison
+    per round instead of P - 1 sequential minima), followed by AND/OR trees of multiplications.
+    """
+    torch = _torch()
+    from veil import mpc
+
+    m = PUBLIC_FANOUT
+    ws = party.world_size
+    te, ti = len(exact), len(interp)
+    n = ti * m
+    counts_e = [np.searchsorted(c, p, side="right") for c, p in exact]
+    views = [_local_view(c, p) for c, p in interp]
+    local = np.concatenate([np.ravel(counts_e), np.ravel([v[0] for v in views]),
+                            np.ravel([v[1] for v in views]) * GAP_SCALE,
+                            np.ravel([v[2] for v in views]) * GAP_SCALE]).astype(np.float64)
+    parts = [party.share(torch.as_tensor(local) if r == party.rank else None, src=r,
+                         shape=local.shape) for r in range(ws)]
+    nc = te * m + n
+    counts = parts[0][:nc]
+    for p in parts[1:]:
+        counts = counts + p[:nc]
+    z = []
+    if te:
+        z.append((-counts[:te * m].reshape(te, m) + k_exact).reshape(-1))
+    if ti:
+        c = counts[te * m:].reshape(ti, m)
+        z.append((-c + (k_interp + 1.0)).reshape(-1))  # c >= a + 2: both A and B <= t
+        z.append((-c + k_interp).reshape(-1))  # c >= a + 1: A <= t
+        below = [_times(p[nc:nc + n].reshape(ti, m), weights[0]) for p in parts]
+        above = [_times(p[nc + n:].reshape(ti, m), weights[1]) for p in parts]
+        # [s, r]: (den - num)·(t - A_s) - num·(B_r - t) < 0, party r's B_r fails against A_s
+        z.extend((b - a).reshape(-1) for b in below for a in above)
+    lt = mpc.cat(z) < 0  # ONE batched comparison; shared 0/1 (integer-encoded)
+    out = []
+    if te:
+        out.append(lt[:te * m].reshape(te, m))
+    if ti:
+        at = te * m
+        both, one = lt[at:at + n], lt[at + n:at + 2 * n]
+        holds = _prod0((-lt[at + 2 * n:] + 1).reshape(ws, ws, n))  # (r, n): AND over s
+        witness = -_prod0(-holds + 1) + 1  # OR over r: [v <= t] when A <= t < B
+        out.append((both + (one - both) * witness).reshape(ti, m))
+    return _open(party, mpc.cat(out) if len(out) > 1 else out[0])
 
 
 def public_bisection(party: Any, x: np.ndarray, spec: st.Spec,
                      targets: Sequence[st.Target]) -> list[float]:
-    """Exact order statistics by a public (m+1)-ary search on the 2^-16 grid.
+    """Order statistics, interpolated or not, by a public (m+1)-ary search.
 
-    Each round, per target, every party shares its local counts of values <= m public thresholds
-    and the parties open the m bits ``joint count >= k``. The bits only say which of the m+1
-    sub-intervals holds the answer, so the whole transcript is a function of the output.
+    Each round, per target, every party evaluates m public thresholds ``t`` on its own rows and
+    secret-shares its count of values <= t; for an interpolating target (value
+    v = (1 - f)·A + f·B with A = x_(a), B = x_(a+1), f = num/den) also its gaps
+    ``t - max{x <= t}`` and ``min{x > t} - t``. On the shares: counts are summed and the
+    predicate ``[v <= t]`` is computed (joint count c >= a + 2: true; c <= a: false; c == a + 1,
+    i.e. A <= t < B: ``num·(B - t) <= (den - num)·(t - A)`` with the joint nearest values A, B,
+    decided by comparing every party's gaps pairwise, see :func:`_round_bits`). Only that bit is
+    opened, to every party. The bits are ``[v <= t]`` at public thresholds that
+    depend only on earlier bits, so the whole transcript is a function of the output alone.
+
+    Precision: exact targets (f = 0 or 1) return the smallest point of the 2^-16 grid (from the
+    range's low end) >= x_(k) (error < 2^-16, the same result as a plain count search).
+    Interpolating targets round every value to the 2^-20 grid first (so gaps are exact on the
+    shares) and return the smallest multiple of 2^-17 >= v computed from the rounded values:
+    0 <= result - v_rounded < 2^-17 and |v_rounded - v| <= 2^-21, so |result - v| < 2^-16.
+    Needs |values| < VALUE_LIMIT (checked by the preflight) and
+    :func:`public_search_supports` for every target.
     """
     torch = _torch()
     m = PUBLIC_FANOUT
+    if not all(public_search_supports(t) for t in targets):
+        raise ConfigurationError("public_bisection got a target it cannot search; use "
+                                 "oblivious_bisection for extrapolated quantiles")
+    order = [t for t in targets if t.exact] + [t for t in targets if not t.exact]
+    te = sum(t.exact for t in targets)
     xc = st.clip(x, spec)
-    cols = [np.sort(xc[:, t.col]) for t in targets]
-    base = np.array([_range(spec, t.col)[0] for t in targets])
-    grid = [math.ceil((_range(spec, t.col)[1] - b) / UNIT) for t, b in zip(targets, base)]
-    lo = [-1] * len(targets)  # invariant: count(lo) < k <= count(hi); answer = hi
-    hi = list(grid)
-    k = torch.tensor([[t.index + 1 - 0.5] for t in targets], dtype=torch.float64)
+    cols = [np.sort(xc[:, t.col]) if t.exact else _round_fine(np.sort(xc[:, t.col]))
+            for t in order]
+    step = [UNIT if t.exact else FINE for t in order]
+    base = [_range(spec, t.col)[0] if t.exact else math.floor(_range(spec, t.col)[0] / FINE)
+            * FINE for t in order]
+    lo = [-1] * len(order)  # invariant: predicate(lo) false, predicate(hi) true; answer = hi
+    hi = [math.ceil((_range(spec, t.col)[1] - b) / s) for t, b, s in zip(order, base, step)]
+    k_exact = torch.tensor([[t.index + 1 - 0.5] for t in order[:te]], dtype=torch.float64)
+    k_interp = torch.tensor([[t.a + 0.5] for t in order[te:]], dtype=torch.float64)
+    weights = (torch.tensor([[t.den - t.num] for t in order[te:]], dtype=torch.long),
+               torch.tensor([[t.num] for t in order[te:]], dtype=torch.long))
     with party.phase("stats order statistics (public search)"):
         while any(h - lo_ > 1 for lo_, h in zip(lo, hi)):
             points = [[lo_ + (h - lo_) * (i + 1) // (m + 1) for i in range(m)]
                       for lo_, h in zip(lo, hi)]
-            counts = np.array([np.searchsorted(c, base[j] + np.array(p) * UNIT, side="right")
-                               for j, (c, p) in enumerate(zip(cols, points))], dtype=np.float64)
-            bits = np.rint(_open(party, _sum_from_all(party, counts) >= k)).astype(bool)
+            thr = [b + np.array(p) * s for b, p, s in zip(base, points, step)]
+            bits = np.rint(_round_bits(party, list(zip(cols[:te], thr[:te])),
+                                       list(zip(cols[te:], thr[te:])), k_exact, k_interp,
+                                       weights)).astype(bool)
             for j, p in enumerate(points):
                 if hi[j] - lo[j] <= 1:
                     continue
-                below = [q for q, b in zip(p, bits[j]) if not b]
-                above = [q for q, b in zip(p, bits[j]) if b]
-                lo[j] = max([lo[j], *below])
-                hi[j] = min([hi[j], *above])
-    return [float(b + h * UNIT) for b, h in zip(base, hi)]
+                lo[j] = max([lo[j], *(q for q, b in zip(p, bits[j]) if not b)])
+                hi[j] = min([hi[j], *(q for q, b in zip(p, bits[j]) if b)])
+    found = {id(t): float(b + h * s) for t, b, h, s in zip(order, base, hi, step)}
+    return [found[id(t)] for t in targets]
 
 
 def _padded_columns(party: Any, x: np.ndarray, spec: st.Spec, cols: Sequence[int],

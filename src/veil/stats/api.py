@@ -183,7 +183,8 @@ def histogram(data: Any, bins: Sequence[float], **kwargs: Any) -> Any:
 
 
 def median(data: Any, **kwargs: Any) -> Any:
-    """Median as :func:`statistics.median` (mpc only); reveals only the median."""
+    """Median as :func:`statistics.median` (mpc only; the mean of the two middle values for an
+    even count); reveals only the median, to every party (or only to the parties in ``to``)."""
     return _one("median", data, kwargs)
 
 
@@ -198,7 +199,8 @@ def median_high(data: Any, **kwargs: Any) -> Any:
 
 
 def quantiles(data: Any, *, n: int = 4, method: str = "exclusive", **kwargs: Any) -> Any:
-    """Cut points as :func:`statistics.quantiles` (mpc only); reveals only the cut points."""
+    """Cut points as :func:`statistics.quantiles` (mpc only); reveals only the cut points, to
+    every party (or only to the parties in ``to``)."""
     return _one("quantiles", data, {**kwargs, "quantiles_n": n, "method": method})
 
 
