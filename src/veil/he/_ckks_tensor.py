@@ -5,7 +5,8 @@ Layout: the tensor is flattened (C order) and cut into chunks of ``slots = N/2``
 
 Rotation-free (no Galois keys needed): ``+ - *`` with tensors / scalars / plain arrays, unary
 ``-``, ``square``, ``polyval``, :func:`veil.he.ckks.linear_combination`.
-Need Galois keys (rotations): ``sum``, ``dot``, ``matmul``/``mv``, ``conv2d_im2col``.
+Need Galois keys (rotations): ``sum``, ``dot``, ``matmul``/``mv``, ``conv2d_im2col``,
+``block_sum``.
 
 Depth: every multiplication (ciphertext or plaintext operand, scalars included) consumes one
 level; ``polyval`` of degree ``d`` consumes ``floor(log2 d) + 1``. Veil checks the remaining
@@ -28,7 +29,8 @@ from veil.errors import (
     KeyMismatchError,
     UnsupportedOperationError,
 )
-from veil.he._tenseal import as_plain_vector, cpp, is_torch, is_transparent_error, translate
+from veil.he._ckks_util import _as_array, _is_scalar, _log2, _plain_matrix, _suggest
+from veil.he._tenseal import as_plain_vector, cpp, is_transparent_error, translate
 
 if TYPE_CHECKING:
     from veil.he.ckks import CKKSContext
@@ -503,48 +505,3 @@ class CKKSTensor:
     def serialize(self) -> bytes:
         """Envelope ``ckks.tensor``: shape, level, error bound and the ciphertexts (no keys)."""
         return self._ctx._serialize_tensor(self)
-
-
-def _log2(n: int) -> int:
-    return max(1, int(n - 1).bit_length())
-
-
-def _is_scalar(x: Any) -> bool:
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, (int, float)):
-        return True
-    return getattr(x, "shape", None) == () and getattr(getattr(x, "dtype", None), "kind",
-                                                       "") in "iuf" and not is_torch(x)
-
-
-def _as_array(x: Any) -> Any:
-    import numpy as np
-
-    if is_torch(x):
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "biuf":
-        raise ConfigurationError(f"expected a numeric array, got dtype {arr.dtype}")
-    return arr.astype(np.float64)
-
-
-def _plain_matrix(x: Any, op: str) -> Any:
-    import numpy as np
-
-    m = _as_array(x)
-    if m.ndim != 2 or m.size == 0:
-        raise ConfigurationError(f"{op}: expected a non-empty 2-D plain matrix, got {m.shape}")
-    if not np.isfinite(m).all():
-        raise ConfigurationError(f"{op}: matrix has non-finite entries")
-    return m
-
-
-def _suggest(depth: int) -> str:
-    from veil.he.params import CKKSParams
-
-    try:
-        p = CKKSParams.for_depth(depth)
-    except ConfigurationError:
-        return "no 128-bit parameter set holds it; reduce the depth"
-    return f"N={p.poly_modulus_degree}, coeff_mod_bit_sizes={p.coeff_mod_bit_sizes}"
