@@ -53,6 +53,20 @@ def _tenseal_tutorial(w: np.ndarray, b: np.ndarray, x: np.ndarray) -> tuple[floa
     return (time.perf_counter() - t0) / len(x), np.array(out)
 
 
+def _round_trip(ctx: Any, compiled: Any, plan: Any, x: Any) -> tuple[Any, Any, Any, tuple]:
+    """Client encrypt, server evaluate, client decrypt: (logits, request, response, seconds)."""
+    from veil import models
+
+    t0 = time.perf_counter()
+    enc = models.encrypt_input(ctx, x, plan)
+    t1 = time.perf_counter()
+    out = compiled(enc)
+    t2 = time.perf_counter()
+    y = models.decrypt_output(ctx, out)
+    t3 = time.perf_counter()
+    return y, enc, out, (t1 - t0, t2 - t1, t3 - t2)
+
+
 def bench_logreg() -> dict[str, Any]:
     from veil import he, models
     from veil.models import zoo
@@ -67,14 +81,8 @@ def bench_logreg() -> dict[str, Any]:
     plan = models.plan(entry.model, (64,))
     ctx = he.CKKSContext.generate(plan.params, galois_keys=False)
     compiled = models.compile(entry.model, ctx.public())
-    t0 = time.perf_counter()
-    enc = models.encrypt_input(ctx, x, plan)
-    t1 = time.perf_counter()
-    out = compiled(enc)
-    t2 = time.perf_counter()
-    y = models.decrypt_output(ctx, out)
-    t3 = time.perf_counter()
-    server, total = (t2 - t1) / BATCH, (t3 - t0) / BATCH
+    y, _, _, (t_enc, t_srv, t_dec) = _round_trip(ctx, compiled, plan, x)
+    server, total = t_srv / BATCH, (t_enc + t_srv + t_dec) / BATCH
     return {
         "tenseal_ms_per_sample": base_t * 1e3,
         "veil_server_ms_per_sample": server * 1e3,
@@ -106,14 +114,8 @@ def _single(name: str, samples: int) -> dict[str, Any]:
     parts, errs, agree, req, resp = [], [], 0, 0, 0
     for i in range(samples):
         x = entry.x_test[i]
-        t0 = time.perf_counter()
-        enc = models.encrypt_input(ctx, x, plan)
-        t1 = time.perf_counter()
-        out = compiled(enc)
-        t2 = time.perf_counter()
-        y = models.decrypt_output(ctx, out)
-        t3 = time.perf_counter()
-        parts.append((t1 - t0, t2 - t1, t3 - t2))
+        y, enc, out, times = _round_trip(ctx, compiled, plan, x)
+        parts.append(times)
         want = entry.model(x[None]).detach().numpy()
         errs.append(float(np.abs(y - want).max()))
         agree += int(y.argmax() == want.argmax())
