@@ -7,6 +7,8 @@ Linear statistics (count, sum, mean, variances, covariance/correlation, histogra
 the sum over parties of a fixed-size vector of *sufficient statistics* per party (:func:`local_
 aggregates`): row count, column sums, sums of products and histogram counts. Order statistics
 (median, quantiles, min, max) and logistic regression need the rows themselves (MPC only).
+Differentially private order statistics are rank searches without interpolation, run by
+``veil.protocols.stats_mpc_dp_order`` (MPC and plain data).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ SUPPORT: dict[str, tuple[str, ...]] = {
     **{s: ("mpc",) for s in ORDER},
     "logistic_regression": ("mpc",),
 }
-DP_SUPPORTED = LINEAR
+DP_SUPPORTED = LINEAR + ORDER  # DP order statistics: backend mpc and plain data only
 VALUE_LIMIT = 2.0**15  # |x| bound for the MPC backend (fixed point, 16 fractional bits)
 _QMETHODS = ("exclusive", "inclusive")
 

@@ -37,6 +37,12 @@ each step reveals, and to whom:
   before sharing; only the noisy sum is opened. Every party's noise is full scale, so the output
   is DP even against a coalition of all parties but one (the noise variance is ``P`` times that of
   a trusted curator).
+* DP order statistics (median, quantiles, min, max with ``epsilon``; outputs to all parties only):
+  a noisy public binary search, 16 rounds per target over the declared bounds; per round each
+  party shares its own ``den·count(<= t) - num·n_p`` plus its own full-scale integer noise and
+  only the bit ``[noisy sum >= 0]`` is opened, to all parties. See
+  :mod:`veil.protocols.stats_mpc_dp_order`. The noisy sufficient statistics (at least the noisy
+  count, used for the minimum-cohort check) are opened first, as for every DP release.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import numpy as np
 
 from veil.errors import ConfigurationError
 from veil.protocols import statistics as st
+from veil.protocols import stats_mpc_dp_order as dp_order
 from veil.protocols.stats_mpc_core import (
     _TRANSCRIPTS,
     FRAC_BITS,
@@ -254,18 +261,20 @@ def run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int = 0,
                 dp_frac_bits: Sequence[int] | None = None,
                 check_rows: Callable[[float], None] = lambda n: None,
                 before_release: Callable[[], None] = lambda: None,
-                transcript: list[np.ndarray] | None = None) -> dict | None:
+                transcript: list[np.ndarray] | None = None,
+                dp_order_noise: Callable[[], Sequence[int]] | None = None) -> dict | None:
     """Everything ``spec`` asks for, in one protocol run. Returns the results on the parties in
     ``to`` (all when None) and ``None`` on the others. ``before_release`` runs once the preflight
     succeeded, before anything about the values is computed (e.g. charging a privacy budget).
     ``transcript``, if given, receives a copy of every value opened to this party (for audits and
-    the leakage tests)."""
+    the leakage tests). ``dp_order_noise`` (DP order statistics only) returns this party's fresh
+    integer noise, one entry per order target, for one search round."""
     if transcript is not None:
         _TRANSCRIPTS[id(party)] = transcript
     try:
         return _run_release(party, x, spec, code=code, to=to, noise=noise,
                             dp_frac_bits=dp_frac_bits, check_rows=check_rows,
-                            before_release=before_release)
+                            before_release=before_release, dp_order_noise=dp_order_noise)
     finally:
         _TRANSCRIPTS.pop(id(party), None)
 
@@ -273,13 +282,22 @@ def run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int = 0,
 def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
                  to: Sequence[int] | None, noise: Sequence[int] | None,
                  dp_frac_bits: Sequence[int] | None, check_rows: Callable[[float], None],
-                 before_release: Callable[[], None]) -> dict | None:
+                 before_release: Callable[[], None],
+                 dp_order_noise: Callable[[], Sequence[int]] | None = None) -> dict | None:
     dp = dp_frac_bits is not None
+    dp_targets = dp_order.dp_targets(spec) if dp else []
+    if dp_targets and to is not None:
+        raise ConfigurationError(
+            "DP order statistics (median, quantiles, min, max) open their search bits to every "
+            "party, so they cannot go only to `to`; use to=None or drop the order statistics")
     n = preflight(party, code=code, columns=spec.columns, rows=None if dp else x.shape[0])
     before_release()
     if dp:
-        return dp_release(party, x, spec, noise or [], dp_frac_bits, to=to,
-                          check_rows=check_rows)
+        out = dp_release(party, x, spec, noise or [], dp_frac_bits, to=to,
+                         check_rows=check_rows)
+        if dp_targets and out is not None:
+            out.update(dp_order.mpc_search(party, x, spec, dp_targets, dp_order_noise))
+        return out
     check_rows(float(n or 0.0))
     n = float(n or 0.0)
     results: dict[str, Any] = {}

@@ -36,14 +36,17 @@ def party_release(party: Any, x: np.ndarray, release: Release, *, dataset: str,
     code, mine = (4, error) if error is not None else _local_code(x, release, dataset)
     frac_bits = stats_mpc.block_frac_bits(release.spec) if release.dp is not None else None
     noise = None
+    draw = None
     if frac_bits is not None:
         noise = noise_in_units(release.groups(frac_bits))
+        order_groups = release.order_groups()
+        draw = (lambda: noise_in_units(order_groups)) if order_groups else None
     x = np.zeros((0, release.spec.d)) if mine is not None else x
     try:
         out = stats_mpc.run_release(
             party, x, release.spec, code=code, to=to, noise=noise, dp_frac_bits=frac_bits,
             check_rows=release.check_rows, before_release=lambda: release.charge(dataset),
-            transcript=transcript)
+            transcript=transcript, dp_order_noise=draw)
     except ConfigurationError:
         if mine is not None:
             raise mine from None

@@ -11,8 +11,15 @@ import numpy as np
 from veil.errors import ConfigurationError
 from veil.privacy import AuditLog, BudgetLedger, DPConfig, ReleasePolicy
 from veil.privacy.dp import Block
-from veil.privacy.mechanisms import NoiseGroup, sample_noise
+from veil.privacy.mechanisms import (
+    NoiseGroup,
+    gaussian_sigma2,
+    laplace_scale,
+    rho_for,
+    sample_noise,
+)
 from veil.protocols import statistics as st
+from veil.protocols import stats_mpc_dp_order as dp_order
 
 __all__ = ["Release", "make_release", "noise_in_units", "to_plain"]
 
@@ -39,8 +46,35 @@ class Release:
         for (name, size, l1, l2), f in zip(sens, bits):
             out.extend(self.dp.calibrate([Block(name, size, l1, l2)], frac_bits=f))
         # calibrate splits the budget over the blocks it sees; we passed them one at a time,
-        # so split here instead: scale every group as if ε (or ρ) were divided by len(sens)
-        return [_split_budget(g, len(sens)) for g in out]
+        # so split here instead: scale every group as if ε (or ρ) were divided by the number
+        # of blocks (the DP order-statistic searches, if any, count as one more block)
+        return [_split_budget(g, self.blocks()) for g in out]
+
+    def blocks(self) -> int:
+        """Blocks the DP budget is split evenly over: the linear blocks, plus one for all
+        order-statistic searches together."""
+        return len(st.layout(self.spec)) + (1 if dp_order.dp_targets(self.spec) else 0)
+
+    def order_groups(self) -> list[NoiseGroup]:
+        """Per-query noise of the DP order-statistic searches, one group per target.
+
+        The searches make ``ROUNDS·T`` adaptively chosen integer queries, each of sensitivity
+        ``Δ = max(num, den - num)``; by composition each gets discrete Laplace noise of scale
+        ``Δ·ROUNDS·T / (ε/k)`` (L1 sensitivity ROUNDS·T·Δ) or discrete Gaussian noise with
+        ``σ² = Δ²·ROUNDS·T / (2ρ/k)`` (L2 sensitivity sqrt(ROUNDS·T)·Δ), ``k`` = :meth:`blocks`.
+        """
+        targets = dp_order.dp_targets(self.spec)
+        if self.dp is None or not targets:
+            return []
+        queries, k = dp_order.ROUNDS * len(targets), self.blocks()
+        if self.dp.mechanism == "laplace":
+            return [NoiseGroup(t.key, 1, "laplace",
+                               laplace_scale(t.sensitivity * queries, self.dp.epsilon) * k)
+                    for t in targets]
+        rho = rho_for(float(self.dp.epsilon), self.dp.delta)
+        return [NoiseGroup(t.key, 1, "gaussian",
+                           gaussian_sigma2(t.sensitivity, rho) * (queries * k))
+                for t in targets]
 
     def charge(self, dataset: str) -> None:
         if self.dp is not None and self.ledger is not None:

@@ -24,6 +24,7 @@ from veil.errors import ConfigurationError, UnsupportedOperationError
 from veil.privacy import AuditLog, BudgetLedger
 from veil.privacy.policy import DEFAULT_MIN_COHORT
 from veil.protocols import statistics as st
+from veil.protocols import stats_mpc_dp_order as dp_order
 from veil.stats._data import load_table
 from veil.stats._release import Release, make_release, noise_in_units, to_plain
 
@@ -74,6 +75,11 @@ def describe(
     (``mechanism`` ``"laplace"`` or ``"gaussian"`` with ``delta``); it needs ``bounds`` (values are
     clipped to them inside the protocol) and, with a ``ledger``, is charged to ``dataset``.
     ``bounds`` without ``epsilon`` clips too and narrows the search range of order statistics.
+    Under DP, order statistics (median*, quantiles, min, max; backend ``"mpc"`` and plain data)
+    come from a noisy binary search over the bounds (16 rounds, resolution (high - low) / 2^16)
+    that reveals only one noisy comparison bit per round: no interpolation (rank ``ceil(q·N)``
+    for quantile ``q``; ``method`` is ignored), rank error about noise std / den for ``q`` =
+    num/den, and they cost one more block of the even budget split; ``to`` must be None.
 
     With ``party`` (inside an MPC job) only backend ``"mpc"`` applies; parties outside ``to``
     get ``None``. Nothing but the outputs is revealed, except the total row count ``N`` (to all
@@ -123,8 +129,13 @@ def _plain_release(x: np.ndarray, release: Release, dataset: str) -> dict[str, A
     release.charge(dataset)
     noisy = np.array([(a + b) * 2.0**-PLAIN_FRAC_BITS for a, b in zip(ints, noise)])
     release.check_rows(float(noisy[0]))
+    out = st.finalize_linear(spec, noisy)
+    targets = dp_order.dp_targets(spec)
+    if targets:  # the same noisy binary search as the MPC backend, with one "party"
+        groups = release.order_groups()
+        out.update(dp_order.plain_search(x, spec, targets, lambda: noise_in_units(groups)))
     release.log(parties=1, backend="plain", rows=None, datasets=[dataset])
-    return st.finalize_linear(spec, noisy)
+    return out
 
 
 def _one(name: str, data: Any, kwargs: dict[str, Any]) -> Any:
@@ -184,7 +195,8 @@ def histogram(data: Any, bins: Sequence[float], **kwargs: Any) -> Any:
 
 def median(data: Any, **kwargs: Any) -> Any:
     """Median as :func:`statistics.median` (mpc only; the mean of the two middle values for an
-    even count); reveals only the median, to every party (or only to the parties in ``to``)."""
+    even count); reveals only the median, to every party (or only to the parties in ``to``).
+    With ``epsilon``: a DP noisy search (no averaging: rank ceil(N/2)), see :func:`describe`."""
     return _one("median", data, kwargs)
 
 
@@ -200,7 +212,8 @@ def median_high(data: Any, **kwargs: Any) -> Any:
 
 def quantiles(data: Any, *, n: int = 4, method: str = "exclusive", **kwargs: Any) -> Any:
     """Cut points as :func:`statistics.quantiles` (mpc only); reveals only the cut points, to
-    every party (or only to the parties in ``to``)."""
+    every party (or only to the parties in ``to``). With ``epsilon``: DP rank searches (rank
+    ceil(i·N/n), no interpolation, ``method`` ignored), see :func:`describe`."""
     return _one("quantiles", data, {**kwargs, "quantiles_n": n, "method": method})
 
 
