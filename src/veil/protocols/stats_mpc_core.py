@@ -91,22 +91,31 @@ def _fixed(bits: Any, like: Any) -> Any:
 
 
 def inv_sqrt(v: Any) -> Any:
-    """1/sqrt(v) on shares for 4^-8 <= v < 4^16: oblivious power-of-4 normalisation + Newton."""
+    """1/sqrt(v) on shares for 4^-8 <= v < 4^16: oblivious power-of-4 normalisation + Newton.
+
+    One batched comparison gives the bits ``c_i = [v >= 4^k_i]``; the normalising factor
+    ``2^-k`` of v's interval is the linear form ``w_0 + sum_i c_i (w_i - w_(i-1))`` in those bits,
+    with ``w_i = 2^-k_i`` exact on the fixed-point grid, so it is computed on the shares without
+    communication (no per-interval multiplication and truncation).
+    """
     torch = _torch()
     exps = list(_INV_SQRT_EXP)
+    w = [2.0**-k for k in exps]
     thresholds = torch.tensor([4.0**k for k in exps], dtype=torch.float64)
-    c = _fixed(v.unsqueeze(-1) >= thresholds, v)  # (m, K) shared bits: v >= 4^k
-    ones = c[..., :-1] - c[..., 1:]
-    onehot = [ones[..., i] for i in range(len(exps) - 1)] + [c[..., -1]]
-    scale = None
-    for k, oh in zip(exps, onehot):
-        term = oh * (2.0**-k)
-        scale = term if scale is None else scale + term
-    scale = scale + (1 - c[..., 0]) * (2.0 ** -exps[0])  # below range: treat as 4^-8
+    bits = v.unsqueeze(-1) >= thresholds  # (m, K) shared 0/1, integer encoding
+    unit = v._tensor.encoder.scale
+    if bits._tensor.encoder.scale != 1 or any((wi * unit) % 1 for wi in w):
+        raise ConfigurationError("inv_sqrt: unexpected fixed-point encoding of the comparison")
+    steps = torch.tensor([int((w[i] - w[i - 1]) * unit) for i in range(1, len(w))],
+                         dtype=torch.int64)
+    scale = v.clone()
+    scale._tensor.share = (bits._tensor.share[..., 1:] * steps).sum(dim=-1)  # on v's encoding
+    scale = scale + w[0]
     u = (v * scale) * scale  # in [1, 4)
+    half_u = u * 0.5
     y = 1.1 - 0.15 * u  # relative error <= 0.13 on [1, 4); Newton: e -> 1.5 e^2
     for _ in range(3):  # rel. error 0.13 -> 0.025 -> 1e-3 -> 1.4e-6
-        y = y * (3.0 - u * y * y) * 0.5
+        y = y * (1.5 - (half_u * y) * y)
     return y * scale
 
 
