@@ -276,6 +276,7 @@ def mpc_inference(
         model = prog if rank == model_owner else None
         data = x.detach().float() if rank == data_owner else None
         per_party.append((model, data, model_owner, data_owner, output))
+    mpc.preload("veil.models.mpc_infer")  # parties start with the converter loaded
     results = mpc.run(_job, parties=parties, per_party_args=per_party, timeout=timeout,
                       **run_kwargs)
     return results[data_owner]

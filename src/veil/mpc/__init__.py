@@ -23,6 +23,7 @@ from veil.errors import PartyFailure
 
 __all__ = [
     "run",
+    "preload",
     "run_party",
     "run_dealer",
     "Party",
@@ -36,6 +37,7 @@ __all__ = [
 
 _LAZY = {
     "run": ("veil.mpc._launch", "run"),
+    "preload": ("veil.mpc._launch", "preload"),
     "run_party": ("veil.mpc._cluster", "run_party"),
     "run_dealer": ("veil.mpc._cluster", "run_dealer"),
     "Party": ("veil.mpc.session", "Party"),

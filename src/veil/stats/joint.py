@@ -121,6 +121,8 @@ def _run_mpc(datasets: Sequence[Any], tables: list[np.ndarray], cols: tuple[str,
     from veil import mpc
     from veil.stats._party import joint_job
 
+    mpc.preload("veil.stats._party")  # parties start with the statistics code loaded
+
     # paths travel as paths (each party reads its own file); arrays as the validated table
     sources = [src if isinstance(src, (str, os.PathLike)) else tab
                for src, tab in zip(datasets, tables)]
