@@ -67,7 +67,7 @@ from veil.protocols.stats_mpc_core import (
     _reveal,
     _sum_from_all,
     _torch,
-    inv_sqrt,
+    inv_sqrt_parts,
 )
 from veil.protocols.stats_mpc_rows import (
     logistic,
@@ -200,8 +200,11 @@ def linear_release(party: Any, x: np.ndarray, spec: st.Spec, n: float,
                 if "covariance" in spec.stats:
                     outs.append(("covariance", cov))
                 if spec.needs("correlation", "linear_regression"):
-                    r = inv_sqrt(pvar * bessel)
-                    corr = cov * (r.unsqueeze(1) * r.unsqueeze(0))
+                    y, sc = inv_sqrt_parts(pvar * bessel)
+                    r = y * sc
+                    # powers of two first, the (1/2, 1] factors last: relative precision kept
+                    normed = (cov * sc.unsqueeze(1)) * sc.unsqueeze(0)
+                    corr = normed * (y.unsqueeze(1) * y.unsqueeze(0))
                     if "correlation" in spec.stats:
                         outs.append(("correlation", corr))
                     if "linear_regression" in spec.stats:
@@ -325,8 +328,8 @@ def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
     for key, val in opened.items():
         if key in ("stdev", "pstdev"):
             val = np.sqrt(np.maximum(val, 0.0))
-        elif key == "correlation":
-            val = np.clip(val, -1.0, 1.0)
+        elif key == "correlation":  # symmetrise (averages the two roundings), clip
+            val = np.clip((val + val.T) / 2.0, -1.0, 1.0)
         elif key in ("linear_regression", "logistic_regression"):
             t = spec.target_index
             feats = tuple(spec.columns[j] for j in range(spec.d) if j != t)

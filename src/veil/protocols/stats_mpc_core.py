@@ -91,7 +91,17 @@ def _fixed(bits: Any, like: Any) -> Any:
 
 
 def inv_sqrt(v: Any) -> Any:
-    """1/sqrt(v) on shares for 4^-8 <= v < 4^16: oblivious power-of-4 normalisation + Newton.
+    """1/sqrt(v) on shares for 4^-8 <= v < 4^16 (see :func:`inv_sqrt_parts`)."""
+    y, scale = inv_sqrt_parts(v)
+    return y * scale
+
+
+def inv_sqrt_parts(v: Any) -> tuple[Any, Any]:
+    """``(y, scale)`` with ``1/sqrt(v) = y * scale``, ``y`` in (1/2, 1] and ``scale`` a power of
+    two, on shares, for 4^-8 <= v < 4^16: oblivious power-of-4 normalisation + Newton.
+
+    Keeping the two factors apart lets callers multiply by ``scale`` first (exact up to one unit
+    of the result) and by ``y`` last, so small results keep their relative precision.
 
     One batched comparison gives the bits ``c_i = [v >= 4^k_i]``; the normalising factor
     ``2^-k`` of v's interval is the linear form ``w_0 + sum_i c_i (w_i - w_(i-1))`` in those bits,
@@ -116,7 +126,7 @@ def inv_sqrt(v: Any) -> Any:
     y = 1.1 - 0.15 * u  # relative error <= 0.13 on [1, 4); Newton: e -> 1.5 e^2
     for _ in range(3):  # rel. error 0.13 -> 0.025 -> 1e-3 -> 1.4e-6
         y = y * (1.5 - (half_u * y) * y)
-    return y * scale
+    return y, scale
 
 
 def _moments(party: Any, x: np.ndarray, spec: st.Spec, n: float, full: bool) -> tuple[Any, Any]:
