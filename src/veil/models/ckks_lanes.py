@@ -152,13 +152,6 @@ def analyze(prog: Any, stages: list[Any], shapes: dict[str, tuple[int, ...]],
                     n_out, mid)
 
 
-def _spread(per_block: np.ndarray, lanes: int) -> np.ndarray:
-    """(blocks,) or (blocks, lanes) values -> one slot vector (block-major)."""
-    if per_block.ndim == 1:
-        return np.repeat(per_block, lanes)
-    return per_block.reshape(-1)
-
-
 def _weights(stages: list[Any], quads: list[Any], m0: np.ndarray, b0: np.ndarray,
              gather: np.ndarray, feat_pos: np.ndarray, c1: int, pos: int, lanes: int,
              slots: int, n_in: int, n_out: int, mid: Any) -> LanesSpec:
@@ -204,8 +197,8 @@ def _weights(stages: list[Any], quads: list[Any], m0: np.ndarray, b0: np.ndarray
         w = tap_weight(col) * r1
         bias = np.zeros(blocks)
         bias[:feats] = r1 * (b0[c * pos + feat_pos] + d1)
-        first.append((np.stack([_spread(w[:, k], lanes) for k in range(taps)]),
-                      _spread(bias, lanes)))
+        first.append((np.stack([np.repeat(w[:, k], lanes) for k in range(taps)]),
+                      np.repeat(bias, lanes)))
     m1, b1 = mid.data["matrix"], mid.data["bias"]  # (c1*pos, feats), (feats,)
     w1 = np.zeros((c1, blocks))
     for c in range(c1):

@@ -201,7 +201,6 @@ def linear_release(party: Any, x: np.ndarray, spec: st.Spec, n: float,
                     outs.append(("covariance", cov))
                 if spec.needs("correlation", "linear_regression"):
                     y, sc = inv_sqrt_parts(pvar * bessel)
-                    r = y * sc
                     # powers of two first, the (1/2, 1] factors last: relative precision kept
                     normed = (cov * sc.unsqueeze(1)) * sc.unsqueeze(0)
                     corr = normed * (y.unsqueeze(1) * y.unsqueeze(0))
@@ -210,7 +209,8 @@ def linear_release(party: Any, x: np.ndarray, spec: st.Spec, n: float,
                     if "linear_regression" in spec.stats:
                         public = "correlation" in spec.stats and to is None
                         solve = _ols_public if public else _ols
-                        outs.append(("linear_regression", solve(party, spec, m1, cov, corr, r)))
+                        outs.append(("linear_regression",
+                                     solve(party, spec, m1, cov, corr, y * sc)))
     if spec.needs("sum"):
         outs.append(("sum", _sum_from_all(party, st.clip(x, spec).sum(axis=0))))
     if spec.needs("histogram"):
@@ -227,7 +227,7 @@ def _unstandardise(spec: st.Spec, m1: Any, cov: Any, r: Any, beta_std: Any) -> A
     t = spec.target_index
     f = torch.tensor([j for j in range(spec.d) if j != t])
     sd_t = cov[t, t] * r[t]
-    coef = (r[f] * sd_t) * beta_std if torch.is_tensor(beta_std) else beta_std * r[f] * sd_t
+    coef = (r[f] * sd_t) * beta_std
     intercept = m1[t] - (coef * m1[f]).sum()
     return (coef, intercept)
 
