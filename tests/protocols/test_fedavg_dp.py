@@ -142,7 +142,8 @@ def test_client_process_failures_name_the_client_and_phase() -> None:
     from veil.protocols import fedavg
 
     cfg = FedAvgConfig(num_clients=2, rounds=1, timeout_s=60)
-    ep = fedavg._Endpoint(1, cfg, multiprocessing.get_context("forkserver"))
+    keys, directory = fedavg.identities(2)
+    ep = fedavg._Endpoint(1, cfg, multiprocessing.get_context("forkserver"), keys[1], directory)
     try:
         with pytest.raises(PartyFailure, match="client 1 failed") as info:
             ep.request(fedavg._OP_SHARE, b"not a roster")

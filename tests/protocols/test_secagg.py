@@ -15,9 +15,30 @@ from veil.errors import (
 )
 from veil.protocols._secagg_messages import UnmaskShares
 from veil.protocols.aggregation import MaskingAggregator, secure_sum
-from veil.protocols.secagg import PHASES, SecAggClient, SecAggConfig, SecAggServer
+from veil.protocols.secagg import (
+    PHASES,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+    generate_identities,
+)
 
 N, D, T = 10, 257, 7
+
+
+def _make_clients(cfg: SecAggConfig, server: SecAggServer) -> dict[int, SecAggClient]:
+    keys, directory = generate_identities(range(cfg.num_clients))
+    return {c: SecAggClient(c, cfg, round_id=server.round_id, server_public_key=server.public_key,
+                            identity_key=keys[c], directory=directory)
+            for c in range(cfg.num_clients)}
+
+
+def _consistency(server: SecAggServer, clients: dict, survivors: bytes,
+                 skip: set[int] = frozenset()) -> bytes:
+    for c in server._u3:
+        if c not in skip:
+            server.receive_consistency(clients[c].consistency(survivors))
+    return server.close_consistency()
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +59,24 @@ def test_sum_is_exact_with_dropouts_below_threshold(updates: dict, phase: str,
     agg = MaskingAggregator(num_clients=N, vector_length=D, clip=4.0, threshold=T)
     dropped = list(range(1, N, 3))[: round(rate * N)]
     res = agg.aggregate(updates, dropouts={phase: dropped})
-    expected_survivors = tuple(c for c in range(N) if phase == "unmask" or c not in dropped)
+    late = phase in ("consistency", "unmask")  # they sent their masked inputs
+    expected_survivors = tuple(c for c in range(N) if late or c not in dropped)
     assert res.survivors == expected_survivors
     assert np.array_equal(res.quantized_total, _expected_q(agg, updates, res.survivors))
     plain = sum(np.clip(updates[c], -4.0, 4.0) for c in res.survivors)
     tol = len(res.survivors) * agg.config.quantizer.step / 2 + 1e-9
     assert np.max(np.abs(res.total - plain)) <= tol
     assert res.clipped == sum(int(np.sum(np.abs(updates[c]) > 4.0)) for c in res.survivors)
-    if phase == "unmask":
-        assert res.dropped["unmask"] == tuple(dropped)
+    if late:
+        assert res.dropped[phase] == tuple(dropped)
 
 
 def test_mixed_dropouts_across_phases(updates: dict) -> None:
     agg = MaskingAggregator(num_clients=N, vector_length=D, clip=4.0, threshold=T)
     res = agg.aggregate(updates, dropouts={"share": [0], "masked": [5], "unmask": [9]})
     assert res.survivors == (1, 2, 3, 4, 6, 7, 8, 9)
-    assert res.dropped == {"advertise": (), "share": (0,), "masked": (5,), "unmask": (9,)}
+    assert res.dropped == {"advertise": (), "share": (0,), "masked": (5,), "consistency": (),
+                           "unmask": (9,)}
     assert np.array_equal(res.quantized_total, _expected_q(agg, updates, res.survivors))
 
 
@@ -98,8 +121,7 @@ def test_a_single_masked_input_looks_uniform(updates: dict) -> None:
     the quantized update itself is far from uniform."""
     cfg = SecAggConfig(3, 20_000, 4.0)
     server = SecAggServer(cfg)
-    cl = {c: SecAggClient(c, cfg, round_id=server.round_id, server_public_key=server.public_key)
-          for c in range(3)}
+    cl = _make_clients(cfg, server)
     for c in cl:
         server.receive_advertise(cl[c].advertise())
     roster = server.close_advertise()
@@ -123,9 +145,7 @@ class _Round:
     def __init__(self, n: int = 5, d: int = 16) -> None:
         self.cfg = SecAggConfig(n, d, 2.0)
         self.server = SecAggServer(self.cfg)
-        self.clients = {c: SecAggClient(c, self.cfg, round_id=self.server.round_id,
-                                        server_public_key=self.server.public_key)
-                        for c in range(n)}
+        self.clients = _make_clients(self.cfg, self.server)
         self.x = {c: np.full(d, 0.1 * c) for c in range(n)}
 
     def to_masked(self) -> dict[int, bytes]:
@@ -160,7 +180,7 @@ def test_replayed_duplicated_and_forged_submissions_are_rejected() -> None:
         s.receive_masked(bad)
     for c in range(1, 5):  # state unchanged by the rejected messages: the round still works
         s.receive_masked(new_msgs[c])
-    req = s.close_masked()
+    req = _consistency(s, new.clients, s.close_masked())
     for c in range(5):
         s.receive_unmask(new.clients[c].unmask(req))
     res = s.finish()
@@ -174,23 +194,24 @@ def test_server_never_gets_seed_and_key_shares_of_one_client() -> None:
     msgs = r.to_masked()
     for c in (0, 1, 2, 3):  # client 4 drops after sharing keys
         r.server.receive_masked(msgs[c])
-    req = r.server.close_masked()
+    survivors = r.server.close_masked()
+    # Client 4 computed its masked input (lost on the way): listed as dropped, it refuses.
+    with pytest.raises(AggregationAborted, match="as dropped although"):
+        r.clients[4].consistency(survivors)
+    req = _consistency(r.server, r.clients, survivors)
     answer = r.clients[0].unmask(req)
     parsed = UnmaskShares.from_bytes(answer, params_hash=r.cfg.params_hash, max_bytes=10**6)
     assert set(parsed.seed_shares) == {0, 1, 2, 3} and set(parsed.key_shares) == {4}
     with pytest.raises(ConfigurationError, match="out of order"):
         r.clients[0].unmask(req)  # a second request is refused
-    # Client 4 computed its masked input (lost on the way): listed as dropped, it refuses.
-    with pytest.raises(AggregationAborted, match="as dropped although"):
-        r.clients[4].unmask(req)
     lying = _Round()
     lmsgs = lying.to_masked()
     for c in (0, 1, 2, 3, 4):
         lying.server.receive_masked(lmsgs[c])
-    from veil.protocols._secagg_messages import UnmaskRequest
-    fake = UnmaskRequest(lying.server.round_id, (1, 2, 3, 4)).to_bytes(lying.cfg.params_hash)
+    from veil.protocols._secagg_messages import SurvivorList
+    fake = SurvivorList(lying.server.round_id, (1, 2, 3, 4)).to_bytes(lying.cfg.params_hash)
     with pytest.raises(AggregationAborted, match="as dropped although"):
-        lying.clients[0].unmask(fake)  # client 0 did send: revealing its key would expose it
+        lying.clients[0].consistency(fake)  # client 0 did send: its key would expose it
     # Server side: a response carrying a survivor's key share is refused before it is stored.
     from dataclasses import replace
     greedy = replace(parsed, key_shares={**parsed.key_shares, 1: parsed.seed_shares[1]})
@@ -254,7 +275,8 @@ def test_random_dropout_patterns_sum_exactly_or_abort(data: st.DataObject) -> No
             agg.aggregate(values, dropouts=drops)
         return
     res = agg.aggregate(values, dropouts=drops)
-    assert res.survivors == tuple(c for c in range(n) if when[c] in (None, "unmask"))
+    assert res.survivors == tuple(c for c in range(n)
+                                  if when[c] in (None, "consistency", "unmask"))
     assert np.array_equal(res.quantized_total, _expected_q(agg, values, res.survivors))
 
 
@@ -303,8 +325,7 @@ def test_secagg_plus_aborts_when_a_neighbourhood_is_lost() -> None:
     agg = MaskingAggregator(num_clients=n, vector_length=3, clip=1.0, neighbours=k)
     cfg = agg.config
     server = SecAggServer(cfg)
-    cl = {c: SecAggClient(c, cfg, round_id=server.round_id, server_public_key=server.public_key)
-          for c in range(n)}
+    cl = _make_clients(cfg, server)
     for c in cl:
         server.receive_advertise(cl[c].advertise())
     roster = server.close_advertise()
@@ -316,7 +337,7 @@ def test_secagg_plus_aborts_when_a_neighbourhood_is_lost() -> None:
     silent = set(list(graph[victim])[:3])  # 3 of its 4 neighbours drop after masking
     for c in cl:
         server.receive_masked(cl[c].masked_input(np.zeros(3), deliveries[c]))
-    req = server.close_masked()
+    req = _consistency(server, cl, server.close_masked())
     for c in cl:
         if c not in silent:
             server.receive_unmask(cl[c].unmask(req))

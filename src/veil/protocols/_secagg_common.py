@@ -20,7 +20,7 @@ from veil.protocols.prg import hkdf
 
 __all__ = ["PHASES", "SecAggConfig", "SecAggResult"]
 
-PHASES = ("advertise", "share", "masked", "unmask")
+PHASES = ("advertise", "share", "masked", "consistency", "unmask")
 _U32 = struct.Struct(">I")
 _MAX_CLIENTS = 1 << 16
 
@@ -30,8 +30,10 @@ class SecAggConfig:
     """Public parameters of one aggregation round, known to the server and every client.
 
     ``threshold`` (t) defaults to ``num_clients // 2 + 1``; values ``<= num_clients / 2`` need
-    ``allow_insecure=True``: two disjoint groups of t clients could then be led to reveal both
-    the seed shares and the key shares of the same client by a server lying about dropouts.
+    ``allow_insecure=True``: the consistency round only stops a lying server if two survivor
+    lists can never both collect t signatures from distinct clients, i.e. if ``2t > n`` (with
+    ``c`` clients colluding with the server, ``2t > n + c``). Each client checks this against
+    its *own* configuration; nothing the server sends changes it.
     ``ring_bits`` (k): masked vectors live in Z_{2**k}; quantization leaves room for the sum of
     ``num_clients`` updates, and the clip-count coordinate (at most ``vector_length`` per client)
     must not wrap either.
@@ -86,7 +88,7 @@ class SecAggConfig:
 
     @property
     def params_hash(self) -> bytes:
-        return params_digest({"protocol": "veil.secagg/1", **self.quantizer.describe(),
+        return params_digest({"protocol": "veil.secagg/2", **self.quantizer.describe(),
                               "num_clients": self.num_clients, "threshold": self.threshold,
                               "vector_length": self.vector_length,
                               "neighbours": self.neighbours})

@@ -25,6 +25,8 @@ __all__ = [
     "ShareKeys",
     "ShareDelivery",
     "MaskedInput",
+    "SurvivorList",
+    "ConsistencySignature",
     "UnmaskRequest",
     "UnmaskShares",
 ]
@@ -33,6 +35,7 @@ ROUND_ID_BYTES = 16
 TAG_BYTES = 32
 KEY_BYTES = 32
 NONCE_BYTES = 12
+SIGNATURE_BYTES = 64
 _U32 = struct.Struct(">I")
 
 
@@ -85,44 +88,51 @@ class _Message:
 
 @dataclass(frozen=True)
 class AdvertiseKeys(_Message):
-    """Round 0, client -> server: the client's two X25519 public keys for this round."""
+    """Round 0, client -> server: the client's two X25519 public keys for this round and its
+    Ed25519 identity signature over them (:func:`._secagg_identity.advertise_payload`)."""
 
     KIND: ClassVar[str] = "veil.secagg.advertise"
     round_id: bytes
     client_id: int
     enc_public: bytes
     mask_public: bytes
+    signature: bytes = b""
 
     def body(self) -> bytes:
-        return self.round_id + _U32.pack(self.client_id) + self.enc_public + self.mask_public
+        return (self.round_id + _U32.pack(self.client_id) + self.enc_public + self.mask_public
+                + self.signature)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, params_hash: bytes, max_bytes: int = 4096) -> AdvertiseKeys:
         r = cls._open(data, params_hash, max_bytes)
-        msg = cls(r.take(ROUND_ID_BYTES), r.u32(), r.take(KEY_BYTES), r.take(KEY_BYTES))
+        msg = cls(r.take(ROUND_ID_BYTES), r.u32(), r.take(KEY_BYTES), r.take(KEY_BYTES),
+                  r.take(SIGNATURE_BYTES))
         r.done()
         return msg
 
 
 @dataclass(frozen=True)
 class Roster(_Message):
-    """Round 0 result, server -> clients: every advertised client (U1) and its public keys."""
+    """Round 0 result, server -> clients: every advertised client (U1), its public keys and its
+    identity signature over them (each client verifies every signature itself)."""
 
     KIND: ClassVar[str] = "veil.secagg.roster"
     round_id: bytes
-    entries: tuple[tuple[int, bytes, bytes], ...]  # (client_id, enc_public, mask_public)
+    # (client_id, enc_public, mask_public, identity signature)
+    entries: tuple[tuple[int, bytes, bytes, bytes], ...]
 
     def body(self) -> bytes:
         parts = [self.round_id, _U32.pack(len(self.entries))]
-        for cid, enc, mask in self.entries:
-            parts += [_U32.pack(cid), enc, mask]
+        for cid, enc, mask, sig in self.entries:
+            parts += [_U32.pack(cid), enc, mask, sig]
         return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, params_hash: bytes, max_bytes: int) -> Roster:
         r = cls._open(data, params_hash, max_bytes)
         rid, count = r.take(ROUND_ID_BYTES), r.u32()
-        entries = tuple((r.u32(), r.take(KEY_BYTES), r.take(KEY_BYTES)) for _ in range(count))
+        entries = tuple((r.u32(), r.take(KEY_BYTES), r.take(KEY_BYTES), r.take(SIGNATURE_BYTES))
+                        for _ in range(count))
         r.done()
         _ids_sorted_unique([e[0] for e in entries], "roster")
         return cls(rid, entries)
@@ -237,27 +247,93 @@ class MaskedInput(_Message):
         return cls(rid, cid, vec, tag)
 
 
-@dataclass(frozen=True)
-class UnmaskRequest(_Message):
-    """Round 3, server -> clients: the clients whose masked inputs arrived (U3). Every member
-    of U2 not in U3 counts as dropped: its masking key will be reconstructed."""
+def _pack_ids(ids: tuple[int, ...]) -> bytes:
+    return _U32.pack(len(ids)) + b"".join(_U32.pack(c) for c in ids)
 
-    KIND: ClassVar[str] = "veil.secagg.unmask_request"
+
+def _read_ids(r: _Reader, what: str) -> tuple[int, ...]:
+    count = r.u32()
+    if count > (len(r.data) - r.pos) // 4:
+        raise SerializationError(f"{what} list claims {count} ids, more than the message holds")
+    ids = tuple(r.u32() for _ in range(count))
+    _ids_sorted_unique(list(ids), what)
+    return ids
+
+
+@dataclass(frozen=True)
+class SurvivorList(_Message):
+    """Round 3 (consistency check), server -> clients: the clients whose masked inputs arrived
+    (U3). Each client signs the list it was shown; it reveals nothing yet."""
+
+    KIND: ClassVar[str] = "veil.secagg.survivors"
     round_id: bytes
     survivors: tuple[int, ...]
 
     def body(self) -> bytes:
-        return self.round_id + _U32.pack(len(self.survivors)) + b"".join(
-            _U32.pack(c) for c in self.survivors)
+        return self.round_id + _pack_ids(self.survivors)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, params_hash: bytes, max_bytes: int) -> SurvivorList:
+        r = cls._open(data, params_hash, max_bytes)
+        rid = r.take(ROUND_ID_BYTES)
+        ids = _read_ids(r, "survivor")
+        r.done()
+        return cls(rid, ids)
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(_Message):
+    """Round 3, client -> server: the client's Ed25519 identity signature over the survivor list
+    it was shown (:func:`._secagg_identity.consistency_payload`)."""
+
+    KIND: ClassVar[str] = "veil.secagg.consistency"
+    round_id: bytes
+    client_id: int
+    signature: bytes
+    tag: bytes = b""
+
+    def body(self) -> bytes:
+        return self.round_id + _U32.pack(self.client_id) + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, params_hash: bytes,
+                   max_bytes: int = 4096) -> ConsistencySignature:
+        r = cls._open(data, params_hash, max_bytes)
+        msg = cls(r.take(ROUND_ID_BYTES), r.u32(), r.take(SIGNATURE_BYTES), r.take(TAG_BYTES))
+        r.done()
+        return msg
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Round 4, server -> clients: the survivor list U3 again and the consistency signatures the
+    server collected (signers U4, strictly increasing ids). Every member of U2 not in U3 counts
+    as dropped: its masking key will be reconstructed."""
+
+    KIND: ClassVar[str] = "veil.secagg.unmask_request"
+    round_id: bytes
+    survivors: tuple[int, ...]
+    signatures: tuple[tuple[int, bytes], ...] = ()
+
+    def body(self) -> bytes:
+        parts = [self.round_id, _pack_ids(self.survivors), _U32.pack(len(self.signatures))]
+        for cid, sig in self.signatures:
+            parts += [_U32.pack(cid), sig]
+        return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, params_hash: bytes, max_bytes: int) -> UnmaskRequest:
         r = cls._open(data, params_hash, max_bytes)
-        rid, count = r.take(ROUND_ID_BYTES), r.u32()
-        ids = tuple(r.u32() for _ in range(count))
+        rid = r.take(ROUND_ID_BYTES)
+        ids = _read_ids(r, "survivor")
+        count = r.u32()
+        if count > (len(r.data) - r.pos) // (4 + SIGNATURE_BYTES):
+            raise SerializationError(f"unmask request claims {count} signatures, more than the "
+                                     "message holds")
+        sigs = tuple((r.u32(), r.take(SIGNATURE_BYTES)) for _ in range(count))
         r.done()
-        _ids_sorted_unique(list(ids), "survivor")
-        return cls(rid, ids)
+        _ids_sorted_unique([c for c, _ in sigs], "signer")
+        return cls(rid, ids, sigs)
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,21 @@ from veil.protocols._secagg_common import (
     _ring_mask,
     _x25519,
 )
+from veil.protocols._secagg_identity import (
+    IdentityDirectory,
+    advertise_payload,
+    consistency_payload,
+    roster_digest,
+)
 from veil.protocols._secagg_messages import (
     ROUND_ID_BYTES,
     AdvertiseKeys,
+    ConsistencySignature,
     MaskedInput,
     Roster,
     ShareDelivery,
     ShareKeys,
+    SurvivorList,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -40,12 +48,17 @@ class SecAggServer:
     :class:`~veil.errors.SerializationError` (leaving the state unchanged) for malformed,
     unauthenticated, replayed, duplicated or late messages; ``close_*`` methods end a round and
     raise :class:`~veil.errors.AggregationAborted` below the threshold.
+
+    ``directory`` (optional) lets the server check identity signatures itself and reject bad
+    ones early; the clients check them whatever the server does.
     """
 
-    def __init__(self, config: SecAggConfig, *, round_id: bytes | None = None) -> None:
+    def __init__(self, config: SecAggConfig, *, round_id: bytes | None = None,
+                 directory: IdentityDirectory | None = None) -> None:
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
         self.config = config
+        self._directory = directory
         self.round_id = round_id if round_id is not None else os.urandom(ROUND_ID_BYTES)
         if len(self.round_id) != ROUND_ID_BYTES:
             raise ConfigurationError(f"round_id must be {ROUND_ID_BYTES} bytes")
@@ -62,6 +75,9 @@ class SecAggServer:
         self._share_t = config.threshold
         self._acc: Any = None
         self._masked_from: set[int] = set()
+        self._consistency: dict[int, bytes] = {}
+        self._u4: tuple[int, ...] = ()
+        self._roster_digest = b""
         self._unmask: dict[int, UnmaskShares] = {}
 
     # -- helpers ---------------------------------------------------------------------------
@@ -71,7 +87,8 @@ class SecAggServer:
                                      "late or out-of-order messages are rejected")
 
     def _state(self) -> str:
-        return ("advertise", "share", "masked", "unmask", "finished")[min(self._phase, 4)]
+        return ("advertise", "share", "masked", "consistency", "unmask",
+                "finished")[min(self._phase, 5)]
 
     def _check(self, msg: Any, allowed: tuple[int, ...] | None, seen: Any) -> None:
         cid = msg.client_id
@@ -92,7 +109,7 @@ class SecAggServer:
 
     def _abort_below(self, count: int, what: str) -> None:
         if count < self.config.threshold:
-            self._phase = 5
+            self._phase = 6
             self._acc = None
             raise AggregationAborted(
                 f"round aborted: only {count} clients {what}, below the threshold "
@@ -111,6 +128,12 @@ class SecAggServer:
         known = {k for a in self._adverts.values() for k in (a.enc_public, a.mask_public)}
         if msg.enc_public in known or msg.mask_public in known or msg.enc_public == msg.mask_public:
             raise SerializationError(f"client {msg.client_id} advertised a reused public key")
+        if self._directory is not None and not self._directory.verify(
+                msg.client_id, msg.signature, advertise_payload(
+                    cfg.params_hash, self.round_id, msg.client_id, msg.enc_public,
+                    msg.mask_public)):
+            raise SerializationError(f"advertise message of client {msg.client_id} is not "
+                                     "signed by its identity key; rejected")
         mac = _mac_key(_x25519(self._key, msg.enc_public), self.round_id, msg.client_id)
         self._adverts[msg.client_id] = msg
         self._macs[msg.client_id] = mac
@@ -122,8 +145,9 @@ class SecAggServer:
         self._graph = self.config.graph(self._u1, self.round_id)
         self._share_t = self.config.share_threshold(len(self._u1))
         self._phase = 1
-        entries = tuple((c, self._adverts[c].enc_public, self._adverts[c].mask_public)
-                        for c in self._u1)
+        entries = tuple((c, self._adverts[c].enc_public, self._adverts[c].mask_public,
+                         self._adverts[c].signature) for c in self._u1)
+        self._roster_digest = roster_digest(entries)
         return Roster(self.round_id, entries).to_bytes(self.config.params_hash)
 
     # -- round 1 ---------------------------------------------------------------------------
@@ -169,19 +193,42 @@ class SecAggServer:
         self._masked_from.add(msg.client_id)
 
     def close_masked(self) -> bytes:
+        """End round 2; returns the survivor list U3 that every survivor is asked to sign."""
         self._expect(2, "close_masked")
         self._abort_below(len(self._masked_from), "sent masked inputs")
         self._u3 = tuple(sorted(self._masked_from))
         self._phase = 3
-        return UnmaskRequest(self.round_id, self._u3).to_bytes(self.config.params_hash)
+        return SurvivorList(self.round_id, self._u3).to_bytes(self.config.params_hash)
 
-    # -- round 3 ---------------------------------------------------------------------------
+    # -- round 3: consistency check ----------------------------------------------------------
+    def receive_consistency(self, data: bytes) -> None:
+        self._expect(3, "a consistency signature")
+        cfg = self.config
+        msg = ConsistencySignature.from_bytes(data, params_hash=cfg.params_hash)
+        self._check(msg, self._u3, self._consistency)
+        if self._directory is not None and not self._directory.verify(
+                msg.client_id, msg.signature, consistency_payload(
+                    cfg.params_hash, self.round_id, self._roster_digest, self._u3)):
+            raise SerializationError(f"consistency signature of client {msg.client_id} does "
+                                     "not verify over the survivor list; rejected")
+        self._consistency[msg.client_id] = msg.signature
+
+    def close_consistency(self) -> bytes:
+        """End round 3; returns the unmask request: U3 and the signatures collected (U4)."""
+        self._expect(3, "close_consistency")
+        self._abort_below(len(self._consistency), "signed the survivor list")
+        self._u4 = tuple(sorted(self._consistency))
+        self._phase = 4
+        sigs = tuple((c, self._consistency[c]) for c in self._u4)
+        return UnmaskRequest(self.round_id, self._u3, sigs).to_bytes(self.config.params_hash)
+
+    # -- round 4 ---------------------------------------------------------------------------
     def receive_unmask(self, data: bytes) -> None:
-        self._expect(3, "an unmask response")
+        self._expect(4, "an unmask response")
         cfg = self.config
         msg = UnmaskShares.from_bytes(data, params_hash=cfg.params_hash,
                                       max_bytes=cfg.max_message_bytes())
-        self._check(msg, self._u3, self._unmask)
+        self._check(msg, self._u4, self._unmask)
         local = self._local_u2(msg.client_id)
         # The server never holds a seed share and a key share of the same client.
         if (set(msg.seed_shares) != local & set(self._u3)
@@ -201,7 +248,7 @@ class SecAggServer:
         """Reconstruct the masks and return the aggregate (the only thing the server learns)."""
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-        self._expect(3, "finish")
+        self._expect(4, "finish")
         cfg = self.config
         self._abort_below(len(self._unmask), "answered the unmask request")
         share_t = self._share_t
@@ -211,7 +258,7 @@ class SecAggServer:
             holders = self._graph[owner] | {owner}
             helpers = tuple(sorted(h for h in self._unmask if h in holders)[:share_t])
             if len(helpers) < share_t:
-                self._phase = 5
+                self._phase = 6
                 self._acc = None
                 raise AggregationAborted(
                     f"round aborted: only {len(helpers)} neighbours of client {owner} answered, "
@@ -226,7 +273,7 @@ class SecAggServer:
             value = shamir.reconstruct(shares, threshold=share_t,
                                        coefficients=coeff_cache[helpers])
             if value >> (8 * SEED_BYTES):
-                self._phase = 5
+                self._phase = 6
                 raise AggregationAborted(f"shares of client {owner} are inconsistent; aborting")
             return value.to_bytes(SEED_BYTES, "big")
 
@@ -239,7 +286,7 @@ class SecAggServer:
         for v in dropped:
             key = X25519PrivateKey.from_private_bytes(secret(v, False))
             if key.public_key().public_bytes_raw() != self._adverts[v].mask_public:
-                self._phase = 5
+                self._phase = 6
                 raise AggregationAborted(f"reconstructed masking key of client {v} does not "
                                          "match its advertised key; aborting")
             for u in sorted(self._graph[v] & set(self._u3)):
@@ -252,7 +299,7 @@ class SecAggServer:
                 else:
                     acc += mask
         acc = _ring_mask(acc, cfg.ring_bits)
-        self._phase = 4
+        self._phase = 5
         self._acc = None
         q_total = acc[:-1].astype("uint64")
         total = cfg.quantizer.dequantize_sum(q_total, len(self._u3))
@@ -261,7 +308,8 @@ class SecAggServer:
             "advertise": tuple(sorted(n_adv - set(self._u1))),
             "share": tuple(sorted(set(self._u1) - set(self._u2))),
             "masked": tuple(dropped),
-            "unmask": tuple(sorted(set(self._u3) - set(self._unmask))),
+            "consistency": tuple(sorted(set(self._u3) - set(self._u4))),
+            "unmask": tuple(sorted(set(self._u4) - set(self._unmask))),
         }
         return SecAggResult(total=total, quantized_total=q_total, survivors=self._u3,
                             dropped=dropped_by_phase, clipped=int(acc[-1]))

@@ -18,8 +18,9 @@ count is aggregated like the data, so only the total is revealed), and aborts wi
 aggregate never exposes a lone update.
 
 ``dropouts`` maps a phase name (:data:`veil.protocols.secagg.PHASES`: ``advertise``, ``share``,
-``masked``, ``unmask``) to the clients that go silent *before* sending that phase's message; the
-HE backends have a single submission, so any listed client simply never submits.
+``masked``, ``consistency``, ``unmask``) to the clients that go silent *before* sending that
+phase's message; the HE backends have a single submission, so any listed client simply never
+submits.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from veil.errors import AggregationAborted, ConfigurationError
-from veil.protocols.secagg import PHASES, SecAggClient, SecAggConfig, SecAggServer
+from veil.protocols.secagg import (
+    PHASES,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+    generate_identities,
+)
 
 __all__ = [  # PaillierAggregator and CKKSAggregator also resolve here, lazily
     "AggregationStats",
@@ -128,7 +135,11 @@ class Aggregator(ABC):
 
 class MaskingAggregator(Aggregator):
     """SecAgg masking (no key holder); ``neighbours=k`` selects SecAgg+ (sparse graph).
-    See :mod:`veil.protocols.secagg`."""
+    See :mod:`veil.protocols.secagg`.
+
+    The simulated clients get long-term Ed25519 identities when the aggregator is built (one
+    per client, reused across ``aggregate`` calls); each client receives the identity directory
+    and its configuration directly, never through the simulated server."""
 
     backend: ClassVar[str] = "masking"
 
@@ -138,6 +149,7 @@ class MaskingAggregator(Aggregator):
                                    allow_insecure=allow_insecure, neighbours=neighbours)
         self.num_clients, self.vector_length = num_clients, vector_length
         self.clip, self.threshold = float(clip), self.config.threshold
+        self._identities, self.directory = generate_identities(range(num_clients))
 
     def aggregate(self, updates: Mapping[int, Any], *,
                   dropouts: Mapping[str, Collection[int]] | None = None) -> AggregationResult:
@@ -165,10 +177,12 @@ class MaskingAggregator(Aggregator):
             server_t += time.perf_counter() - t0
             return out
 
-        server = on_server(SecAggServer, cfg)
+        server = on_server(lambda: SecAggServer(cfg, directory=self.directory))
         alive = sorted(vecs)
         clients = {c: SecAggClient(c, cfg, round_id=server.round_id,
-                                   server_public_key=server.public_key) for c in alive}
+                                   server_public_key=server.public_key,
+                                   identity_key=self._identities[c], directory=self.directory)
+                   for c in alive}
 
         def step(phase: str) -> list[int]:
             return [c for c in alive if c not in drops[phase]]
@@ -187,7 +201,13 @@ class MaskingAggregator(Aggregator):
             recv[c] += len(deliveries[c])
             msg = on_client(c, clients[c].masked_input, vecs[c], deliveries[c])
             on_server(server.receive_masked, msg)
-        request = on_server(server.close_masked)
+        survivors = on_server(server.close_masked)
+        alive = step("consistency")
+        for c in alive:
+            recv[c] += len(survivors)
+            on_server(server.receive_consistency,
+                      on_client(c, clients[c].consistency, survivors))
+        request = on_server(server.close_consistency)
         alive = step("unmask")
         for c in alive:
             recv[c] += len(request)

@@ -18,6 +18,13 @@ noise, which lowers the effective multiplier proportionally): client-level
 client sampling (``sample_rate < 1``) uses ``secrets``; amplification by sampling assumes the
 server cannot see who was sampled beyond the aggregate (see docs/security/aggregation.md).
 
+Clients do not trust the server: each takes its SecAgg threshold, clip range, ring size and DP
+parameters from its own :class:`FedAvgConfig` (given at process start), never from the server's
+per-round header, which carries only the round number, the round id, the server's key and the
+sampled participants. Each client also gets its long-term Ed25519 identity key and the identity
+directory of all clients at process start (here the launching process plays the role of the
+out-of-band PKI), so SecAgg's consistency round holds against a lying server.
+
 Model initialisation and local shuffling use locally seeded ``torch.Generator`` objects (not key
 material); torch's global generator is never seeded.
 """
@@ -34,14 +41,15 @@ from typing import Any
 
 from veil.errors import AggregationAborted, ConfigurationError, PartyFailure, SerializationError
 from veil.protocols._secagg_dp import RDPAccountant, gaussian
+from veil.protocols._secagg_fedavg import client_participants, identities, round_params
 
 __all__ = ["DPConfig", "FedAvgConfig", "RoundRecord", "FedAvgResult", "train_fedavg",
            "make_model", "load_digits_split", "RDPAccountant", "gaussian"]
 
 _OK, _ERR = 0, 1
-_OP_TRAIN, _OP_SHARE, _OP_MASKED, _OP_UNMASK, _OP_STOP = 1, 2, 3, 4, 5
+_OP_TRAIN, _OP_SHARE, _OP_MASKED, _OP_UNMASK, _OP_STOP, _OP_CONSISTENCY = 1, 2, 3, 4, 5, 6
 _PHASE_OF_OP = {_OP_TRAIN: "advertise", _OP_SHARE: "share", _OP_MASKED: "masked",
-                _OP_UNMASK: "unmask"}
+                _OP_CONSISTENCY: "consistency", _OP_UNMASK: "unmask"}
 _U32 = struct.Struct(">I")
 _MAX_FRAME = 64 * 1024 * 1024
 
@@ -155,11 +163,17 @@ def _accuracy(model: Any, x: Any, y: Any) -> float:
 class _ClientWorker:
     """One client's logic; runs in its own process or in-process (``processes=False``)."""
 
-    def __init__(self, cid: int, cfg: FedAvgConfig) -> None:
+    def __init__(self, cid: int, cfg: FedAvgConfig, identity: bytes,
+                 directory: Mapping[int, bytes]) -> None:
         import torch
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from veil.protocols.secagg import IdentityDirectory
 
         torch.set_num_threads(1)
         self.cid, self.cfg = cid, cfg
+        self.identity = Ed25519PrivateKey.from_private_bytes(identity)
+        self.directory = IdentityDirectory(directory)
         shards, _, _ = load_digits_split(cfg.num_clients, cfg.seed)
         self.x, self.y = shards[cid]
         self.model = make_model(cfg.hidden, cfg.seed)
@@ -175,6 +189,8 @@ class _ClientWorker:
             return self.secagg.share_keys(payload)
         if op == _OP_MASKED:
             return self.secagg.masked_input(self.delta, payload)
+        if op == _OP_CONSISTENCY:
+            return self.secagg.consistency(payload)
         if op == _OP_UNMASK:
             out = self.secagg.unmask(payload)
             self.secagg = None
@@ -191,7 +207,16 @@ class _ClientWorker:
         head_len = _U32.unpack_from(payload)[0]
         if head_len > 4096:
             raise SerializationError("train header too long")
-        head = json.loads(payload[4 : 4 + head_len])
+        try:
+            head = json.loads(payload[4 : 4 + head_len])
+            rnd = int(head["round"])
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise SerializationError("malformed train header") from exc
+        self.secagg = None
+        participants = client_participants(self.cfg, self.cid, head["participants"]
+                                           if "participants" in head else None)
+        # From this client's own configuration only, whatever the header says.
+        threshold, clip = round_params(self.cfg, len(participants))
         size = sum(p.numel() for p in self.model.parameters())
         raw = payload[4 + head_len :]
         if len(raw) != 4 * size:
@@ -199,7 +224,7 @@ class _ClientWorker:
         start = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy())
         vector_to_parameters(start.clone(), self.model.parameters())
         gen = torch.Generator().manual_seed(
-            self.cfg.seed * 1_000_003 + head["round"] * 1009 + self.cid)
+            self.cfg.seed * 1_000_003 + rnd * 1009 + self.cid)
         opt = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr)
         for _ in range(self.cfg.local_epochs):
             order = torch.randperm(len(self.y), generator=gen)
@@ -215,17 +240,20 @@ class _ClientWorker:
             norm = float(np.linalg.norm(delta))
             delta = delta * min(1.0, dp.l2_clip / max(norm, 1e-12))
             # t - 1 others always survive with the target client: their noise alone suffices
-            std = dp.noise_multiplier * dp.l2_clip / math.sqrt(max(1, head["threshold"] - 1))
+            std = dp.noise_multiplier * dp.l2_clip / math.sqrt(max(1, threshold - 1))
             delta = delta + gaussian(delta.size, std=std)
         self.delta = delta
         if self.cfg.aggregation == "plain":
             return delta.astype("<f4").tobytes()
-        sa = head["secagg"]
-        config = SecAggConfig(sa["num_clients"], size, sa["clip"], sa["threshold"],
-                              sa["ring_bits"], allow_insecure=sa["allow_insecure"])
-        self.secagg = SecAggClient(head["secagg_id"], config,
-                                   round_id=bytes.fromhex(head["round_id"]),
-                                   server_public_key=bytes.fromhex(head["server_key"]))
+        config = SecAggConfig(len(participants), size, clip, threshold, self.cfg.ring_bits)
+        try:
+            round_id = bytes.fromhex(head["round_id"])
+            server_key = bytes.fromhex(head["server_key"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SerializationError("malformed round id or server key in the header") from exc
+        self.secagg = SecAggClient(participants.index(self.cid), config, round_id=round_id,
+                                   server_public_key=server_key, identity_key=self.identity,
+                                   directory=self.directory.subset(participants))
         return self.secagg.advertise()
 
 
@@ -233,14 +261,16 @@ def _frame(op: int, payload: bytes) -> bytes:
     return bytes([op]) + payload
 
 
-def _client_main(cid: int, cfg_dict: dict[str, Any], conn: Any) -> None:  # pragma: no cover
-    """Entry point of a client process: answer framed requests until told to stop."""
+def _client_main(cid: int, cfg_dict: dict[str, Any], conn: Any, identity: bytes,
+                 directory: dict[int, bytes]) -> None:  # pragma: no cover
+    """Entry point of a client process: answer framed requests until told to stop.
+    ``cfg_dict``, ``identity`` and ``directory`` are its configuration, set at start."""
     cfg_dict = dict(cfg_dict)
     if cfg_dict.get("dp") is not None:
         cfg_dict["dp"] = DPConfig(**cfg_dict["dp"])
     worker = None
     try:
-        worker = _ClientWorker(cid, FedAvgConfig(**cfg_dict))
+        worker = _ClientWorker(cid, FedAvgConfig(**cfg_dict), identity, directory)
         while True:
             if not conn.poll(cfg_dict["timeout_s"] * 4):
                 return  # the server vanished
@@ -260,15 +290,18 @@ def _client_main(cid: int, cfg_dict: dict[str, Any], conn: Any) -> None:  # prag
 class _Endpoint:
     """The server's handle on one client (a process or an in-process worker)."""
 
-    def __init__(self, cid: int, cfg: FedAvgConfig, ctx: Any) -> None:
+    def __init__(self, cid: int, cfg: FedAvgConfig, ctx: Any, identity: bytes,
+                 directory: Mapping[int, bytes]) -> None:
         self.cid, self.cfg = cid, cfg
         self.proc = self.conn = self.worker = None
         if ctx is None:
-            self.worker = _ClientWorker(cid, cfg)
+            self.worker = _ClientWorker(cid, cfg, identity, directory)
             return
         parent, child = ctx.Pipe()
         cfg_dict = asdict(cfg)
-        self.proc = ctx.Process(target=_client_main, args=(cid, cfg_dict, child), daemon=True)
+        self.proc = ctx.Process(target=_client_main,
+                                args=(cid, cfg_dict, child, identity, dict(directory)),
+                                daemon=True)
         self.proc.start()
         child.close()
         self.conn = parent
@@ -351,8 +384,9 @@ def train_fedavg(config: FedAvgConfig, *,
     endpoints: list[_Endpoint] = []
     history: list[RoundRecord] = []
     try:
+        keys, directory = identities(cfg.num_clients)
         for cid in range(cfg.num_clients):
-            endpoints.append(_Endpoint(cid, cfg, ctx))
+            endpoints.append(_Endpoint(cid, cfg, ctx, keys[cid], directory))
         for rnd in range(cfg.rounds):
             if dp is not None and dp.sample_rate < 1:
                 scale = 1 << 53
@@ -392,28 +426,21 @@ def _run_round(cfg: FedAvgConfig, rnd: int, model: Any, size: int, participants:
     if m == 0:
         return None, (), 0
     params = parameters_to_vector(model.parameters()).detach().numpy().astype("<f4").tobytes()
-    threshold = cfg.threshold or m // 2 + 1
+    threshold, clip = round_params(cfg, m)
     if m < max(2, threshold):
         raise AggregationAborted(f"round {rnd}: only {m} clients sampled, below the threshold "
                                  f"{max(2, threshold)}; nothing was aggregated")
-    clip = cfg.clip
-    if cfg.dp is not None:
-        clip = max(clip, cfg.dp.l2_clip + 8 * cfg.dp.noise_multiplier * cfg.dp.l2_clip
-                   / math.sqrt(max(1, threshold - 1)))
-    sa_cfg = server = None
-    head: dict[str, Any] = {"round": rnd, "threshold": threshold}
+    server = None
+    # The header carries no parameter a client enforces (threshold, clip, DP): clients compute
+    # those from their own configuration.
+    head: dict[str, Any] = {"round": rnd, "participants": list(participants)}
     if cfg.aggregation == "masking":
-        sa_cfg = config_cls(m, size, clip, threshold, cfg.ring_bits)
-        server = server_cls(sa_cfg)
-        head.update(round_id=server.round_id.hex(), server_key=server.public_key.hex(),
-                    secagg={"num_clients": sa_cfg.num_clients, "clip": clip,
-                            "threshold": sa_cfg.threshold, "ring_bits": cfg.ring_bits,
-                            "allow_insecure": False})
+        server = server_cls(config_cls(m, size, clip, threshold, cfg.ring_bits))
+        head.update(round_id=server.round_id.hex(), server_key=server.public_key.hex())
+    hb = json.dumps(head).encode()
     alive = [c for c in participants if c not in drops["advertise"]]
     replies = {}
     for c in alive:
-        h = dict(head, secagg_id=participants.index(c))
-        hb = json.dumps(h).encode()
         replies[c] = endpoints[c].request(_OP_TRAIN, _U32.pack(len(hb)) + hb + params)
     if cfg.aggregation == "plain":
         alive = [c for c in alive if c not in drops["masked"]]
@@ -436,7 +463,11 @@ def _run_round(cfg: FedAvgConfig, rnd: int, model: Any, size: int, participants:
     for c in alive:
         server.receive_masked(endpoints[c].request(_OP_MASKED,
                                                    deliveries[participants.index(c)]))
-    request = server.close_masked()
+    survivor_list = server.close_masked()
+    alive = [c for c in alive if c not in drops["consistency"]]
+    for c in alive:
+        server.receive_consistency(endpoints[c].request(_OP_CONSISTENCY, survivor_list))
+    request = server.close_consistency()
     alive = [c for c in alive if c not in drops["unmask"]]
     for c in alive:
         server.receive_unmask(endpoints[c].request(_OP_UNMASK, request))
