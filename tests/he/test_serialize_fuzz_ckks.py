@@ -158,3 +158,29 @@ def test_loaders_reject_malformed_payloads_without_crashing() -> None:
         assert stats["max_s"] < 1.0, (name, stats)
         # the vast majority is refused; accepted ones passed structural checks and decrypted
         assert stats["serialization"] >= 0.9 * n_per, (name, stats)
+
+
+def test_context_whose_primes_differ_from_its_header_is_refused() -> None:
+    """Same ring, prime count and total bits, other prime sizes: the header must not pass it."""
+    import types
+
+    import pytest
+
+    from veil.errors import SerializationError
+    from veil.he import serialize as env
+    from veil.he._tenseal import frame, new_native_context, unframe
+    from veil.he.ckks import CKKSContext
+    from veil.he.params import CKKSParams
+
+    good = CKKSContext.generate(CKKSParams(8192, (60, 40, 40, 60), 40),
+                                galois_keys=False).public().serialize()
+    forged_params = types.SimpleNamespace(poly_modulus_degree=8192, scale_bits=40,
+                                          coeff_mod_bit_sizes=(40, 40, 60, 60))
+    native = new_native_context("CKKS", forged_params, galois_keys=False)
+    native.make_context_public(False, False)
+    e = env.unpack(good, kind="ckks.context.public")
+    header, _ = unframe(e.body, "test")
+    forged = env.pack(e.kind, frame(header, [native.serialize(True, False, True, True)]),
+                      params_hash=e.params_hash)
+    with pytest.raises(SerializationError, match="does not match"):
+        CKKSContext.load(forged)

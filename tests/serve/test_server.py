@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import os
 import select
@@ -13,7 +14,7 @@ import pytest
 
 from veil import errors
 from veil.protocols.inference import KIND_ENCRYPTED, pack_frames
-from veil.serve import Client
+from veil.serve import Client, worker
 from veil.serve.evaluator import digits_linear
 
 
@@ -108,7 +109,7 @@ def test_fresh_client_generates_keys_and_uploads_once(digits_server, digits_data
     # the same client after the server lost the context (eviction): uploads it again by itself
     digits_server.state.store.path(cid).unlink()
     with digits_server.state.store._lock:
-        del digits_server.state.store._used[cid]
+        del digits_server.state.store._entries[cid]
     client.predict(x[:1])
     assert digits_server.state.store.contains(cid)
     model = digits_linear()
@@ -135,9 +136,26 @@ def test_context_with_secret_key_is_rejected_and_not_stored(digits_server, clien
 def test_context_with_other_parameters_is_rejected(digits_server) -> None:
     from veil import he
 
-    other = he.CKKSContext.generate(he.CKKSParams.for_depth(2), galois_keys=False)
+    # same ring, other primes and scale: refused from the header, before TenSEAL parses it
+    other = he.CKKSContext.generate(he.CKKSParams(8192, (50, 30, 50), 30), galois_keys=False)
+    n_before = len(digits_server.state.store)
     resp = digits_server.post("/contexts", other.public().serialize())
-    _assert_error(resp, 422, "KeyMismatchError", "differ")
+    _assert_error(resp, 422, "ConfigurationError", "differ")
+    assert len(digits_server.state.store) == n_before
+
+
+@pytest.mark.parametrize("params, galois", [((8192, (60, 40, 40, 60), 40), False),
+                                            ((8192, (60, 40, 60), 40), True)])
+def test_context_larger_than_the_plan_needs_is_refused_unread(digits_server, params,
+                                                              galois) -> None:
+    """More primes, or Galois keys the model does not use: over the plan's size bound (413)."""
+    from veil import he
+
+    big = he.CKKSContext.generate(he.CKKSParams(*params), galois_keys=galois).public()
+    limit = digits_server.get("/model").json()["limits"]["max_context_bytes"]
+    body = big.serialize()
+    assert len(body) > limit
+    _assert_error(digits_server.post("/contexts", body), 413, "SerializationError", "limit")
 
 
 @pytest.mark.parametrize("body", [b"garbage" * 100, b"VEIL" + bytes(200)])
@@ -290,63 +308,40 @@ def test_unreachable_server_is_party_failure() -> None:
 
 def test_overload_gets_503_with_retry_after_then_recovers(digits_server, client_ctx,
                                                           digits_data) -> None:
-    """Hold every admission slot with a body that never finishes; the next request gets 503.
-
-    The held requests are answered 408 once ``body_timeout_s`` passes, and capacity returns.
-    """
+    """Fill every admission slot with *complete* requests queued behind busy workers; the next
+    request gets 503 (also through the client, after its retry), health is still answered, and
+    capacity returns once the workers are free. (Incomplete bodies hold no slot: see
+    test_admission.py.)"""
+    state = digits_server.state
     cap = digits_server.get("/health").json()["capacity"]
-    head = ("POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-            f"X-Veil-Context: {_upload(digits_server, client_ctx)}\r\n"
-            "Content-Length: 100000\r\n\r\n")
-    socks = []
-    try:
-        for _ in range(cap):
-            s = socket.create_connection(("127.0.0.1", digits_server.port), timeout=30)
-            s.sendall(head.encode() + b"\0" * 10)
-            socks.append(s)
-        deadline = time.monotonic() + 20
+    cid = _upload(digits_server, client_ctx)
+    body = _junk_request(client_ctx)
+    busy = [state.pool.current.submit(worker.ping, 20.0) for _ in range(state.cfg.workers)]
+    with cf.ThreadPoolExecutor(cap) as senders:
+        queued = [senders.submit(digits_server.post, "/predict", body,
+                                 {"X-Veil-Context": cid}) for _ in range(cap)]
+        deadline = time.monotonic() + 18
         while digits_server.get("/health").json()["in_flight"] < cap:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, digits_server.get("/health").json()
             time.sleep(0.05)
-        resp = digits_server.post("/predict", b"x", headers={"X-Veil-Context": "ab" * 32})
+        resp = digits_server.post("/predict", body, headers={"X-Veil-Context": cid})
         _assert_error(resp, 503, "Overloaded")
         assert resp.headers["retry-after"] == "1"
         assert digits_server.get("/health").status_code == 200  # health is never queued
-        for s in socks:
-            assert s.recv(65536).startswith(b"HTTP/1.1 408")
-    finally:
-        for s in socks:
-            s.close()
+        client = Client(digits_server.url, context=client_ctx, retries=1)
+        client.model()
+        with pytest.raises(errors.RemoteServiceError, match="503") as info:
+            client._predict_frames(cid, [b"x"], {"layout": "batched", "n_samples": 1,
+                                                 "windows": 0, "count": 1})
+        assert info.value.phase == "prediction"
+        for f in busy:
+            f.result(timeout=60)
+        assert all(f.result(timeout=120).status_code != 503 for f in queued)
     deadline = time.monotonic() + 20
     while digits_server.get("/health").json()["in_flight"]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     _still_serving(digits_server, client_ctx, digits_data)
-
-
-def test_client_retries_503_then_raises_party_failure(digits_server, client_ctx) -> None:
-    cap = digits_server.get("/health").json()["capacity"]
-    head = ("POST /contexts HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-            "Content-Length: 100000\r\n\r\n")
-    socks = [socket.create_connection(("127.0.0.1", digits_server.port), timeout=30)
-             for _ in range(cap)]
-    try:
-        for s in socks:
-            s.sendall(head.encode())
-        deadline = time.monotonic() + 20
-        while digits_server.get("/health").json()["in_flight"] < cap:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        client = Client(digits_server.url, context=client_ctx, retries=1)
-        client.model()
-        client._context_id = "ab" * 32
-        with pytest.raises(errors.RemoteServiceError, match="503") as info:
-            client._predict_frames("ab" * 32, [b"x"], {"layout": "batched", "n_samples": 1,
-                                                       "windows": 0, "count": 1})
-        assert info.value.phase == "prediction"
-    finally:
-        for s in socks:
-            s.close()
 
 
 def test_dead_worker_is_replaced(digits_server, client_ctx, digits_data) -> None:

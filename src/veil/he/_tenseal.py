@@ -231,13 +231,16 @@ def frame(header: dict[str, Any], blobs: list[bytes]) -> bytes:
 
 
 def unframe(body: bytes, what: str) -> tuple[dict[str, Any], list[bytes]]:
-    """Inverse of :func:`frame`; every length is checked before it is used."""
+    """Inverse of :func:`frame`; every length is checked before it is used, the header is parsed
+    by the bounded :func:`veil.he.serialize.load_json`."""
+    from veil.he.serialize import load_json
+
     mv = memoryview(body)
     try:
         (hlen,) = _U32.unpack_from(mv, 0)
         if hlen > MAX_HEADER or 4 + hlen + 4 > len(mv):
             raise SerializationError(f"{what}: corrupt header length {hlen}")
-        header = json.loads(bytes(mv[4 : 4 + hlen]).decode("utf-8"))
+        header = load_json(mv[4 : 4 + hlen], what=f"{what} header", max_bytes=MAX_HEADER)
         if not isinstance(header, dict):
             raise SerializationError(f"{what}: header is not an object")
         pos = 4 + hlen
@@ -255,9 +258,23 @@ def unframe(body: bytes, what: str) -> tuple[dict[str, Any], list[bytes]]:
             pos += blen
         if pos != len(mv):
             raise SerializationError(f"{what}: {len(mv) - pos} trailing bytes")
-    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except struct.error as exc:
         raise SerializationError(f"{what}: malformed body ({exc})") from exc
     return header, blobs
+
+
+def coeff_bit_sizes(native: Any, limit: int = 64) -> list[int]:
+    """The bit size of each prime of a native context, in ``coeff_mod_bit_sizes`` order.
+
+    SEAL drops one prime per level (the special prime first, then the last data prime), so the
+    differences of the total bit counts down the modulus chain are the primes' sizes.
+    """
+    totals = []
+    data = native.seal_context().key_context_data()
+    while data is not None and len(totals) <= limit:
+        totals.append(int(data.total_coeff_modulus_bit_count()))
+        data = data.next_context_data()
+    return [totals[-1]] + [totals[i] - totals[i + 1] for i in range(len(totals) - 2, -1, -1)]
 
 
 def check_header_field(header: dict[str, Any], key: str, typ: type | tuple[type, ...],

@@ -32,6 +32,7 @@ from veil.he._tenseal import (
     SealContext,
     as_plain_vector,
     check_header_field,
+    coeff_bit_sizes,
     cpp,
     frame,
     is_transparent_error,
@@ -151,6 +152,7 @@ class BFVContext(SealContext):
                   and key.parms().poly_modulus_degree() == p.poly_modulus_degree
                   and key.total_coeff_modulus_bit_count() == sum(p.coeff_mod_bit_sizes)
                   and key.chain_index() == len(p.coeff_mod_bit_sizes) - 1
+                  and coeff_bit_sizes(native) == list(p.coeff_mod_bit_sizes)
                   and native.has_public_key() and native.has_relin_keys()
                   and bool(native.has_galois_keys()) == galois
                   and bool(native.has_secret_key()) == (env.kind == KIND_SECRET))

@@ -15,12 +15,19 @@ Layout (all integers big-endian)::
 version, the kind, the declared length against the actual length, the digest and the parameter
 hash. Any failure raises :class:`~veil.errors.SerializationError` naming what was wrong. The digest
 detects corruption and truncation; it is not a MAC (authenticity is the transport's job).
+
+:func:`load_json` is the one JSON parser for headers another party wrote (context, tensor and
+inference headers): it checks the size before parsing, the nesting depth before the decoder
+recurses, and refuses integers longer than :data:`MAX_JSON_INT_DIGITS` digits, non-finite numbers
+and duplicate keys, all as :class:`~veil.errors.SerializationError`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +44,9 @@ __all__ = [
     "unpack",
     "params_digest",
     "NO_PARAMS",
+    "load_json",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_INT_DIGITS",
 ]
 
 MAGIC = b"VEIL"
@@ -47,6 +57,10 @@ _HEAD = struct.Struct(">4sBB")
 _LEN = struct.Struct(">Q")
 _DIGEST = 32
 _MIN_SIZE = _HEAD.size + 1 + 32 + _LEN.size + _DIGEST
+MAX_JSON_DEPTH = 16
+MAX_JSON_INT_DIGITS = 40  # 2^128 has 39 digits; headers hold sizes, levels and bounds
+# one left-to-right pass: whole strings (skipped), brackets (counted), or an unterminated quote
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|"', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -139,3 +153,67 @@ def unpack(
             "load it with the context it was created under"
         )
     return Envelope(got_kind, got_params, data[pos : pos + body_len])
+
+
+def load_json(data: bytes | bytearray | memoryview, *, what: str, max_bytes: int,
+              max_depth: int = MAX_JSON_DEPTH,
+              max_int_digits: int = MAX_JSON_INT_DIGITS) -> Any:
+    """Parse JSON that another party wrote, within limits checked before they can bite.
+
+    In order: ``len(data) <= max_bytes``; UTF-8; nesting depth at most ``max_depth`` (counted on
+    the raw text, outside strings, before the decoder recurses); integers of at most
+    ``max_int_digits`` digits (before ``int()`` converts them); no NaN/Infinity, no float that
+    overflows, no duplicate keys. Every failure is a :class:`SerializationError` naming ``what``.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SerializationError(f"{what}: expected JSON bytes, got {type(data).__name__}")
+    raw = bytes(data)
+    if len(raw) > max_bytes:
+        raise SerializationError(
+            f"{what}: JSON of {len(raw)} bytes exceeds the limit of {max_bytes} bytes")
+    depth = 0
+    for m in _JSON_TOKEN.finditer(raw):
+        tok = m.group()
+        if tok in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                raise SerializationError(
+                    f"{what}: JSON nested deeper than {max_depth} levels; refusing to parse it")
+        elif tok in (b"]", b"}"):
+            depth -= 1
+        elif tok == b'"':
+            raise SerializationError(f"{what}: not valid JSON (unterminated string)")
+
+    def bounded_int(text: str) -> int:
+        if len(text.lstrip("-")) > max_int_digits:
+            raise SerializationError(
+                f"{what}: JSON integer of {len(text)} characters is longer than "
+                f"{max_int_digits} digits")
+        return int(text)
+
+    def finite_float(text: str) -> float:
+        if len(text) > 4 * max_int_digits:
+            raise SerializationError(f"{what}: JSON number of {len(text)} characters is too long")
+        value = float(text)
+        if not math.isfinite(value):
+            raise SerializationError(f"{what}: JSON number {text[:40]!r} overflows a float")
+        return value
+
+    def no_constant(name: str) -> Any:
+        raise SerializationError(f"{what}: JSON constant {name} is not allowed")
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            raise SerializationError(f"{what}: JSON object has duplicate keys")
+        return out
+
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, parse_int=bounded_int, parse_float=finite_float,
+                          parse_constant=no_constant, object_pairs_hook=unique)
+    except SerializationError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError, TypeError) as exc:
+        raise SerializationError(f"{what}: not valid JSON ({type(exc).__name__}: "
+                                 f"{str(exc)[:120]})") from exc

@@ -104,8 +104,10 @@ def program_from_json(data: bytes) -> Program:
     from veil.models.ir import PLAIN_KERNELS
 
     try:
-        doc = json.loads(data.decode())
-        if doc.get("veil") != "architecture/1":
+        from veil.he.serialize import load_json
+
+        doc = load_json(data, what="model architecture", max_bytes=MAX_ARCH_BYTES, max_depth=32)
+        if not isinstance(doc, dict) or doc.get("veil") != "architecture/1":
             raise ValueError("not a Veil architecture document")
         in_name, in_shape = doc["input"]
         ops = []

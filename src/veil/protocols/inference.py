@@ -7,8 +7,9 @@ header plus a list of binary frames (each frame one serialized ``CKKSTensor`` en
     count       4 bytes big-endian   then, count times: length (8 bytes) + that many bytes
 
 :func:`unpack_frames` checks the envelope (size limit first), then every length against the
-bytes actually present and the frame-count limit, before anything is parsed; every failure is a
-:class:`~veil.errors.SerializationError`. Kinds used by ``veil.models``:
+bytes actually present and the frame-count limit, before anything is parsed; the header is parsed
+by the bounded :func:`veil.he.serialize.load_json` (size, depth and integer-length limits); every
+failure is a :class:`~veil.errors.SerializationError`. Kinds used by ``veil.models``:
 
 ``models.encrypted``  an encrypted input or output (header: layout, n_samples, windows, sizes)
 ``models.plan``       the public plan of a served model (header only: JSON, no frames)
@@ -32,6 +33,7 @@ KIND_ENCRYPTED = "models.encrypted"
 KIND_PLAN = "models.plan"
 MAX_FRAMES = 1 << 16
 MAX_HEADER = 1 << 20
+MAX_HEADER_DEPTH = 32
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
@@ -72,10 +74,8 @@ def unpack_frames(
     (hlen,) = _U32.unpack(take(4, "header length"))
     if hlen > MAX_HEADER:
         raise SerializationError(f"{kind} header of {hlen} bytes exceeds {MAX_HEADER}")
-    try:
-        header = json.loads(take(hlen, "header").decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SerializationError(f"{kind} header is not valid JSON ({exc})") from exc
+    header = envelope.load_json(take(hlen, "header"), what=f"{kind} header",
+                                max_bytes=MAX_HEADER, max_depth=MAX_HEADER_DEPTH)
     if not isinstance(header, dict):
         raise SerializationError(f"{kind} header must be a JSON object")
     (count,) = _U32.unpack(take(4, "frame count"))

@@ -15,10 +15,14 @@ the model's outputs for its inputs (as it would from any prediction API) and the
 description. See ``docs/security/serve.md``.
 
 Robustness: every body is limited by ``Content-Length`` before it is read and by a byte count while
-it streams; bodies must arrive within ``body_timeout_s``; evaluations are admitted up to
-``workers + queue_size`` at a time (503 + ``Retry-After`` beyond), each within
-``request_deadline_s`` (504 after). Every failure is a JSON ``{"error": {type, message, status}}``
-and the server keeps serving.
+it streams; bodies must arrive within ``body_timeout_s`` (408 after) and a client may send at most
+``bodies_per_client`` at once (429 beyond). Only a *complete* body takes an admission slot:
+evaluations are admitted up to ``workers + queue_size`` at a time (503 + ``Retry-After`` beyond),
+each within ``request_deadline_s`` (504 after), so slow senders cannot hold slots. Contexts must
+match the model's plan (parameters, Galois keys present exactly when needed, size bound of
+:func:`veil.serve.store.context_size_limit`) and are owned by the client that uploaded them (see
+:mod:`veil.serve.store`). Every failure is a JSON ``{"error": {type, message, status}}`` (never a
+500 for anything a client sends) and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import multiprocessing
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +55,8 @@ from veil.errors import (
 from veil.serve import worker
 from veil.serve.config import ServerConfig
 from veil.serve.evaluator import Evaluator, load_evaluator
-from veil.serve.store import ContextStore, Upload
+from veil.serve.runner import docs_page
+from veil.serve.store import ContextStore, Upload, check_context_header, context_size_limit
 
 __all__ = ["create_app"]
 
@@ -110,6 +115,48 @@ class _Admission:
             self.count -= 1
 
 
+class _Readers:
+    """Bodies being received, per client and in all; refuses beyond either cap."""
+
+    def __init__(self, per_client: int, total: int) -> None:
+        self.per_client, self.total = per_client, total
+        self._by_client: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return sum(self._by_client.values())
+
+    @contextlib.contextmanager
+    def slot(self, client: str, retry_after: int) -> Iterator[None]:
+        with self._lock:
+            mine = self._by_client.get(client, 0)
+            if mine >= self.per_client:
+                raise _Fail(429, "TooManyRequests",
+                            f"this client is already sending {mine} bodies (at most "
+                            f"{self.per_client} at once); finish those first",
+                            {"Retry-After": str(retry_after)})
+            if sum(self._by_client.values()) >= self.total:
+                raise _Fail(503, "Overloaded", f"server is receiving {self.total} bodies; retry "
+                            f"after {retry_after} s", {"Retry-After": str(retry_after)})
+            self._by_client[client] = mine + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._by_client[client] - 1
+                if left:
+                    self._by_client[client] = left
+                else:
+                    del self._by_client[client]
+
+
+def _client(request: Request) -> str:
+    """The client's identity for quotas and context ownership: its address."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 class _Pool:
     """A spawn-based process pool, rebuilt if a worker dies."""
 
@@ -161,6 +208,7 @@ class _Server:
     def __init__(self, evaluator: Evaluator, spec: str | None, cfg: ServerConfig) -> None:
         self.evaluator, self.spec, self.cfg = evaluator, spec, cfg
         self.admission = _Admission(cfg.max_in_flight)
+        self.readers = _Readers(cfg.bodies_per_client, 4 * cfg.max_in_flight)
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.store: ContextStore | None = None
         self.pool: _Pool | None = None
@@ -170,7 +218,9 @@ class _Server:
         if store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="veil-serve-")
             store_dir = Path(self._tmp.name)
-        self.store = ContextStore(store_dir, max_contexts=self.cfg.max_contexts)
+        self.store = ContextStore(store_dir, max_contexts=self.cfg.max_contexts,
+                                  per_client=self.cfg.contexts_per_client,
+                                  idle_s=self.cfg.context_idle_s)
         # workers rebuild a named model themselves (no pickled torch modules); others are pickled
         self.pool = _Pool(self.spec or self.evaluator, store_dir, self.cfg)
         self.pool.warm()
@@ -191,7 +241,7 @@ class _Server:
         raw = request.headers.get("content-length")
         if raw is None:
             return  # chunked: counted while streaming
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
             raise _Fail(400, "SerializationError", f"invalid Content-Length {raw!r:.40}")
         if int(raw) > limit:
             raise _Fail(413, "SerializationError",
@@ -271,6 +321,7 @@ def create_app(model: str | Evaluator = "linear:digits", *,
     evaluator = load_evaluator(model) if isinstance(model, str) else model
     info = evaluator.info
     request_limit = cfg.request_limit(info.plan)
+    context_limit = min(cfg.max_context_bytes, context_size_limit(info.plan))
     from veil import __version__
 
     # zoo models (torch modules) are rebuilt by name in each worker (from the weight cache
@@ -286,9 +337,14 @@ def create_app(model: str | Evaluator = "linear:digits", *,
         finally:
             await asyncio.to_thread(state.stop)
 
+    # no Swagger UI (CDN assets, fails offline): /docs is a local page (runner.docs_page)
     app = FastAPI(title="Veil encrypted inference", version=__version__, lifespan=lifespan,
-                  description=__doc__)
+                  description=__doc__, docs_url=None, redoc_url=None)
     app.state.veil = state
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return Response(docs_page(app.openapi()), media_type="text/html")
 
     @app.exception_handler(_Fail)
     async def _fail(_r: Request, exc: _Fail) -> JSONResponse:
@@ -302,13 +358,14 @@ def create_app(model: str | Evaluator = "linear:digits", *,
     async def health() -> dict[str, Any]:
         """Liveness and load; never waits for a worker."""
         return {"status": "ok", "in_flight": state.admission.count,
+                "receiving": state.readers.count,
                 "capacity": state.admission.limit, "workers": cfg.workers,
                 "contexts": len(state.store) if state.store else 0}
 
     model_json = {
         **info.to_json(),
         "limits": {"max_request_bytes": request_limit,
-                   "max_context_bytes": cfg.max_context_bytes,
+                   "max_context_bytes": context_limit,
                    "max_ciphertexts": cfg.max_ciphertexts,
                    "request_deadline_s": cfg.request_deadline_s},
         "veil_version": __version__,
@@ -320,43 +377,57 @@ def create_app(model: str | Evaluator = "linear:digits", *,
         return model_json
 
     @app.get("/contexts/{context_id}")
-    async def has_context(context_id: str) -> dict[str, Any]:
-        """Whether a context is stored (clients skip the upload when it is)."""
+    async def has_context(context_id: str, request: Request) -> dict[str, Any]:
+        """Whether this client has this context stored (clients skip the upload when it is)."""
         cid = _parse_id(context_id)
         assert state.store is not None
-        size = state.store.size_of(cid)
+        size = state.store.size_of(cid, _client(request))
         if size is None:
-            raise _Fail(404, "UnknownContext", f"context {cid[:16]}… is not stored; upload it "
-                        "with POST /contexts")
+            raise _Fail(404, "UnknownContext", f"context {cid[:16]}… is not stored for this "
+                        "client; upload it with POST /contexts")
         return {"context_id": cid, "bytes": size}
+
+    def no_room(reason: str) -> _Fail:
+        return _Fail(507, "ContextStoreFull", f"context not stored: {reason}",
+                     {"Retry-After": str(cfg.retry_after_s)})
 
     @app.post("/contexts", status_code=201, openapi_extra=_BINARY_BODY)
     async def upload_context(request: Request) -> Response:
-        """Upload ``ctx.public().serialize()``; content-addressed by SHA-256. Secret keys: 422."""
+        """Upload ``ctx.public().serialize()`` made with the model's plan (parameters, Galois
+        keys exactly when the plan needs them); its id is its SHA-256; it is owned by the
+        uploading client. Secret keys: 422; another plan: 422; full store: 507."""
         assert state.store is not None
-        state.check_length(request, cfg.max_context_bytes)
-        if not state.admission.try_enter():
-            raise state.busy()
-        upload: Upload | None = state.store.new_upload()
-        submitted = False
+        state.check_length(request, context_limit)
+        client = _client(request)
+        reason = state.store.room_for(client)
+        if reason is not None:
+            raise no_room(reason)
+        upload: Upload = state.store.new_upload()
         try:
-            await state.stream(request, cfg.max_context_bytes, cfg.body_timeout_s, upload.write)
+            with state.readers.slot(client, cfg.retry_after_s):
+                await state.stream(request, context_limit, cfg.body_timeout_s, upload.write)
             cid = upload.finish()
-            deadline = time.monotonic() + cfg.context_deadline_s
-            if state.store.contains(cid):
+            if state.store.contains(cid):  # validated before: this client becomes an owner
+                if not state.store.commit(cid, None, client):
+                    raise no_room(state.store.room_for(client, cid) or "retry")
                 return JSONResponse({"context_id": cid, "created": False}, status_code=200)
-            submitted = True
+            with upload.path.open("rb") as f:
+                prefix = f.read(96 * 1024)
+            try:
+                check_context_header(prefix, info.plan)
+            except VeilError as exc:
+                raise _from_exception(exc, "context check") from exc
+            if not state.admission.try_enter():  # only a complete, plausible body queues
+                raise state.busy()
+            deadline = time.monotonic() + cfg.context_deadline_s
             await state.run(worker.check_context,
-                            (cid, str(upload.path), cfg.max_context_bytes, deadline),
+                            (cid, str(upload.path), context_limit, deadline),
                             deadline, "context check", state.admission.leave)
-            state.store.commit(cid, upload)
-            upload = None
+            if not state.store.commit(cid, upload, client):
+                raise no_room(state.store.room_for(client, cid) or "retry")
             return JSONResponse({"context_id": cid, "created": True}, status_code=201)
         finally:
-            if upload is not None:
-                upload.discard()
-            if not submitted:
-                state.admission.leave()
+            upload.discard()  # after a commit the file was renamed away: nothing to delete
 
     @app.post("/predict", openapi_extra={
         **_BINARY_BODY,
@@ -375,18 +446,26 @@ def create_app(model: str | Evaluator = "linear:digits", *,
                         "/contexts and send its id")
         cid = _parse_id(raw_id)
         state.check_length(request, request_limit)
-        if not state.admission.try_enter():
-            raise state.busy()
-        pinned = submitted = False
-        upload: Upload | None = None
+        client = _client(request)
+
+        def unknown() -> _Fail:
+            return _Fail(404, "UnknownContext", f"context {cid[:16]}… is not stored for this "
+                         "client; upload it with POST /contexts, then retry")
+
+        if not state.store.contains(cid, client):
+            raise unknown()
+        pinned = submitted = admitted = False
+        upload = state.store.new_upload(digest=False)  # queued bodies wait on disk
         try:
-            if not state.store.acquire(cid):
-                raise _Fail(404, "UnknownContext", f"context {cid[:16]}… is not stored; upload "
-                            "it with POST /contexts, then retry")
-            pinned = True
-            upload = state.store.new_upload(digest=False)  # queued bodies wait on disk
-            await state.stream(request, request_limit, cfg.body_timeout_s, upload.write)
+            with state.readers.slot(client, cfg.retry_after_s):
+                await state.stream(request, request_limit, cfg.body_timeout_s, upload.write)
             upload.finish()
+            if not state.admission.try_enter():  # the slot is taken for a complete body only
+                raise state.busy()
+            admitted = True
+            if not state.store.acquire(cid, client):
+                raise unknown()
+            pinned = True
             deadline = time.monotonic() + cfg.request_deadline_s
             body_file = upload
 
@@ -402,11 +481,11 @@ def create_app(model: str | Evaluator = "linear:digits", *,
             return Response(out, media_type=OCTET)
         finally:
             if not submitted:
-                if upload is not None:
-                    upload.discard()
+                upload.discard()
                 if pinned:
                     state.store.release(cid)
-                state.admission.leave()
+                if admitted:
+                    state.admission.leave()
 
     return app
 

@@ -34,8 +34,14 @@ class ServerConfig:
     may take to send a body (slow senders get 408); ``request_deadline_s`` (predictions) and
     ``context_deadline_s`` (context checks) then bound the time from the complete body to the
     answer, queueing included (504 after it; a worker skips a request whose deadline passed).
-    ``max_contexts`` bounds the on-disk context store
-    (least recently used contexts are evicted; clients upload them again on 404).
+    ``max_contexts`` bounds the on-disk context store. Contexts are owned by the client
+    (address) that uploaded them: each client stores at most ``contexts_per_client`` (its own
+    least recently used one makes room), and a full store refuses new uploads (507) unless a
+    context has gone unused for ``context_idle_s``; no client can evict another's context.
+    An uploaded context must match the model's plan, and at most
+    ``min(max_context_bytes, veil.serve.store.context_size_limit(plan))`` bytes are read.
+    Bodies are read *before* an admission slot is taken; a client may send at most
+    ``bodies_per_client`` bodies at once (429 beyond), so slow senders hold no slots.
     """
 
     max_context_bytes: int = 256 * MiB
@@ -49,6 +55,9 @@ class ServerConfig:
     retry_after_s: int = 1
     contexts_per_worker: int = 4
     max_contexts: int = 64
+    contexts_per_client: int = 4
+    context_idle_s: float = 3600.0
+    bodies_per_client: int = 4
     store_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -60,6 +69,8 @@ class ServerConfig:
             "retry_after_s": self.retry_after_s,
             "contexts_per_worker": self.contexts_per_worker,
             "max_contexts": self.max_contexts,
+            "contexts_per_client": self.contexts_per_client,
+            "bodies_per_client": self.bodies_per_client,
         }
         for name, value in ints.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -72,7 +83,8 @@ class ServerConfig:
             raise ConfigurationError(
                 f"ServerConfig.queue_size must be an integer >= 0, got {self.queue_size!r}"
             )
-        for name in ("request_deadline_s", "context_deadline_s", "body_timeout_s"):
+        for name in ("request_deadline_s", "context_deadline_s", "body_timeout_s",
+                     "context_idle_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 0 < value < 24 * 3600
