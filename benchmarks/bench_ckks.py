@@ -34,7 +34,7 @@ def _setup() -> dict[str, Any]:
     x, y = rng.uniform(-1, 1, SLOTS), rng.uniform(-1, 1, SLOTS)
     v64, m = rng.uniform(-1, 1, 64), rng.uniform(-1, 1, (64, 10))
     p = CKKSParams.default()
-    veil = CKKSContext.generate(p)
+    veil = CKKSContext.generate(p, galois_keys=True)
     raw = ts.context(ts.SCHEME_TYPE.CKKS, p.poly_modulus_degree,
                      coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes))
     raw.global_scale = 2.0**p.scale_bits

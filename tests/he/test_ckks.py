@@ -18,7 +18,7 @@ TOL = 1e-5  # absolute, for values of magnitude <= ~100 at scale 2^40
 
 @pytest.fixture(scope="module")
 def ctx() -> CKKSContext:
-    return CKKSContext.generate()  # the secure default: N=8192, 128-bit
+    return CKKSContext.generate(galois_keys=True)  # the secure default: N=8192, 128-bit
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_chunked_tensor_all_ops(ctx: CKKSContext) -> None:
 @pytest.mark.slow
 def test_chunked_matmul() -> None:
     """Tall matrices across chunks (TenSEAL's mm costs one rotation per row: slow)."""
-    small = CKKSContext.generate(CKKSParams(4096, (39, 30, 40), 30))
+    small = CKKSContext.generate(CKKSParams(4096, (39, 30, 40), 30), galois_keys=True)
     n = small.slots + 7
     x, m = RNG.uniform(-1, 1, n), RNG.uniform(-1, 1, (n, 3))
     close(small.decrypt(small.encrypt(x).matmul(m)), x @ m, 1e-2)

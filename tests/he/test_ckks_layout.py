@@ -11,7 +11,7 @@ from veil.errors import UnsupportedOperationError
 
 @pytest.fixture(scope="module")
 def ctx() -> he.CKKSContext:
-    return he.CKKSContext.generate(he.CKKSParams.for_depth(3))
+    return he.CKKSContext.generate(he.CKKSParams.for_depth(3), galois_keys=True)
 
 
 X = np.linspace(-1.0, 1.0, 8)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -87,3 +90,53 @@ def digits_data():
 
     d = load_digits()
     return np.asarray(d.data / 16.0), np.asarray(d.target)
+
+
+class ServeProcess:
+    """``veil serve ARGS`` as a real subprocess on 127.0.0.1 and a free port (context manager).
+
+    On exit it is interrupted (SIGINT, as Ctrl-C) and must stop within 60 s; ``output`` then
+    holds what it printed and ``returncode`` its exit status.
+    """
+
+    def __init__(self, *args: str, startup_s: float = 300.0) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "veil.cli", "serve", *args, "--port", str(self.port)]
+        self.startup_s = startup_s
+        self.output = ""
+        self.returncode: int | None = None
+
+    def __enter__(self) -> ServeProcess:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        deadline = time.monotonic() + self.startup_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"veil serve exited: {self.proc.communicate()[0]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"veil serve did not come up: {self.output}")
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.output = self.proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.output = self.proc.communicate()[0]
+        self.returncode = self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def veil_serve() -> type[ServeProcess]:
+    """The class: ``with veil_serve("--model", spec) as srv:`` runs the real command."""
+    return ServeProcess

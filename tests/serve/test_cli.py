@@ -75,3 +75,21 @@ def test_cli_rejects_bad_options(args: list[str], needle: str) -> None:
     assert proc.returncode == 2, proc
     assert needle in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--store", "/proc/nonexistent/x"], "--store '/proc/nonexistent/x' cannot be used"),
+     (["--model", "missing-model.pt"], "cannot read model file 'missing-model.pt'"),
+     (["--model", "zoo:digits-logreg", "--domain", "0:1"], "model files only"),
+     (["--model", "x.pt", "--domain", "1:0"], "--domain needs LOW < HIGH"),
+     (["--model", "x.pt", "--input-shape", "8,a"], "--input-shape must be")],
+)
+def test_cli_reports_bad_paths_and_values_in_one_line(args: list[str], needle: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "veil.cli", "serve", *args],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+    out = proc.stderr + proc.stdout
+    assert proc.returncode == 2, out
+    assert needle in out and "Traceback" not in out, out
+    assert len(out.strip().splitlines()) == 1, out

@@ -122,3 +122,79 @@ def test_request_limit_follows_the_model() -> None:
     assert ServerConfig().request_limit(small) == 32 * MiB
     assert ServerConfig().request_limit(big) == int(1.25 * 64 * 2 * 16384 * 6 * 8) + MiB
     assert ServerConfig(max_request_bytes=5).request_limit(big) == 5
+
+
+def test_check_rows_says_when_there_are_no_rows() -> None:
+    import numpy as np
+
+    from veil.serve.evaluator import check_rows, digits_linear
+
+    for empty in (np.zeros((0, 64)), [], np.zeros((0, 8, 8))):
+        with pytest.raises(errors.ConfigurationError, match="no rows"):
+            check_rows(empty, digits_linear().info)
+
+
+def test_models_declare_their_input_domain() -> None:
+    from veil.serve.evaluator import check_domain, digits_linear
+
+    assert digits_linear().info.to_json()["input_domain"] == [0.0, 1.0]
+    assert check_domain(None) is None and check_domain([0, 16]) == (0.0, 16.0)
+    for bad in ((1, 0), (0, float("inf")), "ab", (1,)):
+        with pytest.raises(errors.ConfigurationError, match="domain"):
+            check_domain(bad)
+
+
+def test_ckks_contexts_have_no_galois_keys_unless_asked() -> None:
+    from veil import he
+
+    params = he.CKKSParams.for_depth(1)
+    assert not he.CKKSContext.generate(params).has_galois_keys
+    assert he.CKKSContext.generate(params, galois_keys=True).has_galois_keys
+
+
+def test_worker_reloads_a_stored_context_beyond_the_request_limit(tmp_path) -> None:
+    """A worker whose cache lacks the context (another worker checked it, or it was evicted)
+    reloads it from the store: under the plan's context bound, not the request limit."""
+    import hashlib
+    import time
+
+    from veil import he, models
+    from veil.models import zoo
+    from veil.protocols.inference import KIND_ENCRYPTED, pack_frames, unpack_frames
+    from veil.serve import worker
+    from veil.serve.evaluator import load_evaluator
+
+    ev = load_evaluator("zoo:digits-logreg:single")
+    ctx = he.CKKSContext.generate(ev.info.params, galois_keys=True)
+    public = ctx.public().serialize()
+    cid = hashlib.sha256(public).hexdigest()
+    (tmp_path / f"{cid}.ctx").write_bytes(public)
+    worker.init_worker(ev, str(tmp_path), 2)  # a fresh worker: empty cache
+    x = zoo.digits((64,))[2][:1].double().numpy()
+    enc = models.encrypt_input(ctx, x[0], ev.info.plan)
+    body = pack_frames(KIND_ENCRYPTED, {"layout": "single", "n_samples": 1, "windows": 0,
+                                        "count": len(enc.tensors)},
+                       [t.serialize() for t in enc.tensors])
+    (tmp_path / "request").write_bytes(body)
+    limit = 2 * len(body)
+    assert len(public) > limit  # the context is far larger than one request
+    out = worker.evaluate(cid, str(tmp_path / "request"), limit, 16, time.monotonic() + 600)
+    header, frames = unpack_frames(out, KIND_ENCRYPTED, max_bytes=limit)
+    got = models.decrypt_output(ctx, models.EncryptedValues(
+        "single", 1, [ctx.load_tensor(f) for f in frames], 0, ev.info.output_size))
+    import torch
+
+    with torch.no_grad():
+        want = ev.net(torch.tensor(x, dtype=torch.float32)).double().numpy()
+    assert got.argmax(1) == want.argmax(1)
+
+
+def test_zoo_batched_models_use_the_smallest_ring_their_inputs_allow() -> None:
+    """Inputs in [0, 1] (enforced by clients) let ``zoo:digits-mlp`` run at N = 8192 instead of
+    16384: half the request size and evaluation time of the default ``veil serve`` model."""
+    from veil.serve.evaluator import load_evaluator
+
+    info = load_evaluator("zoo:digits-mlp").info
+    assert info.domain == (0.0, 1.0) and not info.galois_keys
+    assert info.plan["params"]["poly_modulus_degree"] == 8192
+    assert info.plan["params"]["scale_bits"] == 28  # the most precision N = 8192 holds

@@ -52,7 +52,7 @@ def _ckks(loads: Sequence[wl.Workload], repeats: int, progress: Progress) -> lis
 
     params = he.CKKSParams.default()
     t0 = time.perf_counter()
-    ctx = he.CKKSContext.generate(params)
+    ctx = he.CKKSContext.generate(params, galois_keys=True)  # sum/dot/vecmat rotate
     keygen_s = time.perf_counter() - t0
     server = he.CKKSContext.load(ctx.public().serialize())
     out = []

@@ -77,7 +77,7 @@ def run_demo(parties: int, console: Any) -> dict[str, float]:
     x = np.linspace(-1.0, 1.0, DEMO_LENGTH)
     w = np.cos(np.arange(DEMO_LENGTH) / 7.0)
     t0 = time.perf_counter()
-    ctx = he.CKKSContext.generate(he.CKKSParams.for_depth(1))
+    ctx = he.CKKSContext.generate(he.CKKSParams.for_depth(1), galois_keys=True)  # dot rotates
     enc_x = ctx.encrypt(x)                       # client
     public = he.CKKSContext.load(ctx.public().serialize())   # what the server receives
     enc_y = public.load_tensor(enc_x.serialize()).dot(w)     # server: no secret key

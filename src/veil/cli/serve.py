@@ -11,7 +11,18 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(
             "zoo:digits-mlp", "--model", "-m",
             help="model to serve: zoo:NAME (veil.models.zoo, batched layout), zoo:NAME:single "
-            "(one row per request, needs Galois keys) or linear:digits",
+            "(one row per request, needs Galois keys), linear:digits, or PATH[:single]: your "
+            "own model saved with veil.models.save(net, PATH, input_shape=..., domain=...)",
+        ),
+        input_shape: str = typer.Option(
+            "", "--input-shape",
+            help="model files only: the input shape per row, e.g. 64 or 1,8,8 (must match "
+            "the file's)",
+        ),
+        domain: str = typer.Option(
+            "", "--domain",
+            help="model files only: input range LOW:HIGH (e.g. 0:1), overriding the file's; "
+            "clients refuse inputs outside it",
         ),
         host: str = typer.Option(
             "127.0.0.1", "--host",
@@ -37,6 +48,11 @@ def register(app: typer.Typer) -> None:
         max_context_mb: int = typer.Option(
             256, "--max-context-mb", min=1, max=4096, help="largest uploaded context (MiB)",
         ),
+        body_timeout: float = typer.Option(
+            60.0, "--body-timeout", min=0.1, max=3600.0,
+            help="seconds a client may take to send one body (raise it for contexts of "
+            "hundreds of MB over slow links)",
+        ),
         store: str = typer.Option(
             "", "--store", help="directory for uploaded contexts (default: a temporary one)",
         ),
@@ -45,13 +61,48 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from veil.serve.config import MiB, ServerConfig
+        from veil.serve.evaluator import load_evaluator
+        from veil.serve.runner import check_store_dir
         from veil.serve.runner import serve as run
 
+        if store:
+            check_store_dir(store, "--store")
+        shape = _parse_shape(input_shape) if input_shape else None
+        dom = _parse_domain(domain) if domain else None
+        spec_or_model = model if shape is None and dom is None else \
+            load_evaluator(model, input_shape=shape, domain=dom)
         kwargs = {} if workers == 0 else {"workers": workers}
         cfg = ServerConfig(
-            queue_size=queue, request_deadline_s=deadline,
+            queue_size=queue, request_deadline_s=deadline, body_timeout_s=body_timeout,
             max_request_bytes=max_request_mb * MiB if max_request_mb else None,
             max_context_bytes=max_context_mb * MiB,
             store_dir=Path(store) if store else None, **kwargs,
         )
-        run(model, host=host, port=port, config=cfg)
+        run(spec_or_model, host=host, port=port, config=cfg)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    from veil.errors import ConfigurationError
+
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ConfigurationError(
+            f"--input-shape must be positive integers separated by commas (e.g. 64 or 1,8,8), "
+            f"got {text!r}")
+    return shape
+
+
+def _parse_domain(text: str) -> tuple[float, float]:
+    from veil.errors import ConfigurationError
+
+    try:
+        low, high = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ConfigurationError(
+            f"--domain must be LOW:HIGH (e.g. 0:1), got {text!r}") from None
+    if not low < high:
+        raise ConfigurationError(f"--domain needs LOW < HIGH, got {text!r}")
+    return low, high

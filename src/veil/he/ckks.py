@@ -29,6 +29,7 @@ from veil.he._ckks_tensor import CKKSTensor, polyval_depth
 from veil.he._tenseal import (
     SealContext,
     check_header_field,
+    coeff_bit_sizes,
     cpp,
     csprng_gaussian,
     frame,
@@ -90,11 +91,14 @@ class CKKSContext(SealContext):
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def generate(cls, params: CKKSParams | None = None, *, galois_keys: bool = True,
+    def generate(cls, params: CKKSParams | None = None, *, galois_keys: bool = False,
                  n_threads: int | None = None) -> CKKSContext:
-        """Fresh key pair (secret, public, relinearization and optionally Galois keys).
+        """Fresh key pair (secret, public, relinearization and, if asked, Galois keys).
 
-        Galois keys (about 35 MB at N=8192) are needed for ``sum``/``dot``/``matmul``/``conv``.
+        Galois keys are needed only for rotations: ``sum``/``dot``/``matmul``/``conv`` and the
+        single-sample model layout (a plan says so: ``plan.galois_keys``). They are off by
+        default because they dominate the public context: at N=16384 with 7 primes it is
+        10.6 MB without them and 247 MB with them (about 35 MB more at N=8192, 3 primes).
         SEAL draws the keys from its own CSPRNG (Blake2-based, seeded from the OS).
         """
         params = CKKSParams.default() if params is None else params
@@ -302,6 +306,7 @@ def _check_native_context(native: Any, p: CKKSParams, *, secret: bool, galois: b
               and first.parms().poly_modulus_degree() == p.poly_modulus_degree
               and key.total_coeff_modulus_bit_count() == p.total_bits
               and key.chain_index() == len(p.coeff_mod_bit_sizes) - 1
+              and coeff_bit_sizes(native) == list(p.coeff_mod_bit_sizes)
               and native.global_scale == 2.0**p.scale_bits
               and native.has_public_key() and native.has_relin_keys()
               and bool(native.has_galois_keys()) == galois

@@ -14,6 +14,10 @@ CKKS (the client holds the secret key; the server the model and a public context
     enc = models.compile(net_he, ctx.public())                 # server: public context only
     y = models.decrypt_output(ctx, enc(models.encrypt_input(ctx, x, plan)))  # (n, classes)
 
+Your own model for ``veil serve --model model.pt``: ``models.save(net, "model.pt",
+input_shape=(64,), domain=(0, 1))`` (architecture JSON + weights; read back with
+``torch.load(weights_only=True)`` by ``models.load_saved``, so loading runs no code).
+
 Conversion walks the ``torch.fx`` graph with a per-layer registry (never ONNX):
 ``models.validate(net, scheme="mpc"|"ckks")`` lists unsupported layers with position and fix.
 Names are imported lazily: ``import veil.models`` loads neither torch nor any crypto library.
@@ -45,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     "mpc_forward": "mpc_infer",
     "architecture": "mpc_infer",
     "Program": "ir",
+    "save": "zoo",
+    "load_saved": "zoo",
 }
 _SUBMODULES = ("zoo", "approx", "convert", "ckks_plan", "ckks_infer", "mpc_infer", "ckks_fix",
                "ir")

@@ -119,17 +119,16 @@ class PolyApprox:
         )
 
 
-def _check_domain(domain: Any) -> tuple[float, float]:
+def check_domain(domain: Any, what: str = "domain") -> tuple[float, float]:
+    """``(low, high)`` as floats, with finite ``low < high``; a typed error otherwise."""
     try:
         a, b = (float(v) for v in domain)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(
-            f"domain must be a pair (a, b) of numbers, got {domain!r}; e.g. domain=(-6, 6)"
+            f"{what} must be a pair (low, high) of numbers, got {domain!r:.80}; e.g. (-6, 6)"
         ) from exc
     if not (math.isfinite(a) and math.isfinite(b)) or not a < b:
-        raise ConfigurationError(
-            f"domain must satisfy a < b with finite ends, got {domain!r}; e.g. domain=(-6, 6)"
-        )
+        raise ConfigurationError(f"{what} must have finite low < high, got ({a!r}, {b!r})")
     return a, b
 
 
@@ -165,7 +164,7 @@ def approximate(function: str, domain: Any, degree: int) -> PolyApprox:
         raise ConfigurationError(
             f"degree must be an integer in 1..31, got {degree!r}; 2-8 is typical for CKKS"
         )
-    a, b = _check_domain(domain)
+    a, b = check_domain(domain)
     f, _ = _FUNCTIONS[function]
     k = np.arange(8 * (degree + 1))
     t = np.cos(np.pi * (k + 0.5) / len(k))  # Chebyshev nodes on [-1, 1]

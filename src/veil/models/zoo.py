@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from veil.errors import ConfigurationError
-from veil.models.approx import PolyActivation
+from veil.models.approx import PolyActivation, check_domain
 
-__all__ = ["ZooEntry", "names", "load", "digits", "cache_dir", "POLY_ACT"]
+__all__ = ["ZooEntry", "names", "load", "digits", "cache_dir", "POLY_ACT", "SavedModel", "save",
+           "load_saved"]
 
 _VERSION = 1
 _SEED = 20261122
@@ -176,3 +177,106 @@ def load(name: str, *, retrain: bool = False) -> ZooEntry:
         os.replace(tmp, path)  # atomic: concurrent loaders never see a half-written file
     net.eval()
     return ZooEntry(name, net, x_test, y_test, shape, _accuracy(net, x_test, y_test))
+
+
+# -- your own models: a safe file format for serving ---------------------------------------------
+
+SAVED_FORMAT = "veil.model/1"
+MAX_SAVED_BYTES = 1 << 30  # 1 GiB: far above any model CKKS inference can run
+
+
+@dataclass
+class SavedModel:
+    """A model read by :func:`load_saved`: a ``veil.models`` program with its weights.
+
+    ``program`` can be passed wherever a torch model is accepted by ``models.plan`` /
+    ``models.compile`` (and to ``veil.serve.CompiledEvaluator``); ``domain`` is the declared
+    input range or None.
+    """
+
+    program: Any
+    input_shape: tuple[int, ...]
+    domain: tuple[float, float] | None
+
+
+def save(net: nn.Module, path: str | os.PathLike, *, input_shape: Any,
+         domain: tuple[float, float] | None = None) -> pathlib.Path:
+    """Save ``net`` for ``veil serve --model PATH`` (and :func:`load_saved`).
+
+    >>> models.zoo.save(net, "model.pt", input_shape=(64,), domain=(0, 1))   # doctest: +SKIP
+
+    The file is ``torch.save`` of plain data only: the architecture as JSON (the converted
+    ``veil.models`` program, no code), the weights as tensors, the input shape and the input
+    domain; it is read back with ``torch.load(weights_only=True)``, so loading it runs no code.
+    ``net`` must be convertible for CKKS: apply ``models.fix(net)`` first to replace ReLU and
+    max-pooling by HE-friendly layers.
+    """
+    from veil.models.ckks_plan import as_program
+    from veil.models.mpc_infer import program_to_json
+
+    if not isinstance(net, nn.Module):
+        raise ConfigurationError(f"save needs a torch nn.Module, got {type(net).__name__}")
+    prog = as_program(net, input_shape)  # UnsupportedLayerError names layers to models.fix
+    weights = {f"{op.name}.{k}": v.detach().cpu().contiguous()
+               for op in prog.ops for k, v in (op.params or {}).items()}
+    doc = {"format": SAVED_FORMAT, "architecture": program_to_json(prog.public()).decode(),
+           "weights": weights, "input_shape": list(prog.input_shape),
+           "domain": None if domain is None else list(check_domain(domain))}
+    target = pathlib.Path(path)
+    torch.save(doc, target)
+    return target
+
+
+def load_saved(path: str | os.PathLike) -> SavedModel:
+    """Read a file written by :func:`save` (``torch.load(weights_only=True)``: runs no code).
+
+    Checks the size (at most 1 GiB) before reading, then the format tag, the architecture and
+    that every weight has the shape the architecture declares.
+    """
+    from veil.models.mpc_infer import program_from_json
+
+    p = pathlib.Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read model file {str(p)!r}: {exc.strerror}") from exc
+    if not p.is_file() or size > MAX_SAVED_BYTES:
+        raise ConfigurationError(
+            f"model file {str(p)!r} is not a regular file of at most {MAX_SAVED_BYTES} bytes")
+    hint = "write it with veil.models.zoo.save(net, path, input_shape=..., domain=...)"
+    try:
+        doc = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ConfigurationError(
+            f"{str(p)!r} is not a Veil model file ({type(exc).__name__}); {hint}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != SAVED_FORMAT or \
+            not isinstance(doc.get("architecture"), str) or \
+            not isinstance(doc.get("weights"), dict):
+        raise ConfigurationError(f"{str(p)!r} is not a {SAVED_FORMAT} file; {hint}")
+    prog = program_from_json(doc["architecture"].encode())
+    weights = doc["weights"]
+    used = set()
+    for op in prog.ops:
+        params = {}
+        for k, shape in op.param_shapes.items():
+            t = weights.get(f"{op.name}.{k}")
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape) or \
+                    not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+                raise ConfigurationError(
+                    f"{str(p)!r}: weight {op.name}.{k} is missing, not finite or not of shape "
+                    f"{tuple(shape)}; {hint}")
+            params[k] = t
+            used.add(f"{op.name}.{k}")
+        op.params = params
+    if set(weights) != used:
+        extra = sorted(set(weights) - used)[:5]
+        raise ConfigurationError(f"{str(p)!r}: weights {extra} are not in the architecture")
+    try:
+        shape = tuple(int(v) for v in doc["input_shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{str(p)!r}: malformed input_shape; {hint}") from exc
+    if shape != tuple(prog.input_shape):
+        raise ConfigurationError(f"{str(p)!r}: input_shape {shape} differs from the "
+                                 f"architecture's {tuple(prog.input_shape)}")
+    domain = doc.get("domain")
+    return SavedModel(prog, shape, None if domain is None else check_domain(domain))

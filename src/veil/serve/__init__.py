@@ -9,8 +9,10 @@ decrypts the encrypted predictions. The server never sees a secret key or a plai
 
 Server side in Python: ``create_app(model, config=ServerConfig(...))`` (an ASGI app) or
 ``serve(model, host=..., port=...)``; ``model`` is a spec (``"linear:digits"``,
-``"zoo:NAME[:single]"``) or an :class:`Evaluator` such as ``CompiledEvaluator(name, net,
-input_shape)`` for your own torch model. Security notes: ``docs/security/serve.md``.
+``"zoo:NAME[:single]"``, or the path of your own model saved with ``veil.models.save``) or an
+:class:`Evaluator` such as ``CompiledEvaluator(name, net, input_shape, domain=(0, 1))``.
+``Client.predict`` refuses inputs outside the model's declared domain (``clip=True`` clips them).
+Security notes: ``docs/security/serve.md``.
 
 Names are imported lazily (``import veil.serve`` does not load FastAPI, numpy or TenSEAL).
 """

@@ -31,7 +31,7 @@ from veil.errors import (
     UnsupportedOperationError,
     VeilError,
 )
-from veil.serve.evaluator import ModelInfo, check_rows, params_from_description
+from veil.serve.evaluator import ModelInfo, check_domain, check_rows, params_from_description
 
 __all__ = ["Client"]
 
@@ -146,11 +146,11 @@ class Client:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _translate(self, status: int, body: bytes, what: str) -> VeilError:
-        import json
+        from veil.he.serialize import load_json
 
         kind, message = "HTTPError", body[:500].decode("utf-8", "replace")
         try:
-            err = json.loads(body)["error"]
+            err = load_json(body, what="server's error answer", max_bytes=len(body))["error"]
             kind, message = str(err["type"]), str(err["message"])
         except (ValueError, KeyError, TypeError):
             pass
@@ -162,13 +162,13 @@ class Client:
         return RemoteServiceError(text, status=status, phase=what)
 
     def _json(self, path: str, what: str) -> dict[str, Any]:
-        import json
+        from veil.he.serialize import load_json
 
         status, body = self._send("GET", path, what)
         if status == 404:
             raise self._translate(status, body, what)
         try:
-            data = json.loads(body)
+            data = load_json(body, what=f"server's {what} answer", max_bytes=len(body))
         except ValueError as exc:
             raise SerializationError(f"server's {what} answer is not JSON: {body[:80]!r}") from exc
         if not isinstance(data, dict):
@@ -187,8 +187,10 @@ class Client:
             if self._model is None:
                 data = self._json("/model", "model description")
                 try:
+                    domain = data.get("input_domain")
                     info = ModelInfo(str(data["name"]), dict(data["plan"]),
-                                     str(data.get("description", "")))
+                                     str(data.get("description", "")),
+                                     None if domain is None else check_domain(domain))
                     params = params_from_description(info.plan["params"],
                                                      allow_insecure=self.allow_insecure)
                     if info.layout not in ("batched", "single") or info.output_size < 1 or \
@@ -256,27 +258,34 @@ class Client:
                                   timeout=self.upload_timeout, ok=(200, 201))
         if status == 404:
             raise self._translate(status, body, "context upload")
-        import json
+        from veil.he.serialize import load_json
 
-        got = json.loads(body).get("context_id")
+        answer = load_json(body, what="server's context upload answer", max_bytes=len(body))
+        got = answer.get("context_id") if isinstance(answer, dict) else None
         if got != cid:
             raise RemoteServiceError(f"server stored the context as {got!r}, expected {cid}; the "
                                "upload was altered in transit", phase="context upload")
         self._context_id = cid
         return cid
 
-    def predict(self, x: Any) -> Any:
+    def predict(self, x: Any, *, clip: bool = False) -> Any:
         """Encrypt ``x`` (rows of the model's input shape, or one row), have the server
         evaluate it, decrypt. Returns a float64 array of shape ``(rows, outputs)``.
 
+        Inputs outside the model's declared domain (``GET /model``: ``input_domain``) make its
+        outputs meaningless, so they are refused with a ConfigurationError by default; with
+        ``clip=True`` they are clipped to the domain, with a warning. This check is local: the
+        values never leave the client unencrypted.
         Batched models get one request per ``slots`` rows; single-sample models one per row.
         """
         import numpy as np
 
+        from veil import models
+
         self.model()
         assert self._info is not None
         info = self._info
-        rows = check_rows(x, info)
+        rows = _in_domain(check_rows(x, info), info.domain, clip)
         step = self._params.slots if info.layout == "batched" else 1
         ctx = self.context
         cid = self.upload_context()
@@ -289,17 +298,17 @@ class Client:
                 raise SerializationError(
                     f"server answered {len(outs)} output ciphertexts, expected "
                     f"{info.output_size}")
-            vals = [np.asarray(ctx.decrypt(t), dtype=np.float64).reshape(-1) for t in outs]
-            if info.layout == "batched":
-                if any(v.shape != (chunk.shape[0],) for v in vals):
-                    raise SerializationError("server's answer holds the wrong number of rows")
-                parts.append(np.stack(vals, axis=1))
-            else:
-                flat = np.concatenate(vals)
-                if flat.shape != (info.output_size,):
-                    raise SerializationError(
-                        f"server's answer holds {flat.size} values, expected {info.output_size}")
-                parts.append(flat[None, :])
+            n = header["n_samples"]
+            if info.layout == "batched" and any(t.shape != (n,) for t in outs):
+                raise SerializationError("server's answer holds the wrong number of rows")
+            if info.layout == "single" and sum(t.size for t in outs) < info.output_size:
+                raise SerializationError(
+                    f"server's answer holds {sum(t.size for t in outs)} values, expected at "
+                    f"least {info.output_size}")
+            # the single layout's answer may carry padding (taps layout): keep output_size values
+            enc = models.EncryptedValues(info.layout, n, outs, 0,
+                                         info.output_size if info.layout == "single" else 0)
+            parts.append(models.decrypt_output(ctx, enc))
         return np.concatenate(parts, axis=0)
 
     def _encrypt(self, ctx: Any, chunk: Any) -> tuple[list[bytes], dict[str, Any]]:
@@ -347,3 +356,25 @@ class Client:
                 self._context_id = None
                 cid = self._upload(force_check=False)
         raise self._translate(status, body, "prediction")
+
+
+def _in_domain(rows: Any, domain: tuple[float, float] | None, clip: bool) -> Any:
+    """Refuse (default) or clip, with a warning, rows outside the model's declared domain."""
+    import warnings
+
+    import numpy as np
+
+    if domain is None or rows.size == 0:
+        return rows
+    low, high = domain
+    lo, hi = float(rows.min()), float(rows.max())
+    if low <= lo and hi <= high:
+        return rows
+    text = (f"input values span [{lo:g}, {hi:g}] but the model's declared input domain is "
+            f"[{low:g}, {high:g}]")
+    if not clip:
+        raise ConfigurationError(
+            f"{text}; its outputs would be meaningless. Scale the inputs into the domain (e.g. "
+            "digits pixels / 16), or pass clip=True to clip them")
+    warnings.warn(f"{text}; clipping to the domain", UserWarning, stacklevel=3)
+    return np.clip(rows, low, high)

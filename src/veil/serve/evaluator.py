@@ -17,8 +17,9 @@ two layouts:
     one sample packed in a vector (rotations: Galois keys, tens of MB); lower latency for one row.
 
 Models are named by a spec string (``veil serve --model SPEC``), see :func:`load_evaluator`:
-``linear:digits`` (built in, numpy only) or ``zoo:NAME[:single]`` (``veil.models.zoo``, compiled
-with ``veil.models``; models with ReLU are made HE-friendly with ``models.fix`` first).
+``linear:digits`` (built in, numpy only), ``zoo:NAME[:single]`` (``veil.models.zoo``, compiled
+with ``veil.models``; models with ReLU are made HE-friendly with ``models.fix`` first) or the path
+of your own model saved with ``veil.models.save`` (read with ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ __all__ = [
     "LinearEvaluator",
     "CompiledEvaluator",
     "load_evaluator",
+    "file_evaluator",
+    "check_domain",
     "params_from_description",
     "digits_linear",
 ]
@@ -56,6 +59,7 @@ class ModelInfo:
     name: str
     plan: dict[str, Any]
     description: str = ""
+    domain: tuple[float, float] | None = None  # declared input range (clients check it)
 
     @property
     def layout(self) -> str:
@@ -79,7 +83,9 @@ class ModelInfo:
         return params_from_description(self.plan["params"])
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "plan": self.plan}
+        domain = None if self.domain is None else [float(v) for v in self.domain]
+        return {"name": self.name, "description": self.description, "plan": self.plan,
+                "input_domain": domain}
 
 
 class Evaluator(Protocol):
@@ -131,7 +137,7 @@ class LinearEvaluator:
     """
 
     def __init__(self, name: str, weight: Any, bias: Any, *, params: Any | None = None,
-                 description: str = "") -> None:
+                 description: str = "", domain: tuple[float, float] | None = None) -> None:
         import numpy as np
 
         from veil.he import CKKSParams
@@ -151,7 +157,7 @@ class LinearEvaluator:
                 "output_size": weight.shape[1], "depth": 1, "params": params.describe(),
                 "galois_keys": False, "input_encoding": {"kind": "features"},
                 "stages": [["affine", "linear", weight.shape[0], weight.shape[1], 1]]}
-        self._info = ModelInfo(name, plan, description)
+        self._info = ModelInfo(name, plan, description, check_domain(domain))
 
     @property
     def info(self) -> ModelInfo:
@@ -176,15 +182,24 @@ class LinearEvaluator:
 
 
 class CompiledEvaluator:
-    """A torch model compiled with ``veil.models`` (``plan`` + ``compile``) for each context."""
+    """A torch model compiled with ``veil.models`` (``plan`` + ``compile``) for each context.
+
+    ``net`` is an ``nn.Module`` or a ``veil.models`` program with weights. ``domain`` is the
+    declared input range ``(low, high)``, published in ``GET /model`` so that clients refuse (or
+    clip) inputs outside it before encrypting. ``precision_bits``/``integer_bits`` are passed to
+    :func:`veil.models.plan` (smaller values can fit a smaller, faster ring).
+    """
 
     def __init__(self, name: str, net: Any, input_shape: tuple[int, ...], *,
-                 layout: str = "batched", description: str = "") -> None:
+                 layout: str = "batched", description: str = "",
+                 domain: tuple[float, float] | None = None, precision_bits: int | None = None,
+                 integer_bits: int = 19) -> None:
         from veil import models
 
         self.net, self.input_shape, self.layout = net, tuple(input_shape), layout
-        plan = models.plan(net, self.input_shape, layout=layout)
-        self._info = ModelInfo(name, plan.summary(), description)
+        plan = models.plan(net, self.input_shape, layout=layout, precision_bits=precision_bits,
+                           integer_bits=integer_bits)
+        self._info = ModelInfo(name, plan.summary(), description, check_domain(domain))
 
     @property
     def info(self) -> ModelInfo:
@@ -227,7 +242,7 @@ def digits_linear() -> LinearEvaluator:
         _DIGITS_CACHE["digits"] = LinearEvaluator(
             "linear:digits", coef[:-1], coef[-1],
             description="ridge linear classifier on sklearn digits; input: 64 pixels / 16; "
-            f"output: 10 class scores (training accuracy {acc:.3f})",
+            f"output: 10 class scores (training accuracy {acc:.3f})", domain=(0.0, 1.0),
         )
     return _DIGITS_CACHE["digits"]
 
@@ -252,21 +267,74 @@ def zoo_evaluator(name: str, *, layout: str = "batched") -> CompiledEvaluator:
 
     with torch.no_grad():
         acc = float((net(entry.x_test).argmax(1) == entry.y_test).float().mean())
+    kwargs: dict[str, Any] = {}
+    if layout == "batched":
+        kwargs = _smaller_ring(models.plan(net, entry.input_shape))
     return CompiledEvaluator(
-        f"zoo:{name}", net, entry.input_shape, layout=layout,
+        f"zoo:{name}", net, entry.input_shape, layout=layout, domain=(0.0, 1.0),
         description=f"veil.models.zoo {name!r} ({note}); input: digits pixels in [0, 1], shape "
         f"{entry.input_shape}; output: 10 logits; plaintext test accuracy of the served "
-        f"function {acc:.3f}",
+        f"function {acc:.3f}", **kwargs,
     )
+
+
+def _smaller_ring(plan: Any) -> dict[str, Any]:
+    """``plan`` arguments for a zoo model in a smaller ring than 40-bit precision needs, if any.
+
+    Inputs in [0, 1] keep every intermediate value of the zoo models below ``2**9``, so 9
+    integer bits suffice; the ring is the one 28-bit precision fits, with the most precision
+    that still fits it (e.g. ``digits-mlp``: N = 8192 at 28 bits instead of 16384: half the
+    request size and about half the evaluation time).
+    """
+    from veil.he import CKKSParams
+
+    ring = CKKSParams.for_depth(plan.depth, precision_bits=28, integer_bits=9).poly_modulus_degree
+    if ring >= plan.params.poly_modulus_degree:
+        return {}
+    best = max(p for p in range(28, 41) if CKKSParams.for_depth(
+        plan.depth, precision_bits=p, integer_bits=9).poly_modulus_degree == ring)
+    return {"precision_bits": best, "integer_bits": 9}
 
 
 _BUILTIN: dict[str, Callable[[], Evaluator]] = {"linear:digits": digits_linear}
 
 
-def load_evaluator(spec: str) -> Evaluator:
-    """Resolve a model spec: ``linear:digits`` or ``zoo:NAME`` / ``zoo:NAME:single``."""
+def file_evaluator(path: str, *, layout: str = "batched", input_shape: Any = None,
+                   domain: Any = None) -> CompiledEvaluator:
+    """Your own model, saved with ``veil.models.save(net, path, input_shape=..., domain=...)``.
+
+    The file is read with ``torch.load(weights_only=True)`` (no code runs). ``input_shape``,
+    when given, must equal the file's; ``domain`` overrides the file's declared input range.
+    """
+    from pathlib import Path
+
+    from veil.models import zoo
+
+    saved = zoo.load_saved(path)
+    if input_shape is not None and tuple(int(v) for v in input_shape) != saved.input_shape:
+        raise ConfigurationError(
+            f"--input-shape {tuple(input_shape)} differs from the shape {saved.input_shape} "
+            f"saved in {path!r}; omit it or save the model with the right input_shape")
+    dom = check_domain(domain) if domain is not None else saved.domain
+    return CompiledEvaluator(
+        Path(path).name, saved.program, saved.input_shape, layout=layout, domain=dom,
+        description=f"user model {Path(path).name!r}; input shape {saved.input_shape}"
+        + ("" if dom is None else f", values in [{dom[0]:g}, {dom[1]:g}]"),
+    )
+
+
+def load_evaluator(spec: str, *, input_shape: Any = None, domain: Any = None) -> Evaluator:
+    """Resolve a model spec: ``linear:digits``, ``zoo:NAME`` / ``zoo:NAME:single``, or the path
+    of a file written by ``veil.models.save`` (``PATH`` or ``PATH:single``).
+
+    ``input_shape`` and ``domain`` apply to model files only (see :func:`file_evaluator`).
+    """
     if not isinstance(spec, str):
         raise ConfigurationError(f"model spec must be a string, got {type(spec).__name__}")
+    if (input_shape is not None or domain is not None) and (
+            spec in _BUILTIN or spec.startswith("zoo:")):
+        raise ConfigurationError(
+            f"input shape and domain are fixed for {spec!r}; they apply to model files only")
     if spec in _BUILTIN:
         return _BUILTIN[spec]()
     parts = spec.split(":")
@@ -275,10 +343,24 @@ def load_evaluator(spec: str) -> Evaluator:
         if layout not in ("batched", "single"):
             raise ConfigurationError(f"layout in {spec!r} must be 'batched' or 'single'")
         return zoo_evaluator(parts[1], layout=layout)
+    import os
+
+    path, layout = spec, "batched"
+    if spec.endswith((":single", ":batched")) and not os.path.exists(spec):
+        path, layout = spec.rsplit(":", 1)
+    if os.path.exists(path) or path.endswith(".pt"):
+        return file_evaluator(path, layout=layout, input_shape=input_shape, domain=domain)
     raise ConfigurationError(
-        f"unknown model {spec!r}; use one of {sorted(_BUILTIN)} or 'zoo:NAME[:single]' for a "
-        "model of veil.models.zoo"
+        f"unknown model {spec!r}; use one of {sorted(_BUILTIN)}, 'zoo:NAME[:single]' for a "
+        "model of veil.models.zoo, or the path of a file written by veil.models.save"
     )
+
+
+def check_domain(domain: Any) -> tuple[float, float] | None:
+    """A declared input domain ``(low, high)`` with finite ``low < high`` (or None)."""
+    from veil.models.approx import check_domain as check_pair
+
+    return None if domain is None else check_pair(domain, "input domain")
 
 
 def check_rows(x: Any, info: ModelInfo) -> Any:
@@ -288,6 +370,11 @@ def check_rows(x: Any, info: ModelInfo) -> Any:
     arr = np.asarray(x, dtype=np.float64)
     shape = info.input_shape
     width = math.prod(shape)
+    if arr.size == 0 and arr.ndim >= 1 and arr.shape[0] == 0:
+        raise ConfigurationError(
+            f"the input has no rows (shape {np.shape(x)}); pass at least one row of shape "
+            f"{shape} to model {info.name!r}"
+        )
     if arr.shape in (shape, (width,)):
         arr = arr.reshape(1, width)
     elif arr.ndim >= 2 and arr.shape[1:] in (shape, (width,)) and arr.shape[0] >= 1:

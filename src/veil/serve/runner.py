@@ -7,7 +7,27 @@ from typing import Any
 from veil.errors import ConfigurationError
 from veil.serve.config import ServerConfig
 
-__all__ = ["serve"]
+__all__ = ["serve", "check_store_dir", "docs_page"]
+
+
+def check_store_dir(path: Any, name: str = "ServerConfig.store_dir") -> None:
+    """Create ``path`` if needed and check it is a writable directory (before the server starts).
+
+    ``name`` is how the caller calls the setting in messages (``--store`` on the CLI).
+    """
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{name} {str(p)!r} cannot be used for uploaded contexts: "
+            f"{exc.strerror or exc}; pass a writable directory (it is created if missing)"
+        ) from exc
 
 
 def serve(model: Any = "linear:digits", *, host: str = "127.0.0.1", port: int = 8000,
@@ -25,6 +45,8 @@ def serve(model: Any = "linear:digits", *, host: str = "127.0.0.1", port: int = 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigurationError(f"port must be an integer in 0..65535, got {port!r}")
     cfg = config if config is not None else ServerConfig()
+    if cfg.store_dir is not None:
+        check_store_dir(cfg.store_dir)
     app = create_app(model, config=cfg)
     uvicorn.run(
         app, host=host, port=port, log_level=log_level,
@@ -32,3 +54,18 @@ def serve(model: Any = "linear:digits", *, host: str = "127.0.0.1", port: int = 
         limit_concurrency=cfg.max_in_flight * 4 + 64,
         timeout_keep_alive=5, timeout_graceful_shutdown=10,
     )
+
+
+def docs_page(schema: dict[str, Any]) -> str:
+    """A self-contained HTML list of the endpoints (no external URL: works offline)."""
+    import html
+
+    rows = "".join(
+        f"<tr><td><code>{html.escape(m.upper())}</code></td><td><code>{html.escape(path)}</code>"
+        f"</td><td>{html.escape(str(op.get('summary', '')))}: "
+        f"{html.escape(str(op.get('description', '')).strip())}</td></tr>"
+        for path, ops in schema.get("paths", {}).items() for m, op in ops.items())
+    title = html.escape(str(schema.get("info", {}).get("title", "")))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+            f"<body><h1>{title}</h1><p>OpenAPI schema: <a href='/openapi.json'>/openapi.json"
+            f"</a></p><table border='1' cellpadding='4'>{rows}</table></body></html>")

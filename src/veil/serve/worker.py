@@ -133,7 +133,11 @@ def evaluate(context_id: str, body_path: str, max_bytes: int, max_ciphertexts: i
         )
     if layout == "single" and n != 1:
         raise ConfigurationError(f"the single layout carries one sample per request, got {n}")
-    ctx, model = _bound(context_id, None, max_bytes)
+    # a stored context passed the upload check (under at most this bound): reload it under the
+    # plan's context bound, never under the much smaller prediction-request limit
+    from veil.serve.store import context_size_limit
+
+    ctx, model = _bound(context_id, None, context_size_limit(info.plan))
     tensors = [ctx.load_tensor(f, max_bytes=max_bytes) for f in frames]
     del frames
     for t in tensors:
