@@ -10,7 +10,10 @@ or, to keep the dealer away from every party, drop ``--host-dealer`` and run
 ``veil party --dealer --world-size 3 --master 10.0.0.1:29500`` on a fourth host.
 
 The job is ``module:function`` or a short alias from :data:`JOB_ALIASES`; ``--arg key=value``
-(repeatable) passes ``key="value"`` (a string) to the job as a keyword argument. The job's result
+(repeatable) passes ``key="value"`` (a string) to the job as a keyword argument. The arguments
+are checked against the job's signature (and its ``preflight``, if it has one: the stats job
+checks its CSV) before the party joins, so a mistake is reported at once. ``--ledger``,
+``--dataset-name`` and ``--audit`` are passed to the stats job the same way. The job's result
 is printed as JSON on stdout (tensors as nested lists).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import os
 import re
@@ -72,6 +76,28 @@ def parse_args(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def check_job_args(spec: str, fn: Any, kwargs: dict[str, str]) -> None:
+    """Before joining the session: the job takes these ``--arg``s (and its own ``preflight``
+    accepts them: e.g. the stats job's data file exists); ConfigurationError otherwise."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins: nothing to check here
+        return
+    try:
+        sig.bind(None, **kwargs)
+    except TypeError as exc:
+        params = [p for p in list(sig.parameters.values())[1:]
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        need = [p.name for p in params if p.default is p.empty]
+        opt = [p.name for p in params if p.default is not p.empty]
+        raise ConfigurationError(
+            f"--job {spec}: {exc}; it takes --arg " + ", ".join(f"{n}=..." for n in need)
+            + (f" and optionally {', '.join(opt)}" if opt else "")) from None
+    preflight = getattr(fn, "preflight", None)
+    if callable(preflight):
+        preflight(**kwargs)
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -115,10 +141,21 @@ def register(app: typer.Typer) -> None:
             False, "--allow-party0-sees-inputs", help="required with --provider tfp"),
         precision_bits: int = typer.Option(16, "--precision-bits", min=0, max=32),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]"),
+        ledger: str = typer.Option(None, "--ledger",
+                                   help="--job stats: charge releases to this budget ledger"),
+        dataset_name: str = typer.Option(None, "--dataset-name",
+                                         help="--job stats: this party's dataset in the ledger"),
+        audit: str = typer.Option(None, "--audit",
+                                  help="--job stats: append a record to this audit log"),
     ) -> None:
         """Run one party (or the dealer) of a multi-host MPC session over TCP."""
+        # torch's C++ logs (a warning per connection retry, with stack frames) would bury the
+        # one-line report; our messages carry the causes. Set before torch is imported.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
         from veil.mpc._cluster import run_dealer, run_party
-        from veil.mpc._party import print_failure_and_exit
+        from veil.mpc._party import exit_on_interrupt, print_failure_and_exit
+
+        exit_on_interrupt(130)  # Ctrl-C ends the party at once, even inside a C++ wait
 
         if dealer:
             if rank is not None or job is not None or host_dealer:
@@ -129,8 +166,17 @@ def register(app: typer.Typer) -> None:
         if rank is None or job is None:
             raise ConfigurationError("a party needs --rank and --job (or pass --dealer)")
         fn = resolve_job(job)
+        kwargs = parse_args(arg)
+        for key, value in (("ledger", ledger), ("dataset_name", dataset_name),
+                           ("audit", audit)):
+            if value is not None:
+                if key in kwargs:
+                    raise ConfigurationError(f"--{key.replace('_', '-')} and --arg {key}= "
+                                             "given both; keep one")
+                kwargs[key] = value
+        check_job_args(job, fn, kwargs)
         result = run_party(
-            fn, rank=rank, world_size=world_size, master=master, kwargs=parse_args(arg),
+            fn, rank=rank, world_size=world_size, master=master, kwargs=kwargs,
             timeout=timeout, provider=provider,
             allow_party0_sees_inputs=allow_party0_sees_inputs, device=device,
             precision_bits=precision_bits, host_dealer=host_dealer,

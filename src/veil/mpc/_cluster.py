@@ -56,6 +56,9 @@ def run_party(
         raise ConfigurationError(
             f"rank must be in 0..{world_size - 1} for --world-size {world_size}, got {rank!r}")
     parse_master(master)
+    from veil.mpc.device import resolve
+
+    resolve(config.device, rank=rank)  # an unknown device is refused before any connection
     if host_dealer and (rank != 0 or not config.has_dealer):
         raise ConfigurationError(
             "host_dealer (--host-dealer) is only for party 0 with provider='dealer'; got "

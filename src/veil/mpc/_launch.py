@@ -19,101 +19,33 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
-import importlib.util
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import secrets
+import shutil
 import signal
 import socket
-import sys
+import stat
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from veil.errors import ConfigurationError, PartyFailure
+from veil.mpc._jobs import JobRef, job_ref, resolve_job
 from veil.mpc._monitor import rank_label
 from veil.mpc.providers import DEFAULT_TIMEOUT, SessionConfig, make_config
 
-__all__ = ["run", "JobRef", "job_ref", "resolve_job"]
+__all__ = ["run", "JobRef", "job_ref", "resolve_job", "honour_sigint"]
 
 _GRACE = 2.0  # after a report that blames another party: wait this long for a firmer one
 _OWN_GRACE = 0.3  # after a party reports its own error: collect the others' for this long
 _PR_SET_PDEATHSIG = 1
 _ctx_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class JobRef:
-    """How a party process finds the job: module, qualified name and source file."""
-
-    module: str
-    qualname: str
-    path: str | None
-
-
-def job_ref(job: Callable[..., Any]) -> JobRef:
-    """Check that ``job`` can be found by name in another process; ConfigurationError if not."""
-    if not callable(job):
-        raise ConfigurationError(f"job must be a function job(party, ...), got {job!r}")
-    qualname = getattr(job, "__qualname__", None)
-    module = getattr(job, "__module__", None)
-    if not qualname or not module or "<lambda>" in qualname or "<locals>" in qualname:
-        raise ConfigurationError(
-            f"job {qualname or job!r} cannot be sent to the party processes: jobs must be "
-            "module-level functions (def job(party, ...): at the top level of a module), not "
-            "lambdas, closures or nested functions; pass data through args=/per_party_args=")
-    mod = sys.modules.get(module)
-    path = getattr(mod, "__file__", None) or getattr(job, "__globals__", {}).get("__file__")
-    if mod is None and path:  # loaded from a file without registering the module
-        return JobRef(module=module, qualname=qualname, path=str(path))
-    if module == "__main__" and not path:
-        raise ConfigurationError(
-            "the job is defined in an interactive session (no source file), so the party "
-            "processes cannot import it; put it in a .py module and import it from there")
-    target: Any = mod
-    for part in qualname.split("."):
-        target = getattr(target, part, None)
-    if target is not job:
-        raise ConfigurationError(
-            f"job {module}.{qualname} is not reachable by that name (decorated or replaced?); "
-            "pass a plain module-level function")
-    return JobRef(module=module, qualname=qualname, path=path)
-
-
-def resolve_job(ref: JobRef) -> Callable[..., Any]:
-    """Import the job named by ``ref`` in this (party) process."""
-    mod: Any = None
-    if ref.module == "__main__":
-        mod = sys.modules.get("__mp_main__")
-        if getattr(mod, "__file__", None) != ref.path:
-            mod = None
-        name = "__veil_job_main__"
-    else:
-        name = ref.module
-        try:
-            mod = importlib.import_module(ref.module)
-        except ImportError:
-            mod = None
-    if mod is None:
-        if ref.path is None:
-            raise ConfigurationError(f"cannot import job module {ref.module!r}")
-        mod = sys.modules.get(name)
-        if mod is None or getattr(mod, "__file__", None) != ref.path:
-            spec = importlib.util.spec_from_file_location(name, ref.path)
-            if spec is None or spec.loader is None:
-                raise ConfigurationError(f"cannot load job module from {ref.path!r}")
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[name] = mod
-            spec.loader.exec_module(mod)
-    target: Any = mod
-    for part in ref.qualname.split("."):
-        target = getattr(target, part)
-    return target
 
 
 _EXTRA_PRELOAD: list[str] = []
@@ -147,11 +79,39 @@ def _context() -> Any:
             saved = os.environ.get("TORCH_CPP_LOG_LEVEL")
             os.environ["TORCH_CPP_LOG_LEVEL"] = saved or "ERROR"
             try:
-                forkserver.ensure_running()
+                with _sigint_ignored():  # Ctrl-C goes to the launcher, not the server's import
+                    forkserver.ensure_running()
             finally:
                 if saved is None:
                     del os.environ["TORCH_CPP_LOG_LEVEL"]
         return ctx
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Any:
+    """Start a process that inherits SIGINT as ignored (the terminal's Ctrl-C reaches the
+    whole foreground process group; the launcher handles it and kills the parties)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def honour_sigint() -> None:
+    """Make SIGINT raise KeyboardInterrupt in this (main) thread, even if it was ignored.
+
+    A process started as a shell's background job (``veil stats ... &`` in a script) inherits
+    SIGINT as ignored, so ``kill -INT`` did nothing and the run went on to the end. Command-line
+    entry points call this first: an interrupt then reaches :func:`run`, which kills every party
+    (their process groups) before the KeyboardInterrupt propagates; the CLI exits with 130.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(
+            signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _free_port() -> int:
@@ -167,7 +127,8 @@ def _die_with_parent() -> None:
 
 
 def _child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | None,
-                args: tuple[Any, ...], out: Any, life: Any) -> None:
+                args: tuple[Any, ...], out: Any, life: Any, store_path: str | None = None
+                ) -> None:
     """Entry point of every local party / dealer process."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
@@ -200,7 +161,7 @@ def _child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | Non
 
         job = resolve_job(ref) if ref is not None else None
         result = run_process(job, rank=rank, master=master, config=config, args=args,
-                             reporter=report, fail_fast=finish_failed)
+                             reporter=report, fail_fast=finish_failed, store_path=store_path)
     except PartyFailure as failure:
         finish_failed(failure)
     except BaseException as exc:
@@ -256,7 +217,8 @@ def run(
     else:
         per_party = [() for _ in range(parties)]
     ctx = _context()
-    master = f"127.0.0.1:{_free_port()}"
+    master = f"127.0.0.1:{_free_port()}"  # no store listens there: see _private_store
+    store_dir, store_path = _private_store()
     total = parties + (1 if config.has_dealer else 0)
     procs: list[Any] = []
     conns: dict[Any, int] = {}
@@ -273,7 +235,7 @@ def run(
                     target=_child_main, daemon=True,
                     name=f"veil-mpc-{rank_label(rank, parties)}",
                     args=(rank, master, config, ref if rank < parties else None, job_args,
-                          out_w, life_r))
+                          out_w, life_r, store_path))
                 proc.start()
                 out_w.close()
                 life_r.close()
@@ -287,6 +249,22 @@ def run(
         _kill_all(procs, graceful=ok)
         for c in list(conns) + lifelines:
             c.close()
+        _remove_store(store_dir)
+
+
+def _private_store() -> tuple[str, str]:
+    """A directory only this user can enter (0700) and, in it, the store file's secret name.
+
+    The name (256 random bits from :mod:`secrets`) reaches the parties inside the pickled
+    process arguments, i.e. through the forkserver's pipe: never argv or the environment.
+    """
+    store_dir = tempfile.mkdtemp(prefix="veil-mpc-")  # mode 0700
+    os.chmod(store_dir, stat.S_IRWXU)
+    return store_dir, os.path.join(store_dir, secrets.token_hex(32))
+
+
+def _remove_store(store_dir: str) -> None:
+    shutil.rmtree(store_dir, ignore_errors=True)
 
 
 def _mentions_main(args: tuple, per_party: list[tuple]) -> bool:

@@ -9,8 +9,9 @@ the current phase; the same thread watches the other ranks:
 * a rank whose counter has not moved for ``timeout`` seconds is dead or stopped: fail fast.
 
 After a communication error the main thread calls :meth:`Monitor.diagnose` to learn *which* rank
-broke the session. Only integers and short UTF-8 strings go through the store; nothing received
-from another party is ever unpickled here.
+broke the session. Only integers, phase names and error *categories* (a class name from
+:data:`CATEGORIES`, never a message: messages can hold data values, paths or column names) go
+through the store; nothing received from another party is ever unpickled here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,29 @@ from datetime import timedelta
 from typing import Any
 
 TICK = 0.5
-MAX_TEXT = 2000  # bytes of an error message / phase name published to the store
+MAX_TEXT = 2000  # bytes of a phase name published to the store
+# What another party may learn about a failure: its rank (the key) and one of these names.
+# Messages stay in the failing party's own log: they can hold data values, paths, column names.
+CATEGORIES = frozenset({
+    "ConfigurationError", "InsecureParametersError", "BackendUnavailableError",
+    "UnsupportedOperationError", "UnsupportedLayerError", "KeyMismatchError",
+    "DepthExhaustedError", "SerializationError", "PartyFailure", "PrivacyBudgetExceeded",
+    "PolicyViolation", "AggregationAborted", "RemoteServiceError", "VeilError",
+    "ValueError", "TypeError", "KeyError", "IndexError", "AttributeError", "ArithmeticError",
+    "ZeroDivisionError", "OverflowError", "RuntimeError", "NotImplementedError", "MemoryError",
+    "OSError", "FileNotFoundError", "PermissionError", "TimeoutError", "ConnectionError",
+    "ImportError", "RecursionError", "AssertionError", "KeyboardInterrupt", "SystemExit",
+})
+UNKNOWN = "Exception"
+DETAILS = "details are in that party's log"
+
+
+def error_category(exc: BaseException) -> str:
+    """The most specific Veil or builtin class of ``exc`` in :data:`CATEGORIES`."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ in CATEGORIES and cls.__module__ in ("builtins", "veil.errors"):
+            return cls.__name__
+    return UNKNOWN
 
 
 def rank_label(rank: int | None, world_size: int) -> str:
@@ -37,26 +60,20 @@ class Monitor:
     def __init__(
         self,
         *,
-        host: str,
-        port: int,
         rank: int,
         world_size: int,
         total: int,
         timeout: float,
-        store: Any = None,
+        store: Any,
     ) -> None:
-        import torch.distributed as dist
-
         self.rank = rank
         self.world_size = world_size
         self.total = total
         self.timeout = timeout
         self._store_timeout = timedelta(seconds=max(1.0, min(timeout, 10.0)))
-        # The heartbeat thread uses its own client connection, so it never shares a socket
-        # with the main thread.
-        self._store = store if store is not None else dist.TCPStore(
-            host, port, is_master=False, timeout=timedelta(seconds=timeout)
-        )
+        # The heartbeat thread gets its own client connection (``store``), so it never shares a
+        # socket with the main thread.
+        self._store = store
         self._store.set_timeout(self._store_timeout)
         self._phase = "start"
         self._stop = threading.Event()
@@ -84,9 +101,10 @@ class Monitor:
             self._phase = phase
         self._wake.set()  # publish soon, not only at the next tick
 
-    def publish_error(self, text: str) -> None:
-        """This process failed in its own job: others will name it."""
-        self._publish(f"err/{self.rank}", text)
+    def publish_error(self, exc: BaseException) -> None:
+        """This process failed in its own job: others will name it and learn only its category
+        (:func:`error_category`), never the message."""
+        self._publish(f"err/{self.rank}", error_category(exc))
 
     def publish_gone(self, culprit: int | None) -> None:
         """This process leaves because of another one (``culprit``): others must not blame it."""
@@ -164,9 +182,11 @@ class Monitor:
         return int(self._store.add(f"hb/{rank}", 0))
 
     def peer_error(self, rank: int) -> str | None:
+        """``"<Category> (details are in that party's log)"`` if ``rank`` published a failure."""
         key = f"err/{rank}"
         if self._store.check([key]):
-            return bytes(self._store.get(key)).decode(errors="replace")
+            name = bytes(self._store.get(key)).decode(errors="replace")
+            return f"{name if name in CATEGORIES else UNKNOWN} ({DETAILS})"
         return None
 
     def peer_phase(self, rank: int) -> str:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -31,7 +33,7 @@ from veil.errors import ConfigurationError, PartyFailure, VeilError
 from veil.mpc._monitor import TICK, Monitor, rank_label
 from veil.mpc.providers import SessionConfig
 
-__all__ = ["run_process", "parse_master", "Reporter"]
+__all__ = ["run_process", "parse_master", "open_store", "Reporter"]
 
 Reporter = Callable[[str, Any], None]
 DEALER = "dealer"
@@ -85,6 +87,27 @@ def is_comm_error(exc: BaseException) -> bool:
         text = str(exc).lower()
         return any(h in text for h in _COMM_ERROR_HINTS)
     return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def open_store(host: str, port: int, *, rank: int, timeout: timedelta,
+               path: str | None = None) -> Any:
+    """The session's key-value store: rendezvous, heartbeats, phases, error categories.
+
+    Local sessions (``path``): a ``FileStore`` in a private directory (mode 0700) whose file
+    name is a 256-bit random secret that reaches the party processes only through the launcher's
+    pipes. No socket listens for it, so nothing off this machine can reach it, and on this
+    machine only processes that know the name (and may enter the directory) can read or write
+    it. Multi-host sessions: party 0 (``rank == 0``) hosts a ``TCPStore`` on ``HOST:PORT``;
+    the other processes connect to it, waiting at most ``timeout``.
+    """
+    import torch.distributed as dist
+
+    if path is not None:
+        store = dist.FileStore(path, -1)  # -1: the launcher removes the file, not the last user
+        store.set_timeout(timeout)
+        return store
+    return dist.TCPStore(host, port, world_size=None, is_master=(rank == 0), timeout=timeout,
+                         wait_for_workers=False)
 
 
 @contextlib.contextmanager
@@ -193,15 +216,17 @@ def run_process(
     kwargs: dict[str, Any] | None = None,
     reporter: Reporter | None = None,
     fail_fast: Callable[[PartyFailure], None] | None = None,
+    store_path: str | None = None,
 ) -> Any:
     """Run one process of a session and return the job's result (``None`` for the dealer).
 
     ``rank == config.world_size`` runs the dealer. Raises :class:`PartyFailure` naming the rank
     and phase when this or another process fails; ``fail_fast`` (if given) is called from the
     heartbeat thread when another process is known to have failed while this one is blocked.
+    ``store_path`` (local sessions): the session store is a file there instead of a TCP store
+    hosted by party 0, and gloo listens on the loopback interface only (see :func:`open_store`).
     """
     import torch
-    import torch.distributed as dist
 
     host, port = parse_master(master)
     ws = config.world_size
@@ -216,24 +241,32 @@ def run_process(
            "RANK": str(rank), "MASTER_ADDR": host, "MASTER_PORT": str(port)}
     os.environ.update(env)
     iface = _interface_towards(host, port)
-    if iface and "GLOO_SOCKET_IFNAME" not in os.environ:
+    if store_path is not None:  # local session: gloo listens on loopback, whatever the caller set
+        os.environ["GLOO_SOCKET_IFNAME"] = _interface_towards("127.0.0.1", port) or "lo"
+    elif iface and "GLOO_SOCKET_IFNAME" not in os.environ:
         os.environ["GLOO_SOCKET_IFNAME"] = iface
     timeout = timedelta(seconds=config.timeout)
     rdv_s = max(config.timeout, RENDEZVOUS_MIN_S)
     rdv_timeout = timedelta(seconds=rdv_s)
+    # Reaching party 0's store waits --timeout (not the longer rendezvous bound): an unreachable
+    # master is reported within the time the user asked for.
+    connect_timeout = timeout
     crypten = _configure_crypten(config)
     try:
-        store = dist.TCPStore(host, port, world_size=None, is_master=(rank == 0),
-                              timeout=rdv_timeout, wait_for_workers=False)
-        monitor = Monitor(host=host, port=port, rank=rank, world_size=ws, total=total,
-                          timeout=config.timeout)
+        store = open_store(host, port, rank=rank, timeout=connect_timeout, path=store_path)
+        monitor = Monitor(rank=rank, world_size=ws, total=total, timeout=config.timeout,
+                          store=open_store(host, port, rank=-1, timeout=connect_timeout,
+                                           path=store_path))
     except Exception as exc:
-        where = f"could not host the session store on {host}:{port}" if rank == 0 else (
-            f"could not reach party 0's session store at {host}:{port} within {rdv_s:g} s")
+        where = (f"could not open the session store {store_path}" if store_path is not None
+                 else f"could not host the session store on {host}:{port}" if rank == 0 else
+                 f"could not reach party 0's session store at {host}:{port} within "
+                 f"{connect_timeout.total_seconds():g} s")
         raise PartyFailure(
             f"{rank_label(rank, ws)} {where}: {type(exc).__name__}: {_short(exc)}. Check that "
             "party 0 runs, that --master names its address and a free port, and the firewall",
             rank=None if rank == 0 else 0, phase="rendezvous") from exc
+    store.set_timeout(rdv_timeout)
     state.monitor = monitor
     if fail_fast is not None:
         monitor.fail_fast = lambda f: fail_fast(_failure_from(state, f[0], f[1]))
@@ -289,8 +322,9 @@ def run_process(
         return result
     except Exception as exc:
         failure = exc if isinstance(exc, PartyFailure) else _translate(state, exc)
-        if failure.rank == rank:
-            monitor.publish_error(f"{type(failure).__name__}: {failure}")
+        if failure.rank == rank:  # the others learn the category only, never the message
+            cause = exc.__cause__ if isinstance(exc, PartyFailure) else exc
+            monitor.publish_error(cause if cause is not None else exc)
         else:
             monitor.publish_gone(failure.rank)
         if rank == 0 and reporter is None:  # (the local launcher's child lingers itself,
@@ -350,8 +384,35 @@ def _translate(state: _State, exc: BaseException) -> PartyFailure:
 
 def _short(exc: BaseException, limit: int = 300) -> str:
     # no square brackets: gloo puts source paths in them, which terminals' markup misreads
-    text = str(exc).replace("\n", " ").replace("[", "(").replace("]", ")")
+    text = str(exc).replace("\n", " ").replace("[", "(").replace("]", ")").rstrip(". ")
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def exit_on_interrupt(code: int = 130) -> None:
+    """``veil party``: Ctrl-C (SIGINT) ends this process at once with ``code``.
+
+    The main thread spends most of a session inside torch.distributed's C++ code (rendezvous,
+    gloo operations), where a Python signal handler would only run once that call returns, up
+    to the rendezvous timeout later. The C-level handler writes to a wake-up pipe instead, and a
+    daemon thread reads it, prints one line and exits. Children (``--host-dealer``) die with
+    this process (``PR_SET_PDEATHSIG``). Only from the main thread; otherwise a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            os.read(read_fd, 1)
+        with contextlib.suppress(Exception):
+            sys.stderr.write("interrupted\n")
+            sys.stderr.flush()
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, lambda *_: None)  # the wake-up pipe needs a Python handler
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=watch, name="veil-party-interrupt", daemon=True).start()
 
 
 def print_failure_and_exit(failure: PartyFailure, *, hosts_store: bool = False) -> None:

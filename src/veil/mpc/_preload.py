@@ -15,7 +15,8 @@ import torch.distributed  # noqa: F401
 from veil.mpc._compat import import_crypten
 
 import_crypten()
-for _name in ("veil.mpc._party", "veil.mpc._launch", "veil.mpc.session", "veil.mpc.tensor",
+for _name in ("veil.mpc._party", "veil.mpc._launch", "veil.mpc._jobs", "veil.mpc.session",
+              "veil.mpc.tensor",
               "veil.mpc._messages", "veil.mpc.rng", "veil.mpc.accounting", "veil.mpc.device",
               "psutil", "cryptography.hazmat.primitives.ciphers"):
     with contextlib.suppress(ImportError):  # optional parts; the party imports what it needs

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from veil.errors import ConfigurationError, VeilError
+from veil.privacy import AuditLog, BudgetLedger
 from veil.protocols import statistics as st
 from veil.protocols import stats_mpc
 from veil.stats._data import load_table
 from veil.stats._release import Release, noise_in_units
 
-__all__ = ["party_release", "joint_job", "job"]
+__all__ = ["party_release", "joint_job", "job", "parse_job_args"]
 
 
 def _local_code(x: np.ndarray, release: Release, dataset: str) -> tuple[int, Exception | None]:
@@ -46,7 +49,7 @@ def party_release(party: Any, x: np.ndarray, release: Release, *, dataset: str,
         out = stats_mpc.run_release(
             party, x, release.spec, code=code, to=to, noise=noise, dp_frac_bits=frac_bits,
             check_rows=release.check_rows, before_release=lambda: release.charge(dataset),
-            transcript=transcript, dp_order_noise=draw)
+            transcript=transcript, dp_order_noise=draw, min_cohort=release.policy.min_cohort)
     except ConfigurationError:
         if mine is not None:
             raise mine from None
@@ -66,33 +69,100 @@ def joint_job(party: Any, source: Any, columns: Sequence[str], release: Release,
     return {"values": values, "comm": party.comm_stats(), "seconds": time.perf_counter() - t0}
 
 
-def job(party: Any, source: str, columns: str, stats: str, min_cohort: int | str = 10,
-        epsilon: float | str | None = None, bounds: str | None = None) -> dict[str, Any] | None:
-    """``veil party ... --job veil.stats._party:job --arg source=a.csv --arg columns=age,bmi
-    --arg stats=mean,stdev [--arg min_cohort=10 --arg epsilon=1 --arg bounds=0:120]``.
+@dataclass(frozen=True)
+class JobOptions:
+    """The stats job's ``--arg key=value`` strings, parsed and checked."""
 
-    Each party passes its own CSV path. ``columns`` and ``stats`` are comma-separated; ``bounds``
-    is ``"low:high"`` (all columns). Returns the statistics (revealed to all parties) as plain
-    lists. Values arrive as strings from the command line and are converted here.
+    source: str
+    columns: list[str]
+    stats: list[str]
+    min_cohort: int
+    epsilon: float | None
+    delta: float
+    bounds: tuple[float, float] | None
+    ledger: BudgetLedger | None
+    dataset: str | None
+    audit: AuditLog | None
+
+
+def parse_job_args(source: str, columns: str, stats: str, min_cohort: int | str = 10,
+                   epsilon: float | str | None = None, bounds: str | None = None,
+                   delta: float | str = 0.0, ledger: str | None = None,
+                   dataset_name: str | None = None, budget: float | str = 1.0,
+                   budget_delta: float | str = 0.0, audit: str | None = None) -> JobOptions:
+    """Check the stats job's arguments on this host, before any party joins the session.
+
+    Each message names the ``--arg`` to fix; it stays on this host (nothing is sent yet).
     """
-    from veil import stats as api
-
-    try:
-        min_cohort = int(min_cohort)
-        epsilon = None if epsilon in (None, "") else float(epsilon)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"min_cohort must be an integer and epsilon a number, got {min_cohort!r}, "
-            f"{epsilon!r}") from exc
+    def number(name: str, value: Any, kind: Callable[[Any], Any] = float) -> Any:
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"--arg {name}= must be a number, got {value!r}") from None
 
     lo_hi = None
     if bounds:
-        lo, hi = bounds.split(":")
-        lo_hi = (float(lo), float(hi))
-    cols = [c.strip() for c in columns.split(",") if c.strip()]
-    out = api.describe(source, [s.strip() for s in stats.split(",") if s.strip()], party=party,
-                       columns=cols, min_cohort=min_cohort, epsilon=epsilon, bounds=lo_hi)
+        lo, sep, hi = str(bounds).partition(":")
+        if not sep:
+            raise ConfigurationError(f"--arg bounds= must be low:high (e.g. 0:120), got {bounds!r}")
+        lo_hi = (number("bounds", lo), number("bounds", hi))
+    cols = [c.strip() for c in str(columns).split(",") if c.strip()]
+    names = [s.strip() for s in str(stats).split(",") if s.strip()]
+    if not cols or not names:
+        raise ConfigurationError("--arg columns= and --arg stats= take comma-separated names, "
+                                 f"got columns={columns!r}, stats={stats!r}")
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigurationError(f"--arg source={source}: no such file" if not path.exists()
+                                 else f"--arg source={source}: not a regular file")
+    load_table(str(path), cols)  # unreadable CSV, missing or non-numeric columns: say so now
+    for flag, value in (("ledger", ledger), ("audit", audit)):
+        if value and not Path(value).parent.is_dir():
+            raise ConfigurationError(f"--arg {flag}={value}: directory "
+                                     f"{Path(value).parent} does not exist")
+    if ledger and not dataset_name:
+        raise ConfigurationError("--arg ledger= charges a declared dataset name, never a path: "
+                                 "add --arg dataset_name=NAME (a stable name for this data)")
+    book = BudgetLedger(ledger, epsilon=number("budget", budget),
+                        delta=number("budget_delta", budget_delta)) if ledger else None
+    log = AuditLog(audit) if audit else None
+    if log is not None:
+        log.check()  # before the release, not after it
+    return JobOptions(
+        source=str(path), columns=cols, stats=names,
+        min_cohort=number("min_cohort", min_cohort, int),
+        epsilon=None if epsilon in (None, "") else number("epsilon", epsilon),
+        delta=number("delta", delta), bounds=lo_hi, ledger=book,
+        dataset=dataset_name or None, audit=log)
+
+
+def job(party: Any, source: str, columns: str, stats: str, min_cohort: int | str = 10,
+        epsilon: float | str | None = None, bounds: str | None = None,
+        delta: float | str = 0.0, ledger: str | None = None, dataset_name: str | None = None,
+        budget: float | str = 1.0, budget_delta: float | str = 0.0,
+        audit: str | None = None) -> dict[str, Any] | None:
+    """``veil party ... --job stats --arg source=a.csv --arg columns=age,bmi
+    --arg stats=mean,stdev [--arg min_cohort=10 --arg epsilon=1 --arg bounds=0:120
+    --arg ledger=budget.jsonl --arg dataset_name=clinic-a --arg audit=audit.log]``.
+
+    Each party passes its own CSV path (and its own ledger and audit log: with ``ledger`` every
+    release is charged to ``dataset_name`` there, as :func:`veil.stats.describe` does).
+    ``columns`` and ``stats`` are comma-separated; ``bounds`` is ``"low:high"`` (all columns).
+    Returns the statistics (revealed to all parties) as plain lists. Values arrive as strings
+    from the command line and are converted by :func:`parse_job_args` (which ``veil party``
+    also runs before joining, see :data:`job`'s ``preflight``).
+    """
+    from veil import stats as api
+
+    o = parse_job_args(source, columns, stats, min_cohort, epsilon, bounds, delta, ledger,
+                       dataset_name, budget, budget_delta, audit)
+    out = api.describe(o.source, o.stats, party=party, columns=o.columns,
+                       min_cohort=o.min_cohort, epsilon=o.epsilon, delta=o.delta,
+                       bounds=o.bounds, ledger=o.ledger, dataset=o.dataset, audit=o.audit)
     return None if out is None else {k: _plain(v) for k, v in out.items()}
+
+
+job.preflight = parse_job_args  # type: ignore[attr-defined]  # run by `veil party` up front
 
 
 def _plain(v: Any) -> Any:
