@@ -56,15 +56,67 @@ def test_reveal_and_share_counts_are_exact(world: int) -> None:
         assert res["to_all"]["operations"]["get_plain_text"] == {
             "bytes_sent": peers * N * WORD, "bytes_received": peers * N * WORD, "rounds": 1,
             "calls": 1}
-        # reveal to party 1: everybody else sends its share to party 1
-        expected_one = (0, peers * N * WORD, 1) if rank == 1 else (N * WORD, 0, 1)
-        assert _totals(res["to_one"]) == expected_one
+        # reveal to party 1 with CrypTen's reduce (gloo's ring): every party receives data,
+        # the destination and the others alike
+        sent, received = accounting.gloo_reduce_bytes(N * WORD, WORD, world, rank, 1)
+        assert _totals(res["to_one"]) == (sent, received, 1)
+        assert received > 0
         # share with a broadcast shape: the source sends the size message to every peer
         expected_shared = (peers * shape_msg, 0, 1) if rank == 0 else (0, shape_msg, 1)
         assert _totals(res["shared"]) == expected_shared
         assert res["to_all"]["dealer"] == {"bytes_sent": 0, "bytes_received": 0, "rounds": 0}
         # always on, without CrypTen's verbose mode (whose own counter stays at zero)
         assert res["verbose"] is False and res["crypten_own"] == 0
+
+
+def test_gloo_reduce_model_conserves_bytes_and_reaches_every_party() -> None:
+    for world in (2, 3, 4):
+        for n in (8, 8 * 7, 8 * 1000, 8 * 300_000):
+            counts = [accounting.gloo_reduce_bytes(n, WORD, world, r, 0) for r in range(world)]
+            assert sum(s for s, _ in counts) == sum(r for _, r in counts)
+            assert counts[0][1] >= (world - 1) * (n // world) // 2
+            if n >= world * WORD * 2:  # every chunk is non-empty: every party receives
+                assert all(r > 0 for _, r in counts)
+
+
+def test_gloo_broadcast_tree_delivers_one_copy_to_every_non_root() -> None:
+    for world in range(2, 9):
+        for root in range(world):
+            counts = [accounting.gloo_broadcast_messages(world, r, root) for r in range(world)]
+            assert [rcv for _, rcv in counts] == [0 if r == root else 1 for r in range(world)]
+            assert sum(snd for snd, _ in counts) == world - 1
+            if world <= 3:  # the direct exchange: the root sends every copy
+                assert counts[root][0] == world - 1
+
+
+class _Party:
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world_size = rank, world
+
+
+def _p2p_job(crypten, rank, to):
+    from veil.mpc.tensor import open_ring
+
+    x = crypten.cryptensor(torch.arange(N, dtype=torch.float64), src=0)
+    accounting.reset()
+    total = open_ring(_Party(rank, crypten.communicator.get().get_world_size()),
+                      x._tensor.share, to)
+    return {"stats": accounting.stats(),
+            "value": None if total is None else x._tensor.encoder.decode(total)}
+
+
+@pytest.mark.parametrize("recipient", [0, 1, 2])
+def test_point_to_point_opening_to_one_party_of_three(recipient: int) -> None:
+    """to=[r] in 3 parties: r receives one share from each peer; the others receive nothing."""
+    results = harness.run_parties(_p2p_job, 3, args=([recipient],), provider="TFP")
+    for rank, res in enumerate(results):
+        if rank == recipient:
+            assert _totals(res["stats"]) == (0, 2 * N * WORD, 2)
+            torch.testing.assert_close(res["value"], torch.arange(N, dtype=torch.float64),
+                                       atol=1e-4, rtol=0, check_dtype=False)
+        else:
+            assert _totals(res["stats"]) == (N * WORD, 0, 1)
+            assert res["value"] is None
 
 
 def _mul_job(crypten, rank):

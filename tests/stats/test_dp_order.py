@@ -231,11 +231,49 @@ def test_mpc_opens_only_bits_after_the_preflight_and_is_exact_with_huge_epsilon(
     for out, log in res:
         for key, idx, _q, _o in _targets():
             assert _pick(out, key, idx) == _exact_on_grid(x, key, idx), key
-        # preflight (codes, column digests; no N), the noisy count (for the minimum-cohort
-        # check), then ROUNDS openings of one bit per target, nothing else
-        assert len(log) == 2 + dpo.ROUNDS
+        # preflight (codes, column digests; no N), the minimum-cohort pass bit when the
+        # caller passes min_cohort > 1 to the kernel, the noisy count (for check_rows), then
+        # ROUNDS openings of one bit per target, nothing else
+        assert len(log) in (2 + dpo.ROUNDS, 3 + dpo.ROUNDS)
         assert len(log[0]) == 4 * 3 + 1 and log[0][-1] == 0
-        assert len(log[1]) == 1
-        for bits in log[2:]:
+        if len(log) == 3 + dpo.ROUNDS:
+            assert log[1] == 1.0 or log[1] == [1.0]
+        assert np.asarray(log[-dpo.ROUNDS - 1]).size == 1
+        for bits in log[-dpo.ROUNDS:]:
             assert len(bits) == t and set(bits) <= {0.0, 1.0}
     assert all(r[1] == res[0][1] for r in res)  # every party sees the same bits
+
+
+def _predraw_job(party, x, interface):
+    from veil.mpc import accounting
+    from veil.protocols import statistics as st
+    from veil.protocols import stats_mpc
+
+    spec = st.make_spec(["median", "max"], ["x"], bounds=[(LO, HI)], dp=True)
+    size = sum(n for _, n in st.layout(spec))
+    seen: list[int] = []
+
+    def draw():
+        seen.append(accounting.stats()["rounds"])  # messages exchanged so far
+        return [0, 0]
+
+    start = accounting.stats()["rounds"]
+    noise = draw if interface == "callable" else [draw() for _ in range(dpo.ROUNDS)]
+    if interface != "callable":
+        start = accounting.stats()["rounds"]
+    out = stats_mpc.run_release(party, np.asarray(x).reshape(-1, 1), spec, noise=[0] * size,
+                                dp_frac_bits=stats_mpc.block_frac_bits(spec),
+                                dp_order_noise=noise)
+    return out, start, seen, accounting.stats()["rounds"]
+
+
+@pytest.mark.parametrize("interface", ["callable", "rows"])
+def test_every_round_of_search_noise_is_drawn_before_the_first_message(interface) -> None:
+    data = [[10.0, 20.0, 30.0], [40.0, 50.0, 60.0, 70.0]]
+    res = mpc.run(_predraw_job, parties=2, per_party_args=[(d, interface) for d in data],
+                  timeout=240)
+    for out, start, seen, end in res:
+        assert len(seen) == dpo.ROUNDS
+        assert set(seen) == {start}  # nothing sent or received before the last draw
+        assert end > start
+        assert out["max"] == pytest.approx(70.0, abs=2 * W)

@@ -25,3 +25,21 @@ def test_inv_sqrt_matches_numpy_across_its_range():
     # 1/sqrt(v) by 0.5 v^-1.5 2^-16), plus relative 1e-3, plus a few output units
     tol = 1e-3 * want + 0.5 * v**-1.5 * 2.0**-16 + 4 * 2.0**-16
     assert np.all(np.abs(got - want) <= tol), (got, want)
+
+
+def _corr_job(party, x):
+    from veil.protocols import statistics as st
+    from veil.protocols.stats_mpc import run_release
+
+    spec = st.make_spec(["correlation"], ["a", "b", "c"])
+    return run_release(party, np.asarray(x), spec)["correlation"]
+
+
+def test_mpc_correlation_diagonal_is_exactly_one():
+    rng = np.random.default_rng(3)
+    data = [rng.normal(50.0, 12.0, size=(20, 3)) * [1.0, 0.01, 100.0] for _ in range(2)]
+    got = mpc.run(_corr_job, parties=2, per_party_args=[(d,) for d in data], timeout=120)
+    want = np.corrcoef(np.concatenate(data).T)
+    for corr in got:
+        assert np.all(np.diag(corr) == 1.0), np.diag(corr)
+        assert np.allclose(corr, want, atol=1e-3)

@@ -16,17 +16,29 @@ recv / irecv                  0                   n
 broadcast (source)            (p - 1) * n         0
 broadcast (others)            0                   n
 all_reduce, all_gather        (p - 1) * n         (p - 1) * n
-reduce, gather (destination)  0                   (p - 1) * n
-reduce, gather (others)       n                   0
+reduce                        gloo's ring reduce  gloo's ring reduce
+gather (destination)          0                   (p - 1) * n
+gather (others)               n                   0
 scatter (source)              sum of others' n    0
 scatter (others)              0                   own n
 barrier                       0                   0
 object messages               8 + encoded size    8 + encoded size
 ============================  ==================  ======================
 
-Each call counts one round (CrypTen's definition). These are the bytes of the logical protocol
-(the direct exchange); the transport (gloo) may route collectives differently. Traffic with the
-dealer (CrypTen's TTP groups) is counted in the totals and, separately, under ``"dealer"``.
+Broadcasts follow gloo's binomial tree (:func:`gloo_broadcast_messages`): the table's numbers
+hold for 2 and 3 processes; from 4 on, the root sends ``ceil(log2 p)`` copies and some other
+processes forward copies (and count them as sent).
+
+Each call counts one round (CrypTen's definition). ``all_reduce`` and ``all_gather`` are counted
+as the direct exchange (gloo's ring moves about ``2 (p - 1) / p · n`` each way instead; every
+party receives the full result either way). ``reduce`` follows gloo's ring algorithm
+(:func:`gloo_reduce_bytes`): a ring reduce-scatter in which *every* party receives chunks of
+partial sums — for the last chunks of the ring, sums of every party's input — followed by a
+gather of the reduced chunks to the destination. Non-destination parties therefore receive data
+(about ``(p - 1) / p · n``), and for a sum of shares that data is part of the opened value: Veil
+never opens a value to a subset with ``reduce`` (see :func:`veil.mpc.tensor.open_ring`).
+Traffic with the dealer (CrypTen's TTP groups) is counted in the totals and, separately, under
+``"dealer"``.
 
 Per-operation breakdown: communication is attributed to the outermost named operation in
 progress, either one of the MPC tensor operations wrapped here (mul, matmul, lt, relu, exp, ...)
@@ -44,7 +56,8 @@ from typing import Any
 
 from veil.errors import ConfigurationError
 
-__all__ = ["install", "is_installed", "stats", "reset", "operation", "record", "TRACKED_OPS"]
+__all__ = ["install", "is_installed", "stats", "reset", "operation", "record", "TRACKED_OPS",
+           "gloo_reduce_bytes", "gloo_broadcast_messages"]
 
 _TENSOR_CALLS = (
     "send", "recv", "isend", "irecv", "broadcast", "all_reduce", "all_gather", "reduce",
@@ -146,10 +159,18 @@ def _count(name: str, comm: Any, args: tuple, kwargs: dict, result: Any) -> tupl
         _nbytes(args[0]) if name != "scatter" else 0)
     if name == "broadcast":
         src = args[1] if len(args) > 1 else kwargs["src"]
-        return ((p - 1) * n, 0, group) if src == rank else (0, n, group)
+        sends, receives = gloo_broadcast_messages(p, _group_rank(comm, group, rank),
+                                                  _group_rank(comm, group, src))
+        return sends * n, receives * n, group
     if name in ("all_reduce", "all_gather"):
         return (p - 1) * n, (p - 1) * n, group
-    if name in ("reduce", "gather"):
+    if name == "reduce":
+        dst = args[1] if len(args) > 1 else kwargs["dst"]
+        elem = getattr(args[0], "_tensor", args[0]).element_size()
+        sent, received = gloo_reduce_bytes(n, elem, p, _group_rank(comm, group, rank),
+                                           _group_rank(comm, group, dst))
+        return sent, received, group
+    if name == "gather":
         dst = args[1] if len(args) > 1 else kwargs["dst"]
         return (0, (p - 1) * n, group) if dst == rank else (n, 0, group)
     # scatter(scatter_list, src, ...)
@@ -157,6 +178,68 @@ def _count(name: str, comm: Any, args: tuple, kwargs: dict, result: Any) -> tupl
     if src == rank:
         return sum(_nbytes(x) for i, x in enumerate(args[0]) if i != rank), 0, group
     return 0, _nbytes(result), group
+
+
+def _group_rank(comm: Any, group: Any, rank: int) -> int:
+    """A global rank's rank inside ``group`` (CrypTen's calls pass global ranks)."""
+    if group is None or group is getattr(comm, "main_group", None):
+        return rank
+    import torch.distributed as dist
+
+    try:
+        return int(dist.get_group_rank(group, rank))
+    except (RuntimeError, ValueError, AttributeError):
+        return rank
+
+
+_GLOO_MAX_SEGMENT = 1024 * 1024  # gloo::ReduceOptions::kMaxSegmentSize
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def gloo_broadcast_messages(p: int, rank: int, root: int) -> tuple[int, int]:
+    """(copies sent, copies received) by ``rank`` in gloo's binomial-tree broadcast from
+    ``root`` (gloo/broadcast.cc): with more than 3 processes some non-roots forward the value."""
+    v = (rank - root) % p
+    dim = max(1, (p - 1).bit_length())
+    mask = (1 << dim) - 1
+    sends = receives = 0
+    for i in range(dim):
+        mask ^= 1 << i
+        if v & mask or (v ^ (1 << i)) >= p:
+            continue
+        if v & (1 << i):
+            receives += 1
+        else:
+            sends += 1
+    return sends, receives
+
+
+def gloo_reduce_bytes(nbytes: int, element_size: int, p: int, rank: int,
+                      root: int) -> tuple[int, int]:
+    """(bytes sent, bytes received) by ``rank`` in gloo's ring ``reduce`` of ``nbytes`` to
+    ``root`` among ``p`` processes (gloo/reduce.cc: a segmented ring reduce-scatter, then every
+    process sends its reduced chunk to the root). Every process receives data, not only the
+    root."""
+    if nbytes <= 0 or p < 2:
+        return 0, 0
+    max_seg = element_size * max(1, _GLOO_MAX_SEGMENT // element_size)
+    seg = _round_up(min((nbytes + 2 * p - 1) // (2 * p), max_seg), element_size)
+    segments = _round_up(max((nbytes + seg - 1) // seg, 2 * p), p)
+    per_rank = segments // p
+    ring = segments * seg
+    sent = received = 0
+    for i in range(segments - 2):  # reduce-scatter: send to rank - 1, receive from rank + 1
+        sent += max(0, min(seg, nbytes - (((rank + 1) * per_rank + i) * seg) % ring))
+        received += max(0, min(seg, nbytes - (((rank + 2) * per_rank + i) * seg) % ring))
+    chunk = per_rank * seg
+    if rank == root:
+        received += sum(max(0, min(chunk, nbytes - r * chunk)) for r in range(p) if r != root)
+    else:
+        sent += max(0, min(chunk, nbytes - rank * chunk))
+    return sent, received
 
 
 def _wrap_call(name: str, fn: Any) -> Any:

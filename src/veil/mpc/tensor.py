@@ -21,7 +21,8 @@ from typing import Any
 
 from veil.errors import ConfigurationError, SerializationError, UnsupportedOperationError
 
-__all__ = ["share", "reveal", "cat", "stack", "where", "is_shared", "MAX_DIMS", "MAX_ELEMENTS"]
+__all__ = ["share", "reveal", "open_ring", "cat", "stack", "where", "is_shared", "MAX_DIMS",
+           "MAX_ELEMENTS"]
 
 MAX_DIMS = 16
 MAX_ELEMENTS = 1 << 28  # per shared tensor: 2 GiB of 64-bit shares per party
@@ -139,14 +140,12 @@ def share(
 
 def reveal(party: Any, x: Any, *, to: Sequence[int] | None = None) -> Any:
     """Open ``x`` to the parties in ``to`` (all when ``None``); ``None`` on the others."""
-    import torch
-
     crypten = _crypten()
     if not isinstance(x, crypten.mpc.MPCTensor):
         raise UnsupportedOperationError(
             f"reveal() takes a shared tensor (from party.share or arithmetic on one), got "
             f"{type(x).__name__}")
-    ws, rank = party.world_size, party.rank
+    ws = party.world_size
     if to is None:
         return x.get_plain_text()
     if isinstance(to, int):
@@ -158,20 +157,32 @@ def reveal(party: Any, x: Any, *, to: Sequence[int] | None = None) -> Any:
             f"to must be None or a non-empty list of party ranks in 0..{ws - 1}, got {to!r}")
     inner = x._tensor
     binary = isinstance(inner, crypten.mpc.primitives.BinarySharedTensor)
-    mine = inner.share
-    comm = crypten.comm.get()
+    total = open_ring(party, inner.share, recipients, binary=binary)
+    return None if total is None else inner.encoder.decode(total)
+
+
+def open_ring(party: Any, share: Any, to: Sequence[int], *, binary: bool = False) -> Any:
+    """Point-to-point opening of a ring tensor: every party sends its ``share`` to each rank in
+    ``to`` and only those ranks receive anything. Returns the exact ring sum (XOR when
+    ``binary``) on the ranks in ``to``, ``None`` elsewhere; every party must call this together
+    with the same sorted, validated ``to``. Used by :func:`reveal` and the statistics kernels
+    (which decode the ring elements themselves, exactly in float64)."""
+    import torch
+
+    comm = _crypten().comm.get()
+    ws, rank = party.world_size, party.rank
     out = None
-    for r in recipients:
+    for r in to:
         if rank == r:
-            total = mine.clone()
+            total = share.clone()
             for other in range(ws):
                 if other == r:
                     continue
-                got = comm.recv(torch.empty_like(mine), src=other)
+                got = comm.recv(torch.empty_like(share), src=other)
                 total = total ^ got if binary else total + got
-            out = inner.encoder.decode(total)
+            out = total
         else:
-            comm.send(mine, dst=r)
+            comm.send(share, dst=r)
     return out
 
 

@@ -8,6 +8,11 @@ is ``integer / 2**frac_bits`` where both the statistic and the noise are integer
 ``2**-frac_bits`` (the fixed-point grid of the backend), and the sensitivity is rounded *up* to
 that grid (plus one unit for the rounding of the statistic itself).
 
+Timing: the rejection samplers' running time grows with ``|z|`` (a draw of 1000 takes a few
+times longer than a draw of 10). Protocols therefore draw *all* the noise they will use before
+their first message (``stats_mpc.run_release`` draws every round of the DP order-statistic
+search up front), so no per-query timing is visible to the other parties.
+
 Calibration:
 
 * Laplace, pure ``epsilon``-DP: scale ``b = Δ₁ / epsilon`` (``P(z) ∝ exp(-|z| / b)``).

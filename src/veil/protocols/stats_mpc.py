@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from veil.errors import ConfigurationError
+from veil.errors import ConfigurationError, PolicyViolation
 from veil.protocols import statistics as st
 from veil.protocols import stats_mpc_dp_order as dp_order
 from veil.protocols.stats_mpc_core import (
@@ -259,25 +259,81 @@ def _ols(party: Any, spec: st.Spec, m1: Any, cov: Any, corr: Any, r: Any) -> Any
 
 
 # --- one release --------------------------------------------------------------------------------
+OrderNoise = Sequence[Sequence[int]] | Callable[[], Sequence[int]]
+
+
+def cohort_check(party: Any, rows: int, min_cohort: int,
+                 recipients: Sequence[int] | None) -> None:
+    """Minimum cohort on shares: for every recipient ``r`` (every party when ``None``), the rows
+    of the *other* parties ``N - n_r`` must be at least ``min_cohort``.
+
+    Each party secret-shares its own row count; the comparisons ``[N - n_r >= k]`` are computed
+    on the shares and only their conjunction (one pass/fail bit) is opened, to every party, so
+    that all of them stop together. No count, and not which recipient failed, is revealed.
+    Raises :class:`~veil.errors.PolicyViolation` on every party when the bit is 0.
+    """
+    if isinstance(min_cohort, bool) or not isinstance(min_cohort, int) or min_cohort < 1:
+        raise ConfigurationError(f"min_cohort must be an integer >= 1, got {min_cohort!r}")
+    if min_cohort == 1:  # N - n_r >= 1 would only refuse a recipient alone with its own rows
+        return
+    ws = party.world_size
+    who = list(range(ws)) if recipients is None else sorted(set(recipients))
+    mine = np.zeros(ws)
+    mine[party.rank] = float(rows)
+    with party.phase("stats minimum cohort"):
+        counts = _sum_from_all(party, mine)  # shared n_0 .. n_(P-1)
+        total = counts.sum()
+        others = total - counts[who]  # shared N - n_r per recipient
+        ok = others >= float(min_cohort)  # shared 0/1 (integer encoding)
+        passed = ok.sum() >= float(len(who))  # conjunction, still shared
+        bit = _open(party, passed)
+    if int(np.rint(np.asarray(bit).reshape(-1)[0])) != 1:
+        raise PolicyViolation(
+            f"release refused by the minimum-cohort rule: some recipient ({who}) would learn an "
+            f"aggregate over fewer than min_cohort={min_cohort} rows of the other parties; add "
+            "data or lower min_cohort")
+
+
+def _predraw(dp_order_noise: OrderNoise | None, targets: Sequence[Any]) -> list[list[int]] | None:
+    """Every round's order-search noise, drawn before the first message (timing of the samplers
+    is then not visible per round)."""
+    if dp_order_noise is None or not targets:
+        return None
+    return dp_order.predraw(dp_order_noise, targets)
+
+
 def run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int = 0,
                 to: Sequence[int] | None = None, noise: Sequence[int] | None = None,
                 dp_frac_bits: Sequence[int] | None = None,
                 check_rows: Callable[[float], None] = lambda n: None,
                 before_release: Callable[[], None] = lambda: None,
                 transcript: list[np.ndarray] | None = None,
-                dp_order_noise: Callable[[], Sequence[int]] | None = None) -> dict | None:
+                dp_order_noise: OrderNoise | None = None,
+                min_cohort: int = 1) -> dict | None:
     """Everything ``spec`` asks for, in one protocol run. Returns the results on the parties in
     ``to`` (all when None) and ``None`` on the others. ``before_release`` runs once the preflight
-    succeeded, before anything about the values is computed (e.g. charging a privacy budget).
-    ``transcript``, if given, receives a copy of every value opened to this party (for audits and
-    the leakage tests). ``dp_order_noise`` (DP order statistics only) returns this party's fresh
-    integer noise, one entry per order target, for one search round."""
+    and the minimum-cohort check succeeded, before anything about the values is computed (e.g.
+    charging a privacy budget). ``transcript``, if given, receives a copy of every value opened
+    to this party (for audits and the leakage tests).
+
+    ``min_cohort``: for every recipient, the rows of the other parties must be at least this
+    many, checked on shares right after the preflight (:func:`cohort_check`; 1 = off), for
+    exact releases. ``check_rows`` is called with the total count, which is noisy under DP: a
+    DP release checks that noisy count instead (an exact bit would not be DP).
+
+    ``dp_order_noise`` (DP order statistics only): this party's integer noise for the whole
+    search, ``ROUNDS`` rows of one entry per order target, drawn *before* the protocol starts
+    (a callable returning one round is accepted and called ``ROUNDS`` times before the first
+    message)."""
+    dp = dp_frac_bits is not None
+    order_noise = _predraw(dp_order_noise, dp_order.dp_targets(spec) if dp else [])
     if transcript is not None:
         _TRANSCRIPTS[id(party)] = transcript
     try:
         return _run_release(party, x, spec, code=code, to=to, noise=noise,
                             dp_frac_bits=dp_frac_bits, check_rows=check_rows,
-                            before_release=before_release, dp_order_noise=dp_order_noise)
+                            before_release=before_release, order_noise=order_noise,
+                            min_cohort=min_cohort)
     finally:
         _TRANSCRIPTS.pop(id(party), None)
 
@@ -286,7 +342,7 @@ def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
                  to: Sequence[int] | None, noise: Sequence[int] | None,
                  dp_frac_bits: Sequence[int] | None, check_rows: Callable[[float], None],
                  before_release: Callable[[], None],
-                 dp_order_noise: Callable[[], Sequence[int]] | None = None) -> dict | None:
+                 order_noise: list[list[int]] | None, min_cohort: int) -> dict | None:
     dp = dp_frac_bits is not None
     dp_targets = dp_order.dp_targets(spec) if dp else []
     if dp_targets and to is not None:
@@ -294,12 +350,14 @@ def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
             "DP order statistics (median, quantiles, min, max) open their search bits to every "
             "party, so they cannot go only to `to`; use to=None or drop the order statistics")
     n = preflight(party, code=code, columns=spec.columns, rows=None if dp else x.shape[0])
+    if not dp:  # a DP release checks its noisy count instead: an exact bit is not DP
+        cohort_check(party, int(x.shape[0]), min_cohort, to)
     before_release()
     if dp:
         out = dp_release(party, x, spec, noise or [], dp_frac_bits, to=to,
                          check_rows=check_rows)
         if dp_targets and out is not None:
-            out.update(dp_order.mpc_search(party, x, spec, dp_targets, dp_order_noise))
+            out.update(dp_order.mpc_search(party, x, spec, dp_targets, order_noise))
         return out
     check_rows(float(n or 0.0))
     n = float(n or 0.0)
@@ -330,12 +388,18 @@ def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
             val = np.sqrt(np.maximum(val, 0.0))
         elif key == "correlation":  # symmetrise (averages the two roundings), clip
             val = np.clip((val + val.T) / 2.0, -1.0, 1.0)
-        elif key in ("linear_regression", "logistic_regression"):
-            t = spec.target_index
-            feats = tuple(spec.columns[j] for j in range(spec.d) if j != t)
-            val = st.Regression(np.asarray(val[:-1]), float(val[-1]), feats)
+            np.fill_diagonal(val, 1.0)  # exactly 1 by definition (not 1 - fixed-point error)
+        elif key == "linear_regression":
+            val = st.Regression(np.asarray(val[:-1]), float(val[-1]), _features(spec))
+        elif key == "logistic_regression":  # [coef..., intercept, converged bit]
+            val = st.Regression(np.asarray(val[:-2]), float(val[-2]), _features(spec),
+                                spec.iterations, bool(val[-1] > 0.5))
         results[key] = val
     return results
+
+
+def _features(spec: st.Spec) -> tuple[str, ...]:
+    return tuple(spec.columns[j] for j in range(spec.d) if j != spec.target_index)
 
 
 def _open_all(party: Any, shared: list[tuple[str, Any]], to: Sequence[int] | None) -> dict | None:

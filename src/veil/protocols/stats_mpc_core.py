@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from veil.errors import ConfigurationError
+from veil.mpc.tensor import open_ring
 from veil.protocols import statistics as st
 
 FRAC_BITS = 16
@@ -48,7 +49,12 @@ def _decode(ring: Any, scale: int) -> np.ndarray:
 
 
 def _reveal(party: Any, x: Any, to: Sequence[int] | None) -> np.ndarray | None:
-    """Open the shared ``x`` to the parties in ``to`` (all when None), in float64."""
+    """Open the shared ``x`` to the parties in ``to`` (all when None), in float64.
+
+    A restricted opening is point to point (:func:`veil.mpc.tensor.open_ring`): every party
+    sends its share to each recipient only, so non-recipients receive nothing (CrypTen's
+    ``reveal(dst=r)`` is a gloo ring ``reduce`` that leaves chunks of the opened value in every
+    party's buffer)."""
     if to is None:
         return _open(party, x)
     recipients = sorted(set(to))
@@ -56,12 +62,9 @@ def _reveal(party: Any, x: Any, to: Sequence[int] | None) -> np.ndarray | None:
                              for r in recipients):
         raise ConfigurationError(
             f"to must be None or party ranks in 0..{party.world_size - 1}, got {list(to)}")
-    out = None
     inner = x._tensor
-    for r in recipients:
-        ring = inner.reveal(dst=r)
-        if party.rank == r:
-            out = _decode(ring, inner.encoder.scale)
+    ring = open_ring(party, inner.share, recipients)  # point to point: others receive nothing
+    out = None if ring is None else _decode(ring, inner.encoder.scale)
     _record(party, out)
     return out
 

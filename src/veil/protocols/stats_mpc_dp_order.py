@@ -15,7 +15,9 @@ target, with the public threshold ``t``, every party p computes the integer
 ``s_p = den·count_p(values <= t) - num·n_p`` over its own rows (values clipped to the bounds,
 ``n_p`` its own row count; the offset is added by party 0), adds its own full-scale integer
 noise ``eta_p`` (one fresh draw per query, from the CSPRNG samplers in
-``veil.privacy.mechanisms``), secret-shares ``s_p + eta_p``, and the parties open ONLY the bit
+``veil.privacy.mechanisms``; every round's draws are made *before* the protocol starts, so the
+samplers' running time, which grows with ``|eta|``, is not visible round by round),
+secret-shares ``s_p + eta_p``, and the parties open ONLY the bit
 ``[sum_p (s_p + eta_p) >= 0]``, to every party; the interval moves accordingly. The answer is
 the upper end of the final cell (the smallest grid point above ``lo`` where the noisy predicate
 held). Neither N, nor any count, nor any per-party value is opened.
@@ -43,12 +45,14 @@ from veil.errors import ConfigurationError
 from veil.protocols import statistics as st
 from veil.protocols.stats_mpc_core import UNIT, _open, _range, _sum_from_all
 
-__all__ = ["ROUNDS", "DPTarget", "dp_targets", "grid_step", "plain_search", "mpc_search"]
+__all__ = ["ROUNDS", "DPTarget", "dp_targets", "grid_step", "plain_search", "mpc_search",
+           "predraw"]
 
 ROUNDS = 16  # bisection rounds per target: resolution (hi - lo) / 2**ROUNDS
 _LIMIT = 2**50  # |s_p + eta_p| is clamped here so that the ring sum cannot overflow
 
 Draw = Callable[[], Sequence[int]]
+Noise = Sequence[Sequence[int]]  # ROUNDS rows of one integer per target, drawn in advance
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,8 @@ def grid_step(spec: st.Spec, col: int) -> tuple[float, float]:
 
 
 def _search(x: np.ndarray, spec: st.Spec, targets: Sequence[DPTarget], with_offset: bool,
-            decide: Callable[[list[int]], np.ndarray]) -> dict[str, Any]:
-    """Bisection shared by both callers; ``decide`` maps this party's scores to the T bits."""
+            decide: Callable[[int, list[int]], np.ndarray]) -> dict[str, Any]:
+    """Bisection shared by both callers; ``decide(round, scores)`` gives the T bits."""
     if spec.bounds is None:
         raise ConfigurationError("DP order statistics need declared bounds")
     xc = st.clip(np.asarray(x, dtype=np.float64).reshape(-1, spec.d), spec)
@@ -106,13 +110,13 @@ def _search(x: np.ndarray, spec: st.Spec, targets: Sequence[DPTarget], with_offs
     grids = [grid_step(spec, t.col) for t in targets]
     lo_i = [0] * len(targets)  # invariant: the answer's index lies in (lo_i, hi_i]
     hi_i = [2**ROUNDS] * len(targets)
-    for _ in range(ROUNDS):
+    for rnd in range(ROUNDS):
         mid = [(a + b) // 2 for a, b in zip(lo_i, hi_i)]
         scores = []
         for t, (lo, w), m in zip(targets, grids, mid):
             count = int(np.searchsorted(cols[t.col], lo + m * w, side="right"))
             scores.append(t.den * count - t.num * n_local + (t.offset if with_offset else 0))
-        bits = np.asarray(decide(scores), dtype=bool)
+        bits = np.asarray(decide(rnd, scores), dtype=bool)
         for j, m in enumerate(mid):
             if bits[j]:
                 hi_i[j] = m
@@ -123,31 +127,46 @@ def _search(x: np.ndarray, spec: st.Spec, targets: Sequence[DPTarget], with_offs
     return st.assemble_order(spec, plain, values)
 
 
-def _noisy(scores: Sequence[int], draw: Draw) -> list[int]:
-    noise = list(draw())
-    if len(noise) != len(scores):
-        raise ConfigurationError(f"noise has {len(noise)} entries, the round has {len(scores)}")
+def predraw(draw: Draw | Noise, targets: Sequence[DPTarget]) -> list[list[int]]:
+    """All ``ROUNDS`` rounds of noise, before any query: ``draw`` is called ``ROUNDS`` times
+    now (or the given rows are checked): ROUNDS lists of one integer per target."""
+    rows = ([list(draw()) for _ in range(ROUNDS)] if callable(draw)
+            else [list(r) for r in draw])
+    if len(rows) != ROUNDS or any(len(r) != len(targets) for r in rows):
+        raise ConfigurationError(
+            f"DP order noise must hold {ROUNDS} rounds of {len(targets)} integers, got "
+            f"{len(rows)} rounds of {sorted({len(r) for r in rows})} entries")
+    return rows
+
+
+def _noisy(scores: Sequence[int], noise: Sequence[int]) -> list[int]:
     return [max(-_LIMIT, min(_LIMIT, int(s) + int(e))) for s, e in zip(scores, noise)]
 
 
 def plain_search(x: np.ndarray, spec: st.Spec, targets: Sequence[DPTarget],
-                 draw: Draw) -> dict[str, Any]:
-    """The mechanism run by one curator holding every row (``draw``: one noise entry per target,
-    fresh on every call). Returns ``{statistic: per-column values}``."""
+                 draw: Draw | Noise) -> dict[str, Any]:
+    """The mechanism run by one curator holding every row (``draw``: one noise entry per target
+    per call, or the ``ROUNDS`` pre-drawn rows; every round is drawn before the search).
+    Returns ``{statistic: per-column values}``."""
+    noise = predraw(draw, targets)
     return _search(x, spec, targets, True,
-                   lambda s: np.array([v >= 0 for v in _noisy(s, draw)]))
+                   lambda rnd, s: np.array([v >= 0 for v in _noisy(s, noise[rnd])]))
 
 
 def mpc_search(party: Any, x: np.ndarray, spec: st.Spec, targets: Sequence[DPTarget],
-               draw: Draw | None) -> dict[str, Any]:
-    """All parties together (SPMD), each with its own rows and its own noise ``draw``; opens one
-    bit per target and round to every party. Returns ``{statistic: per-column values}``."""
-    if draw is None:
-        raise ConfigurationError("DP order statistics need per-query noise (a draw function)")
+               noise: Noise | None) -> dict[str, Any]:
+    """All parties together (SPMD), each with its own rows and its own pre-drawn ``noise``
+    (``ROUNDS`` rows of one integer per target, see :func:`predraw`); opens one bit per target
+    and round to every party. Returns ``{statistic: per-column values}``."""
+    if noise is None or callable(noise):
+        raise ConfigurationError(
+            "DP order statistics need this party's pre-drawn noise: ROUNDS rows of one integer "
+            "per target (see stats_mpc_dp_order.predraw), drawn before the protocol starts")
+    rows = predraw(noise, targets)
 
-    def decide(scores: list[int]) -> np.ndarray:
+    def decide(rnd: int, scores: list[int]) -> np.ndarray:
         # integers travel as k·2^-16, i.e. exactly k on CrypTen's ring; only the sign matters
-        local = np.array([v * UNIT for v in _noisy(scores, draw)], dtype=np.float64)
+        local = np.array([v * UNIT for v in _noisy(scores, rows[rnd])], dtype=np.float64)
         negative = _sum_from_all(party, local) < 0
         return np.rint(_open(party, negative)) == 0
 

@@ -33,6 +33,7 @@ FINE = UNIT / 2  # search grid of interpolating targets (2^-17)
 GAP_BITS = 20  # interpolating targets: values rounded to the 2^-20 grid before anything is shared
 GAP_SCALE = 2.0 ** (GAP_BITS - FRAC_BITS)  # gaps * 16 are exact on CrypTen's 2^-16 grid
 GAP_CAP = 4.0 * st.VALUE_LIMIT  # shared gaps are capped here; every gap that matters is smaller
+_GRAD_SCALE = 256.0  # the convergence test squares 256·gradient (resolution of tol^2)
 MAX_PUBLIC_DEN = 2**16  # keeps den * gap * GAP_SCALE (<= 2^37) far inside the 64-bit ring
 
 
@@ -253,7 +254,10 @@ def oblivious_bisection(party: Any, x: np.ndarray, spec: st.Spec, targets: Seque
 
 # --- logistic regression ----------------------------------------------------------------------
 def logistic(party: Any, x: np.ndarray, spec: st.Spec, n: float) -> Any:
-    """Joint full-batch gradient descent on shares; returns shared [coef..., intercept]."""
+    """Joint full-batch gradient descent with Nesterov momentum on shares; returns shared
+    ``[coef..., intercept, converged]``: ``converged`` is the bit
+    ``[|gradient|^2 <= LOGIT_TOLERANCE^2]`` after the last step, computed on shares and opened
+    with the coefficients (to the same recipients; nothing else about the fit is opened)."""
     torch = _torch()
     from veil import mpc
 
@@ -281,14 +285,24 @@ def logistic(party: Any, x: np.ndarray, spec: st.Spec, n: float) -> Any:
     label = data[:, len(f)]
     w = r * 0.0
     b = m1[0] * 0.0
+    vw, vb = w, b
     rows = int(n)  # divide by the integer N (exact truncation), not by a tiny fixed-point 1/N
-    lr = spec.learning_rate
+    lr, mom = st.logit_step(spec), st.LOGIT_MOMENTUM
+
+    def gradient(w: Any, b: Any) -> tuple[Any, Any]:
+        g = ((z.matmul(w.unsqueeze(1)).squeeze(1) + b).sigmoid() - label) * mask
+        return z.t().matmul(g.unsqueeze(1)).squeeze(1).div(rows), g.sum().div(rows)
+
     with party.phase("stats logistic regression"):
-        for _ in range(spec.iterations):
-            p = (z.matmul(w.unsqueeze(1)).squeeze(1) + b).sigmoid()
-            g = (p - label) * mask
-            w = w - z.t().matmul(g.unsqueeze(1)).squeeze(1).div(rows) * lr
-            b = b - g.sum().div(rows) * lr
+        for _ in range(spec.iterations):  # Nesterov, as statistics.logistic_plain
+            gw, gb = gradient(w + vw * mom, b + vb * mom)
+            vw, vb = vw * mom - gw * lr, vb * mom - gb * lr
+            w, b = w + vw, b + vb
+        gw, gb = gradient(w, b)  # the gradient at the final point: convergence only
+        # |g|^2 <= tol^2, on g * 256 so that tol^2 spans thousands of fixed-point units
+        sw, sb = gw * _GRAD_SCALE, gb * _GRAD_SCALE
+        norm2 = (sw * sw).sum() + sb * sb
+        converged = _fixed(norm2 <= (st.LOGIT_TOLERANCE * _GRAD_SCALE) ** 2, norm2)
     coef = w * r
-    return mpc.cat([coef, (b - (coef * m1).sum()).unsqueeze(0)])
+    return mpc.cat([coef, (b - (coef * m1).sum()).unsqueeze(0), converged.reshape(1)])
 
