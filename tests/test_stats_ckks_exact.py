@@ -1,9 +1,11 @@
 """The CKKS statistics backend releases exact-rounded integers (``veil.protocols.stats_he``).
 
-Statistics travel as 72-bit fixed-point integers (24 fractional bits) split into three 24-bit
-limbs; the key holder rounds the decrypted limbs, so the release is a deterministic function of
-the exact integer aggregate. Stated bound: at most ``2**-25`` rounding error per statistic per
-owner, plus the float64 rounding of the decoded sum.
+Statistics travel as 72-bit fixed-point integers (24 fractional bits) split into 18 limbs of 4
+bits; the aggregator adds a random zero-sum limb mask and the key holder rounds the decrypted
+limbs, so the release is a deterministic function of the exact integer aggregate and the key
+holder's view of the limbs hides everything else (statistical distance < 2^-21.9). Stated
+bound: at most ``2**-25`` rounding error per statistic per owner, plus the float64 rounding of
+the decoded sum.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def test_encode_add_limbs_decode_is_exact(owners: list[list[float]]) -> None:
         for v, i in zip(vals, ints):  # round-to-nearest on the grid, exactly
             assert abs(Fraction(v) * 2**F - i) <= Fraction(1, 2)
     limb_sum = sum(sh.to_limbs(ints) for ints in encoded)
-    assert np.abs(limb_sum).max() < 2**33  # what a CKKS slot holds at these parameters
+    assert np.abs(limb_sum).max() < 2**10  # plus the mask (< 2^35.1): below 2^36 per slot
     total = [sum(col) for col in zip(*encoded)]
     assert sh.from_limbs(limb_sum) == total
     decoded = sh.decode_fixed(total)
@@ -73,32 +75,37 @@ def test_encoding_edges_and_typed_errors() -> None:
     with pytest.raises(ConfigurationError,
                        match=r"magnitude 2\.81475e\+14.*2\^48.*rescale.*backend='paillier'"):
         sh.encode_fixed([1.0, -(2.0**48)])
-    with pytest.raises(ConfigurationError, match=r"1 is nan.*finite"):
+    with pytest.raises(ConfigurationError, match=r"1 is missing \(NaN\).*range"):
         sh.encode_fixed([1.0, float("nan")])
+    with pytest.raises(ConfigurationError, match=r"0 is beyond float64.*range \|value\| < 2\^48"):
+        sh.encode_fixed([float("inf")])
     with pytest.raises(ConfigurationError, match=r"not on the 2\^-24 grid"):
         sh.encode_fixed([0.5, 0.1], on_grid=True)
     assert sh.encode_fixed([0.5, -3 * 2.0**-24], on_grid=True) == [2**23, -3]
-    with pytest.raises(ConfigurationError, match="does not fit 3 limbs"):
+    with pytest.raises(ConfigurationError, match="does not fit 18 limbs"):
         sh.to_limbs([INT_LIMIT])
 
 
 def test_rounding_limbs_refuses_values_far_from_an_integer() -> None:
-    assert sh.round_limbs([3.2, -7.24, 2.0**32 + 0.1]).tolist() == [3, -7, 2**32]
+    assert sh.round_limbs([3.2, -7.24, 2.0**35 + 0.1]).tolist() == [3, -7, 2**35]
     with pytest.raises(ConfigurationError, match=r"slot 1 .*0\.3 from the nearest integer.*"
                                                  r"lack the precision"):
         sh.round_limbs([1.0, 2.3])
 
 
 def test_parameters_keep_every_limb_sum_exact() -> None:
-    """The stated bound: CKKS_MAX_TERMS vectors of limbs <= 2^24 fit and round correctly."""
+    """The stated bound: CKKS_MAX_TERMS vectors of limbs <= 2^4 plus the mask fit and round."""
     from veil.he.ckks import _error_constants
 
     params = sh._ckks_params()
-    assert params.poly_modulus_degree == 8192 and params.scale_bits == 26
-    assert sh.CKKS_MAX_TERMS * LIMB < params.max_abs_value == 2.0**33
+    assert params.poly_modulus_degree == 8192 and params.scale_bits == 23
+    mask_max = (LIMB + 1) * 2 ** (sh.CKKS_MASK_BITS - 1)
+    assert sh.CKKS_MAX_TERMS * LIMB + mask_max < params.max_abs_value == 2.0**36
     fresh, _ = _error_constants(params)
-    assert sh.CKKS_MAX_TERMS * fresh <= 0.125  # worst-case error of the sum, vs 0.25 allowed
-    assert sh.CKKS_MAX_TERMS == 511
+    # worst-case error of the sum (data vectors plus the mask), vs 0.25 allowed
+    assert (sh.CKKS_MAX_TERMS + 1) * fresh <= 0.125
+    assert sh.CKKS_MAX_TERMS == 63
+    assert sh.CKKS_HIDING_BOUND == (sh.CKKS_LIMBS - 1) * 63 / 2**32 < 2**-21.9
 
 
 # -- the protocol ------------------------------------------------------------------------------
@@ -138,7 +145,7 @@ def test_the_largest_aggregate_still_rounds_exactly() -> None:
     msg = sh.owner_message("ckks", public, v)
     for _ in range(sh.CKKS_MAX_TERMS):
         agg.add(msg)
-    with pytest.raises(ConfigurationError, match=r"vector 512 .* at most 511.*paillier"):
+    with pytest.raises(ConfigurationError, match=r"vector 64 .* at most 63.*paillier"):
         agg.add(msg)
     got = holder.open(agg.result_message())
     assert got.tobytes() == _model([v] * sh.CKKS_MAX_TERMS).tobytes()
@@ -254,5 +261,76 @@ def test_release_is_bit_identical_across_fresh_keys_and_flooding() -> None:
 def test_out_of_range_statistics_name_the_magnitude_and_the_fix() -> None:
     x = np.full((20, 1), 4e6)  # sum of squares 3.2e14 > 2^48
     with pytest.raises(ConfigurationError,
-                       match=r"magnitude 3\.2e\+14.*2\^48.*rescale the data.*backend='paillier'"):
-        stats.joint([x, x], ["variance"], backend="ckks")
+                       match=r"party 0: a sum of squares .*magnitude 3\.2e\+14.*2\^48.*rescale "
+                             r"the data.*backend='paillier'"):
+        stats.joint([x, x[:10]], ["variance"], backend="ckks")
+
+
+# -- what the key holder sees: the aggregate, nothing per limb --------------------------------
+
+def test_zero_sum_mask_adds_nothing_and_stays_in_range() -> None:
+    mask = sh.zero_sum_mask(50)
+    assert mask.shape == (sh.CKKS_LIMBS, 50) and mask.dtype == np.int64
+    assert sh.from_limbs(mask) == [0] * 50
+    assert np.abs(mask).max() <= (LIMB + 1) * 2 ** (sh.CKKS_MASK_BITS - 1)
+    assert len({tuple(c) for c in mask.T}) == 50  # fresh randomness per statistic
+
+
+def _views(owner_vectors: list[np.ndarray], noise: np.ndarray | None,
+           trials: int) -> np.ndarray:
+    """The key holder's rounded decryption of the aggregate, ``trials`` times (rows)."""
+    holder = sh.KeyHolder("ckks")
+    public = holder.public_message()
+    out = []
+    for _ in range(trials):
+        agg = sh.Aggregator("ckks", public)
+        for v in owner_vectors:
+            agg.add(sh.owner_message("ckks", public, v))
+        if noise is not None:
+            agg.add_noise(noise)
+        ctx = holder._ctx  # everything the key holder can decrypt
+        raw = np.asarray(ctx.decrypt(ctx.load_tensor(agg.result_message())), dtype=np.float64)
+        out.append(np.rint(raw).reshape(-1))
+    return np.array(out)
+
+
+ALPHA = 1e-3  # false-alarm rate of the whole test (Bonferroni over the limbs)
+
+
+def _assert_same_distribution(a: np.ndarray, b: np.ndarray) -> None:
+    """Two-sample Kolmogorov–Smirnov test per decrypted slot, family-wise level ALPHA. The
+    distributions may differ by at most CKKS_HIDING_BOUND in total variation, so a correct
+    implementation fails with probability at most ALPHA + trials * 2^-21.9."""
+    from scipy.stats import ks_2samp
+
+    assert a.shape == b.shape
+    pvals = [float(ks_2samp(a[:, j], b[:, j]).pvalue) for j in range(a.shape[1])]
+    worst = int(np.argmin(pvals))
+    assert pvals[worst] >= ALPHA / a.shape[1], (
+        f"slot {worst}: p = {pvals[worst]:.3g}; the key holder's view depends on more than the "
+        f"aggregate (samples {a[:3, worst]} vs {b[:3, worst]})")
+
+
+def test_equal_aggregates_give_identically_distributed_decryptions() -> None:
+    """Owners (+5, -3) and (+1, +1) both sum to 2: the key holder must not tell them apart.
+    Without the mask the limb sums are fixed and differ (the top limb is minus the number of
+    negative owners), which this test catches with p ~ 1e-70."""
+    trials = 120
+    a = _views([np.array([5.0]), np.array([-3.0])], None, trials)
+    b = _views([np.array([1.0]), np.array([1.0])], None, trials)
+    assert all(sh.from_limbs(row.astype(np.int64).reshape(sh.CKKS_LIMBS, -1)) == [2 << F]
+               for row in np.vstack([a, b]))
+    _assert_same_distribution(a, b)
+    # the old leak, directly: the top limb sum is no longer -(number of negative owners)
+    assert np.mean(a[:, -1] == -1) < 0.05 and np.mean(b[:, -1] == 0) < 0.05
+
+
+def test_dp_noise_sign_is_hidden_from_the_key_holder() -> None:
+    """Same released value 22 from true 20 + noise 2 and from true 24 + noise -2: the key
+    holder must not learn whether the truth is above or below the release."""
+    trials = 120
+    a = _views([np.array([20.0]), np.array([0.0])], np.array([2.0]), trials)
+    b = _views([np.array([20.0]), np.array([4.0])], np.array([-2.0]), trials)
+    _assert_same_distribution(a, b)
+    top_neg_a, top_neg_b = np.mean(a[:, -1] < 0), np.mean(b[:, -1] < 0)
+    assert abs(top_neg_a - top_neg_b) < 0.3  # without the mask: 0.0 vs 1.0

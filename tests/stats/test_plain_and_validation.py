@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -169,3 +170,84 @@ def test_ckks_flood_is_accepted_and_changes_nothing() -> None:
     for key in ("mean", "variance"):
         assert runs[0][key].tobytes() == runs[1][key].tobytes()
         assert np.allclose(runs[0][key], plain[key], rtol=0, atol=1e-7)
+
+
+# -- messages say what is wrong (issue 20, item 7) ---------------------------------------------
+
+def test_header_only_csv_says_it_has_no_rows(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("age,bmi\n")
+    with pytest.raises(ConfigurationError,
+                       match=r"has no rows \(only the header \['age', 'bmi'\]\)"):
+        stats.mean(path, columns=["age"])
+
+
+@pytest.mark.parametrize("backend", ["paillier", "ckks"])
+def test_huge_values_say_they_exceed_the_backend_range(backend: str) -> None:
+    big, ok = np.full((12, 1), 1e300), np.ones((12, 1))
+    limit = r"2\^62" if backend == "paillier" else r"2\^48"
+    for stat, what in (("mean", "the sum of column 'x0'"), ("variance", "a sum of squares")):
+        with pytest.raises(ConfigurationError) as info:
+            stats.joint([big, ok], [stat], backend=backend, paillier_bits=1024,
+                        allow_insecure=True)
+        msg = str(info.value)
+        assert f"party 0: {what}" in msg and "range" in msg and "non-finite" not in msg
+        assert re.search(limit, msg), msg
+
+
+def test_numpy_numbers_in_messages_are_plain() -> None:
+    with pytest.raises(ConfigurationError, match=r"got 0$"):
+        stats.mean(X[:, 0], min_cohort=np.int64(0))
+    with pytest.raises(ConfigurationError, match=r"got -1\.0$"):
+        stats.mean(X[:, 0], epsilon=np.float64(-1.0), bounds=(0, 100))
+    assert stats.mean(X[:, 0], min_cohort=np.int64(5)) == pytest.approx(X[:, 0].mean())
+    with pytest.raises(ConfigurationError, match=r"got \[3\.0, 1\.0\]$"):
+        stats.histogram(X[:, 0], bins=np.array([3.0, 1.0]))
+    with pytest.raises(ConfigurationError, match=r"got 0$"):
+        stats.quantiles(X[:, 0], n=np.int64(0))
+    for kw in ({"bins": np.array([3.0, 1.0])}, {"quantiles_n": np.int64(0)},
+               {"target": np.str_("zz")}, {"iterations": np.int64(-1)}):
+        with pytest.raises(ConfigurationError) as info:
+            stats.describe(X, ["histogram", "quantiles", "linear_regression"], **kw)
+        assert "np." not in str(info.value), str(info.value)
+
+
+def test_mpc_range_is_checked_before_any_party_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from veil import mpc
+
+    def no_parties(*_a: object, **_k: object) -> None:
+        raise AssertionError("parties were started for data that cannot be used")
+
+    monkeypatch.setattr(mpc, "run", no_parties)
+    big = X.copy()
+    big[3, 1] = 1e6
+    with pytest.raises(ConfigurationError, match=r"party 1: values up to 1e\+06 exceed the MPC "
+                                                 r"backend's range .*bounds="):
+        stats.joint([X[:30], big], ["mean"], backend="mpc")
+
+
+# -- a DP release charged and then refused still leaves an audit record (issue 12, item 11) ----
+
+def _audit_entries(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_charged_then_refused_dp_release_is_audited(tmp_path: Path) -> None:
+    ledger = BudgetLedger(epsilon=3.0)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    with pytest.raises(PolicyViolation):  # the noisy count is far below the minimum cohort
+        stats.mean(X[:, 0], epsilon=1.0, bounds=(0, 100), ledger=ledger, dataset="clinic",
+                   audit=audit, min_cohort=10**6)
+    assert ledger.spent("clinic") == pytest.approx((1.0, 0.0))
+    with pytest.raises(PolicyViolation):
+        stats.joint([X[:30], X[30:]], ["mean"], backend="paillier", paillier_bits=1024,
+                    allow_insecure=True, epsilon=1.0, bounds=(0, 100), ledger=ledger,
+                    dataset_names=["a", "b"], audit=audit, min_cohort=10**6)
+    entries = _audit_entries(tmp_path / "audit.jsonl")
+    assert [e["outcome"] for e in entries] == ["refused", "refused"]
+    assert [e["error"] for e in entries] == ["PolicyViolation"] * 2
+    assert entries[0]["datasets"] == ["clinic"] and entries[1]["datasets"] == ["a", "b"]
+    assert entries[1]["epsilon"] == 1.0 and entries[1]["rows"] is None
+    assert verify(tmp_path / "audit.jsonl").ok

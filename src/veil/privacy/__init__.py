@@ -1,9 +1,11 @@
 """Release controls: minimum cohort, differential privacy, budget ledger, audit log.
 
-* :class:`ReleasePolicy` refuses aggregates over fewer than ``min_cohort`` rows.
+* :class:`ReleasePolicy` refuses a release in which some recipient would see fewer than
+  ``min_cohort`` rows contributed by the other parties (:mod:`veil.privacy.policy`).
 * :mod:`veil.privacy.mechanisms`: exact discrete Laplace / Gaussian noise from the OS CSPRNG.
 * :class:`DPConfig` declares one differentially private release (ε, δ, mechanism, bounds).
-* :class:`BudgetLedger` refuses releases past a dataset's budget.
+* :class:`BudgetLedger` refuses releases past a dataset's budget (keyed by declared name and
+  content fingerprint) and exact releases past ``max_exact`` per dataset (differencing).
 * :class:`AuditLog` / :func:`verify`: append-only, hash-chained record of every release.
 
 Imports only the standard library (no numpy), so it is cheap to import.

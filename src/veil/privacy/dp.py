@@ -10,6 +10,7 @@ sensitivities below hold whatever the data are.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,6 +24,7 @@ from veil.privacy.mechanisms import (
     laplace_scale,
     rho_for,
 )
+from veil.privacy.policy import plain
 
 __all__ = ["DPConfig", "Block"]
 
@@ -44,7 +46,7 @@ def _check_bounds(name: str, value: Any) -> Bounds:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(
-            f"bounds for {name!r} must be a pair (low, high), got {value!r}"
+            f"bounds for {name!r} must be a pair (low, high), got {plain(value)}"
         ) from exc
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ConfigurationError(
@@ -71,10 +73,14 @@ class DPConfig:
 
     def __post_init__(self) -> None:
         eps = self.epsilon
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (
             math.isfinite(eps) and eps > 0
         ):
-            raise ConfigurationError(f"epsilon must be a finite number > 0, got {eps!r}")
+            raise ConfigurationError(f"epsilon must be a finite number > 0, got {plain(eps)}")
+        object.__setattr__(self, "epsilon", float(eps))
+        if isinstance(self.delta, bool) or not isinstance(self.delta, numbers.Real):
+            raise ConfigurationError(f"delta must be a number, got {plain(self.delta)}")
+        object.__setattr__(self, "delta", float(self.delta))
         if self.mechanism not in MECHANISMS:
             raise ConfigurationError(
                 f"unknown DP mechanism {self.mechanism!r}; choose one of {MECHANISMS}"
@@ -83,7 +89,7 @@ class DPConfig:
             rho_for(float(eps), self.delta)  # validates delta
         elif self.delta != 0.0:
             raise ConfigurationError(
-                f"mechanism='laplace' is pure epsilon-DP; got delta={self.delta!r}. Pass "
+                f"mechanism='laplace' is pure epsilon-DP; got delta={plain(self.delta)}. Pass "
                 "delta=0 (default) or mechanism='gaussian'"
             )
         if isinstance(self.bounds, Mapping):

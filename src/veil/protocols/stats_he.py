@@ -3,52 +3,77 @@
 Roles and what each learns (semi-honest, aggregator and key holder do not collude):
 
 * **key holder** generates the key pair (Paillier, or a CKKS context), sends the public key /
-  public context, and later decrypts exactly one ciphertext: the aggregate. It learns the summed
-  sufficient statistics (row count, column sums, sums of products, histogram counts) — slightly
-  more than a lone mean or correlation, since the final statistics are computed from them.
+  public context, and later decrypts exactly two ciphertexts: the summed row count
+  (:meth:`KeyHolder.open_count`), then, if the release policy allows it, the aggregate of the
+  other statistics (:meth:`KeyHolder.open`). It learns the summed sufficient statistics (row
+  count, column sums, sums of products, histogram counts) — slightly more than a lone mean or
+  correlation, since the final statistics are computed from them — and, under CKKS, nothing
+  per limb (the aggregator's zero-sum mask, below).
 * **data owner** (one per dataset) computes its own sufficient statistics locally, encrypts them
   under the public key and sends them to the aggregator. It learns nothing.
 * **aggregator** holds no secret key; it adds the owners' ciphertexts (and, for a DP release,
-  its own encrypted noise) and forwards one ciphertext to the key holder. It learns the message
-  sizes only.
+  its own encrypted noise; under CKKS, a zero-sum limb mask) and forwards the sum to the key
+  holder. It learns the message sizes only.
 
 Every message crosses the "wire" as bytes from ``serialize()`` and is loaded with the receiving
 role's own key object; :class:`Wire` records who sent how many bytes to whom.
 
-CKKS: an exact, integer release
--------------------------------
+CKKS: an exact, integer release that shows only the aggregate
+---------------------------------------------------------------
 Every sufficient statistic ``v`` is put on the fixed-point grid ``2**-CKKS_FRAC_BITS``
 (``F = 24``): ``v_int = round(v * 2**24)``, an exact Python integer with ``|v_int| < 2**72``
 (``|v| < CKKS_MAX_ABS = 2**48`` real units per owner; larger values raise
 :class:`~veil.errors.ConfigurationError` naming the magnitude). ``v_int`` is split into
-``CKKS_LIMBS = 3`` integer limbs of ``CKKS_LIMB_BITS = 24`` bits, ``v_int = l0 + l1 * 2**24 +
-l2 * 2**48`` with ``l0, l1`` in ``[0, 2**24)`` and the signed top limb ``l2`` in ``[-2**24,
-2**24)``; each limb is one CKKS slot. Adding ciphertexts adds the limbs slot-wise.
+``CKKS_LIMBS = 18`` integer limbs of ``b = CKKS_LIMB_BITS = 4`` bits, ``v_int = sum_k l_k
+2**(4k)`` with ``l_0 .. l_16`` in ``[0, 16)`` and the signed top limb in ``[-16, 16)``; each limb
+is one CKKS slot. Adding ciphertexts adds the limbs slot-wise.
 
+* **Zero-sum limb mask** (what the key holder sees). Limb-wise sums are not a function of the
+  aggregate alone: the carries out of each limb and the number of negative terms (the top limb)
+  depend on the individual inputs — owners (+5, -3) and (+1, +1) both sum to 2 but have
+  different limb sums, and with DP the top limb would show the sign of the noise. So the
+  aggregator adds, as the last encrypted vector, a random element of the lattice of zero-sum
+  limb vectors: ``mask = sum_j r_j (2**b e_j - e_(j+1))`` for ``j < CKKS_LIMBS - 1``, ``r_j``
+  uniform in ``[-2**31, 2**31)`` (``CKKS_MASK_BITS = 32``, from :mod:`secrets`). It adds 0 to
+  the recombined integer, so the release is unchanged. For a given aggregate ``V`` every
+  possible limb-sum vector is ``canon(V) + sum_j c_j (2**b e_j - e_(j+1))`` with carries
+  ``c_j`` in ``[0, T]`` (``T`` encrypted data vectors); the key holder sees ``c_j + r_j``. For
+  two input sets with the same aggregate the views are uniform boxes shifted by at most ``T``
+  per coordinate, so their statistical distance is at most ``(CKKS_LIMBS - 1) * T / 2**32 <=
+  17 * 63 / 2**32 < 2**-21.9`` per statistic (:data:`CKKS_HIDING_BOUND`): the key holder
+  learns the aggregate integer (plus DP noise) and, up to that distance, nothing per limb.
+  The sub-integer part of the raw decryption (CKKS noise, below 0.125) is rounded away and is
+  not covered by that bound: it includes SEAL's message-dependent encoding rounding of each
+  vector, far below the fresh encryption noise (see docs/security/stats.md).
+* **Budget** (why these sizes): with ``N = 8192`` one 60-bit ``q0`` holds ``scale + integer
+  bits + 1``. A fresh ciphertext's decryption error is below ``B = 2N / 2**scale`` per slot
+  (:func:`veil.he.ckks._error_constants`, ten standard deviations); the sum of
+  ``CKKS_MAX_TERMS + 1 = 64`` vectors (at most 63 owners plus DP noise, plus the mask) must
+  stay below 0.125, hence scale ``2**23`` and slot values ``|x| < 2**36``. Data limbs sum to
+  at most ``63 * 16 < 2**10``; the mask's limbs are at most ``17 * 2**31 < 2**35.1``. Larger
+  masks would need more integer bits than ``q0`` has; smaller limbs shrink the factor
+  ``2**b`` by which the mask grows the low limbs (``b = 4`` is within a bit of the best
+  ``b``, at 18 slots per statistic).
 * **Rounding error** (the only error of the release): at most ``2**-(F+1) = 2**-25 ≈ 3.0e-8``
-  per statistic per owner, so at most ``P * 2**-25`` on a sum over ``P`` owners (``1.5e-5`` at
-  the maximum ``P``), plus the float64 rounding of the decoded sum (half an ulp, relative
-  ``2**-53``). Counts and histogram counts are integers, hence exact. DP noise is added on the
-  same grid (it must already lie on it; nothing is rounded).
-* **CKKS parameters** (:func:`_ckks_params`): ``N = 8192``, ``q0`` of 60 bits, scale ``2**26``:
-  slot values must stay below ``2**33`` in magnitude, and a fresh ciphertext's decryption error
-  is below ``B = 2N / 2**26 = 2**-12`` per slot (:func:`veil.he.ckks._error_constants`, ten
-  standard deviations). A slot sum of ``T`` encrypted vectors (owners plus noise) is below
-  ``T * 2**24`` and its error below ``T * 2**-12``; with ``T <= CKKS_MAX_TERMS = 511`` these are
-  ``< 2**33`` (no wrap-around) and ``< 0.125`` (the aggregator refuses a 512th vector).
+  per statistic per owner, so at most ``P * 2**-25`` on a sum over ``P`` owners, plus the
+  float64 rounding of the decoded sum (half an ulp, relative ``2**-53``). Counts and histogram
+  counts are integers, hence exact. DP noise is added on the same grid (it must already lie on
+  it; nothing is rounded).
 * **Decryption**: the key holder rounds every decrypted limb to the nearest integer, checks it
   was within ``0.25`` of it (otherwise :class:`~veil.errors.ConfigurationError`: the parameters
   lack precision; this cannot happen within the bounds above), recombines the limbs with exact
   Python integers and divides by ``2**24`` (correctly rounded to float64). The released numbers
-  are a deterministic function of the exact integer aggregate: the CKKS decryption noise is
-  erased, which is stronger than noise flooding (Li–Micciancio / IND-CPA^D: nothing of the
-  secret-key-dependent noise reaches any output). ``flood=True`` is therefore accepted and has
-  no effect; the result is the same bits. (This holds for the semi-honest roles above; an
-  aggregator that adds crafted half-integer offsets is outside that model.)
+  are a deterministic function of the exact integer aggregate; ``flood=True`` is accepted and
+  has no effect. (This holds for the semi-honest roles above; an aggregator that adds crafted
+  half-integer offsets is outside that model.)
+* **Count first** (minimum cohort): :func:`veil.stats.joint` sends the row counts in their own
+  ciphertext; the key holder decrypts that one first (:meth:`KeyHolder.open_count`), the
+  release policy is checked for every recipient, and only then are the values decrypted.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,17 +84,21 @@ from veil.errors import ConfigurationError
 
 __all__ = ["Wire", "KeyHolder", "Aggregator", "owner_message", "PAILLIER_FRAC_BITS",
            "CKKS_LIMB_BITS", "CKKS_LIMBS", "CKKS_FRAC_BITS", "CKKS_MAX_ABS", "CKKS_MAX_TERMS",
-           "encode_fixed", "to_limbs", "from_limbs", "decode_fixed", "round_limbs"]
+           "CKKS_MASK_BITS", "CKKS_HIDING_BOUND", "encode_fixed", "to_limbs", "from_limbs",
+           "decode_fixed", "round_limbs", "zero_sum_mask", "check_statistics"]
 
 PAILLIER_FRAC_BITS = 32
 PAILLIER_MAX_ABS = 2.0**62
-CKKS_LIMB_BITS = 24
-CKKS_LIMBS = 3
+CKKS_LIMB_BITS = 4
+CKKS_LIMBS = 18
 CKKS_FRAC_BITS = 24
 _INT_BITS = CKKS_LIMB_BITS * CKKS_LIMBS  # |v_int| < 2**72
 CKKS_MAX_ABS = 2.0 ** (_INT_BITS - CKKS_FRAC_BITS)  # 2**48 real units per owner
-_CKKS_PRECISION, _CKKS_INTEGER = 26, 33  # scale 2**26, slot values |x| < 2**33, q0 = 60 bits
-CKKS_MAX_TERMS = 2 ** (_CKKS_INTEGER - CKKS_LIMB_BITS) - 1  # 511 vectors: sums < 2**33
+_CKKS_PRECISION, _CKKS_INTEGER = 23, 36  # scale 2**23, slot values |x| < 2**36, q0 = 60 bits
+CKKS_MAX_TERMS = 63  # encrypted data vectors (owners plus DP noise); the mask is one more
+CKKS_MASK_BITS = 32  # mask coefficients r_j uniform in [-2**31, 2**31)
+CKKS_HIDING_BOUND = (CKKS_LIMBS - 1) * CKKS_MAX_TERMS / 2.0**CKKS_MASK_BITS  # < 2**-21.9
+_MASK_BOUND = float(((1 << CKKS_LIMB_BITS) + 1) << (CKKS_MASK_BITS - 1))  # 17 * 2**31
 _ROUND_SLACK = 0.25
 
 
@@ -109,8 +138,8 @@ def _ckks_params() -> Any:
 
 # -- CKKS fixed-point integer encoding ---------------------------------------------------------
 
-def encode_fixed(values: Any, *, on_grid: bool = False, what: str = "sufficient statistic"
-                 ) -> list[int]:
+def encode_fixed(values: Any, *, on_grid: bool = False, what: str = "sufficient statistic",
+                 labels: Sequence[str] | None = None) -> list[int]:
     """``round(v * 2**CKKS_FRAC_BITS)`` per value, as exact Python integers (``|v| < 2**48``).
 
     Scaling by a power of two is exact in float64 and ``np.rint`` returns the nearest integer
@@ -118,17 +147,13 @@ def encode_fixed(values: Any, *, on_grid: bool = False, what: str = "sufficient 
     ``on_grid=True`` (DP noise) requires every value to lie on the grid already.
     """
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        i = int(bad.argmax())
-        raise ConfigurationError(
-            f"{what} {i} is {float(arr[i])!r}; the CKKS statistics backend encodes finite "
-            "values only: remove missing or infinite values from the data")
+    _check_finite(arr, what, "CKKS", CKKS_MAX_ABS, f"2^{_INT_BITS - CKKS_FRAC_BITS}", labels)
     mag = np.abs(arr)
     if arr.size and float(mag.max()) >= CKKS_MAX_ABS:
         i = int(mag.argmax())
         raise ConfigurationError(
-            f"{what} {i} has magnitude {mag[i]:.6g}, outside the CKKS statistics backend's range "
+            f"{_label(what, i, labels)} has magnitude {mag[i]:.6g}, outside the CKKS "
+            "statistics backend's range "
             f"|value| < 2^{_INT_BITS - CKKS_FRAC_BITS} = {CKKS_MAX_ABS:.6g} per data owner "
             f"({_INT_BITS}-bit fixed point, {CKKS_FRAC_BITS} fractional bits); rescale the data "
             "(e.g. other units, so that column sums and sums of squares stay below that) or "
@@ -146,11 +171,46 @@ def encode_fixed(values: Any, *, on_grid: bool = False, what: str = "sufficient 
     return [int(v) for v in ints.tolist()]
 
 
+def _label(what: str, i: int, labels: Sequence[str] | None) -> str:
+    return labels[i] if labels is not None and i < len(labels) else f"{what} {i}"
+
+
+def _check_finite(arr: np.ndarray, what: str, backend: str, limit: float, name: str,
+                  labels: Sequence[str] | None = None) -> None:
+    """A non-finite statistic of finite data is an overflow: say it is out of range."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(bad.argmax())
+        kind = "missing (NaN)" if np.isnan(arr[i]) else "beyond float64 (it overflowed)"
+        raise ConfigurationError(
+            f"{_label(what, i, labels)} is {kind}: it exceeds the {backend} statistics "
+            "backend's range "
+            f"|value| < {name} = {limit:.6g} per data owner; the column sums or sums of squares "
+            "are too large: rescale the data (e.g. other units), declare bounds=(low, high) to "
+            "clip, and remove missing values")
+
+
+def _check_paillier_range(arr: np.ndarray, what: str,
+                          labels: Sequence[str] | None = None) -> None:
+    _check_finite(arr, what, "Paillier", PAILLIER_MAX_ABS, "2^62", labels)
+    mag = np.abs(arr)
+    if arr.size and float(mag.max()) > PAILLIER_MAX_ABS:
+        i = int(mag.argmax())
+        raise ConfigurationError(
+            f"{_label(what, i, labels)} has magnitude {float(mag[i]):.6g}, outside the "
+            f"Paillier statistics backend's range |value| <= 2^62 = {PAILLIER_MAX_ABS:.6g} "
+            "per data owner (fixed "
+            f"point, {PAILLIER_FRAC_BITS} fractional bits); rescale the data (e.g. other units, "
+            "so that column sums and sums of squares stay below that) or declare bounds=... to "
+            "clip")
+
+
 def to_limbs(ints: Sequence[int]) -> np.ndarray:
     """Split integers ``|v| < 2**72`` into limbs: int64 array ``(CKKS_LIMBS, n)``, low first.
 
-    ``v == sum(limbs[k] << (24 * k))``; the low limbs are in ``[0, 2**24)``, the top limb
-    (arithmetic shift, i.e. floor) in ``[-2**24, 2**24)``.
+    ``v == sum(limbs[k] << (CKKS_LIMB_BITS * k))``; the low limbs are in
+    ``[0, 2**CKKS_LIMB_BITS)``, the top limb (arithmetic shift, i.e. floor) in
+    ``[-2**CKKS_LIMB_BITS, 2**CKKS_LIMB_BITS)``.
     """
     mask = (1 << CKKS_LIMB_BITS) - 1
     top = (CKKS_LIMBS - 1) * CKKS_LIMB_BITS
@@ -176,6 +236,20 @@ def from_limbs(limbs: Any) -> list[int]:
             f"expected limbs of shape ({CKKS_LIMBS}, n), got {arr.shape}")
     return [sum(int(arr[k, j]) << (k * CKKS_LIMB_BITS) for k in range(CKKS_LIMBS))
             for j in range(arr.shape[1])]
+
+
+def zero_sum_mask(n: int) -> np.ndarray:
+    """A uniformly random zero-sum limb matrix ``(CKKS_LIMBS, n)`` (int64): ``from_limbs`` of it
+    is ``[0] * n``. Column ``i`` is ``sum_j r_j (2**b e_j - e_(j+1))`` with ``r_j`` uniform in
+    ``[-2**(CKKS_MASK_BITS-1), 2**(CKKS_MASK_BITS-1))`` from :mod:`secrets`; every entry is at
+    most ``(2**b + 1) * 2**(CKKS_MASK_BITS-1)`` in magnitude. See the module docstring."""
+    half = 1 << (CKKS_MASK_BITS - 1)
+    r = np.array([[secrets.randbelow(2 * half) - half for _ in range(n)]
+                  for _ in range(CKKS_LIMBS - 1)], dtype=np.int64).reshape(CKKS_LIMBS - 1, n)
+    out = np.zeros((CKKS_LIMBS, n), dtype=np.int64)
+    out[:-1] += r << CKKS_LIMB_BITS
+    out[1:] -= r
+    return out
 
 
 def decode_fixed(ints: Sequence[int]) -> np.ndarray:
@@ -223,11 +297,29 @@ class KeyHolder:
             raise ConfigurationError(f"KeyHolder backend must be 'paillier' or 'ckks', got "
                                      f"{backend!r}")
         self._opened = False
+        self._count_opened = False
 
     def public_message(self) -> bytes:
         if self.backend == "paillier":
             return self._keys.public_key.serialize()
         return self._ctx.public().serialize()
+
+    def open_count(self, aggregate: bytes) -> float:
+        """Decrypt the row-count aggregate (one value), before :meth:`open`; at most once.
+
+        The caller checks the release policy (minimum cohort, for every recipient) on this
+        count and only then asks for the values, so a refused release decrypts no value.
+        """
+        if self._count_opened or self._opened:
+            raise ConfigurationError(
+                "this key holder already decrypted its count (or its values); the count comes "
+                "first and once per key: use a fresh key per release")
+        self._count_opened = True
+        out = self._decrypt(aggregate)
+        if out.size != 1:
+            raise ConfigurationError(
+                f"the count aggregate holds {out.size} values, expected 1")
+        return float(out[0])
 
     def open(self, aggregate: bytes, *, flood: bool = False) -> np.ndarray:
         """Decrypt the aggregate (once per key holder: a second call raises).
@@ -240,18 +332,24 @@ class KeyHolder:
             raise ConfigurationError(
                 "this key holder already decrypted its aggregate; use a fresh key per release")
         self._opened = True
+        # ``flood`` is deliberately unused: rounding the limbs erases the decryption noise
+        return self._decrypt(aggregate)
+
+    def _decrypt(self, aggregate: bytes) -> np.ndarray:
         if self.backend == "paillier":
             vec = _he().PaillierVector.load(aggregate, self._keys.public_key)
             return np.asarray(self._keys.decrypt(vec), dtype=np.float64)
-        # ``flood`` is deliberately unused: rounding the limbs erases the decryption noise
+        return decode_fixed(from_limbs(self._decrypt_limbs(aggregate)))
+
+    def _decrypt_limbs(self, aggregate: bytes) -> np.ndarray:
+        """CKKS: the rounded limb sums ``(CKKS_LIMBS, n)``: everything the key holder sees."""
         t = self._ctx.load_tensor(aggregate)
         raw = np.asarray(self._ctx.decrypt(t), dtype=np.float64).reshape(-1)
         if raw.size % CKKS_LIMBS:
             raise ConfigurationError(
                 f"the CKKS aggregate has {raw.size} slots, not a multiple of {CKKS_LIMBS} limbs: "
                 "it was not produced by veil.protocols.stats_he")
-        limbs = round_limbs(raw).reshape(CKKS_LIMBS, -1)
-        return decode_fixed(from_limbs(limbs))
+        return round_limbs(raw).reshape(CKKS_LIMBS, -1)
 
 
 def _load_public(backend: str, public: bytes, allow_insecure: bool) -> Any:
@@ -266,9 +364,20 @@ def _load_public(backend: str, public: bytes, allow_insecure: bool) -> Any:
 
 def _encrypt(backend: str, key: Any, values: np.ndarray, *, on_grid: bool = False) -> Any:
     if backend == "paillier":
+        _check_paillier_range(values, "DP noise value" if on_grid else "sufficient statistic")
         return key.encrypt(values, precision_bits=PAILLIER_FRAC_BITS, max_abs=PAILLIER_MAX_ABS)
     return key.encrypt(_ckks_plain(values, on_grid=on_grid),
                        value_bound=float(1 << CKKS_LIMB_BITS))
+
+
+def check_statistics(backend: str, values: Any, labels: Sequence[str] | None = None) -> None:
+    """Raise :class:`ConfigurationError` if a data owner's statistics fall outside the backend's
+    range (or overflowed float64), naming the statistic by ``labels[i]`` when given."""
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if backend == "paillier":
+        _check_paillier_range(arr, "sufficient statistic", labels)
+    else:
+        encode_fixed(arr, labels=labels)
 
 
 def owner_message(backend: str, public: bytes, values: np.ndarray, *,
@@ -287,14 +396,19 @@ class Aggregator:
         self._total: Any = None
         self.count = 0
         self._terms = 0  # encrypted vectors summed (owners plus noise)
+        self._masked = False  # CKKS: the zero-sum limb mask was added
 
     def _take_term(self, what: str) -> None:
+        if self._masked:
+            raise ConfigurationError(
+                f"{what} arrived after the aggregate was sent to the key holder; add every "
+                "message and the noise before result_message()")
         if self.backend == "ckks" and self._terms >= CKKS_MAX_TERMS:
             raise ConfigurationError(
                 f"{what} would be encrypted vector {self._terms + 1} of this CKKS aggregate; the "
-                f"CKKS statistics backend sums at most {CKKS_MAX_TERMS} (owners plus DP noise), "
-                f"so that limb sums stay below 2^{_CKKS_INTEGER} and exact; use fewer data "
-                "owners per release or backend='paillier'")
+                f"CKKS statistics backend sums at most {CKKS_MAX_TERMS} (owners plus DP noise; "
+                f"plus its zero-sum mask), so that limb sums stay below 2^{_CKKS_INTEGER} and "
+                "exact; use fewer data owners per release or backend='paillier'")
         self._terms += 1
 
     def add(self, message: bytes) -> None:
@@ -323,6 +437,13 @@ class Aggregator:
                                              np.asarray(noise, dtype=np.float64), on_grid=True)
 
     def result_message(self) -> bytes:
+        """The aggregate for the key holder. CKKS: first adds the zero-sum limb mask (once), so
+        the key holder's limb sums show nothing but the aggregate (module docstring)."""
         if self._total is None:
             raise ConfigurationError("no owner messages were aggregated")
+        if self.backend == "ckks" and not self._masked:
+            n = int(np.prod(self._total.shape)) // CKKS_LIMBS
+            mask = zero_sum_mask(n).reshape(-1).astype(np.float64)
+            self._total = self._total + self._key.encrypt(mask, value_bound=_MASK_BOUND)
+            self._masked = True
         return self._total.serialize()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from veil.errors import ConfigurationError
 
-__all__ = ["load_table", "validate_datasets", "MAX_CSV_BYTES"]
+__all__ = ["load_table", "validate_datasets", "fingerprint", "check_distinct", "MAX_CSV_BYTES"]
 
 MAX_CSV_BYTES = 2 * 1024**3
 
@@ -52,6 +53,9 @@ def load_table(
         frame = source
     if frame is not None:
         names = [str(c) for c in frame.columns]
+        if len(frame) == 0:
+            raise ConfigurationError(
+                f"{who} has no rows (only the header {names}); a joint computation needs data")
         wanted = list(names) if columns is None else [str(c) for c in columns]
         missing = [c for c in wanted if c not in names]
         if missing:
@@ -74,11 +78,16 @@ def load_table(
             raise ConfigurationError(
                 f"{who}: expected numbers (array, tensor, DataFrame or CSV path), got "
                 f"{type(source).__name__}") from exc
+        if arr.ndim == 0:
+            raise ConfigurationError(
+                f"{who}: expected a 1-D or 2-D table of numbers, got the single number "
+                f"{float(arr):g}")
         was_1d = arr.ndim == 1
         if was_1d:
             arr = arr.reshape(-1, 1)
         if arr.ndim != 2:
-            raise ConfigurationError(f"{who}: expected a 1-D or 2-D table, got shape {arr.shape}")
+            raise ConfigurationError(
+                f"{who}: expected a 1-D or 2-D table, got shape {tuple(int(n) for n in arr.shape)}")
         d = arr.shape[1]
         if columns is None:
             cols = ("x",) if was_1d else tuple(f"x{j}" for j in range(d))
@@ -122,3 +131,68 @@ def validate_datasets(
             raise ConfigurationError(
                 f"party {i} has {arr.shape[1]} columns, party 0 has {tables[0][0].shape[1]}")
     return [t[0] for t in tables], first_cols, all(t[2] for t in tables)
+
+
+def _frame_digest(frame: Any, kind: str) -> str:
+    """SHA-256 of a table made canonical: columns sorted by name, numbers as float64, other
+    values as text, each row reduced to a 64-bit row hash (pandas' keyed SipHash over the
+    row's values) and the row hashes sorted — so column order, row order, int/float spelling
+    and CSV formatting do not change it. (Row-hash collisions can only make two different
+    tables look equal: budgets merge, the safe direction.)"""
+    import pandas as pd
+
+    cols = sorted(frame.columns, key=str)
+    canon = pd.DataFrame({str(c): (frame[c].astype(np.float64) if frame[c].dtype.kind in "biuf"
+                                   else frame[c].astype(str)) for c in cols})
+    h = hashlib.sha256(f"veil-table-v1\0{kind}\0{len(canon)}\0".encode())
+    for c in canon.columns:
+        h.update(f"{len(c)}:{c}:{canon[c].dtype.kind}\0".encode())
+    if len(canon) and len(canon.columns):
+        rows = np.sort(pd.util.hash_pandas_object(canon, index=False).to_numpy(dtype=np.uint64))
+        h.update(np.ascontiguousarray(rows, dtype="<u8").tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(source: Any, table: np.ndarray | None = None) -> str:
+    """Content fingerprint of one dataset (hex SHA-256), independent of how it is named.
+
+    CSV files and DataFrames: every column (not only the ones a release uses), canonicalised
+    (:func:`_frame_digest`), so a path spelled another way, a copy, a re-saved or shuffled file
+    give the same fingerprint. Arrays and tensors: the float64 rows (in any order) and their
+    shape; ``table`` (the validated array) is used when given. Used to key the privacy ledger
+    and to refuse the same data passed twice.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return _frame_digest(_read_csv(Path(source), f"the data ({source})"), "frame")
+    if type(source).__name__ == "DataFrame" and hasattr(source, "columns"):
+        return _frame_digest(source, "frame")
+    import pandas as pd
+
+    if table is None:
+        table, _cols, _ = load_table(source)
+    arr = np.asarray(table, dtype=np.float64).reshape(len(table), -1)
+    return _frame_digest(pd.DataFrame(arr, columns=[f"{j:06d}" for j in range(arr.shape[1])]),
+                         "array")
+
+
+def check_distinct(datasets: Sequence[Any], tables: Sequence[np.ndarray]) -> list[str]:
+    """Refuse the same dataset passed twice (same resolved file, or same content); returns
+    each dataset's :func:`fingerprint`."""
+    seen_paths: dict[Path, int] = {}
+    for i, src in enumerate(datasets):
+        if isinstance(src, (str, os.PathLike)):
+            real = Path(src).resolve()
+            if real in seen_paths:
+                raise ConfigurationError(
+                    f"datasets {seen_paths[real]} and {i} are the same file ({str(real)!r}); "
+                    "its rows would be counted twice: pass each party's dataset once")
+            seen_paths[real] = i
+    prints = [fingerprint(src, tab) for src, tab in zip(datasets, tables)]
+    first: dict[str, int] = {}
+    for i, fp in enumerate(prints):
+        if fp in first:
+            raise ConfigurationError(
+                f"datasets {first[fp]} and {i} have identical content (SHA-256 {fp[:16]}…); "
+                "the same rows would be counted twice: pass each party's dataset once")
+        first[fp] = i
+    return prints

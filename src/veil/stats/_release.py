@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from veil.errors import ConfigurationError
+from veil.errors import ConfigurationError, PolicyViolation
 from veil.privacy import AuditLog, BudgetLedger, DPConfig, ReleasePolicy
 from veil.privacy.dp import Block
 from veil.privacy.mechanisms import (
@@ -26,16 +26,29 @@ __all__ = ["Release", "make_release", "noise_in_units", "to_plain"]
 
 @dataclass(frozen=True)
 class Release:
-    """A validated request: what to compute and under which release controls."""
+    """A validated request: what to compute and under which release controls.
+
+    ``fingerprint``: content fingerprint of this party's dataset (in-job releases), used with
+    the dataset's declared name to key the ledger."""
 
     spec: st.Spec
     policy: ReleasePolicy
     dp: DPConfig | None
     ledger: BudgetLedger | None
     audit: AuditLog | None
+    fingerprint: str | None = None
 
-    def check_rows(self, rows: float) -> None:
-        self.policy.check_cohort(rows, what=", ".join(self.spec.stats))
+    @property
+    def what(self) -> str:
+        return ", ".join(self.spec.stats)
+
+    def check_rows(self, rows: float, own_rows: float = 0.0) -> None:
+        """Minimum cohort for one recipient holding ``own_rows`` of the ``rows``."""
+        self.policy.check_cohort(rows, what=self.what, own_rows=own_rows)
+
+    def check_recipients(self, rows: float, own_rows: Sequence[float]) -> None:
+        """Minimum cohort for every recipient: each party, and a recipient without rows."""
+        self.policy.check_recipients(rows, own_rows, what=self.what)
 
     def groups(self, frac_bits: Sequence[int] | int) -> list[NoiseGroup]:
         if self.dp is None or self.spec.bounds is None:
@@ -76,20 +89,41 @@ class Release:
                            gaussian_sigma2(t.sensitivity, rho) * (queries * k))
                 for t in targets]
 
-    def charge(self, dataset: str) -> None:
-        if self.dp is not None and self.ledger is not None:
+    def charge(self, dataset: str, fingerprint: str | None = None) -> None:
+        """With a ledger: spend a DP release's (ε, δ) on ``dataset``, or record an exact
+        release (at most ``ledger.max_exact`` per dataset: the differencing defence)."""
+        if self.ledger is None:
+            return
+        fp = fingerprint if fingerprint is not None else self.fingerprint
+        if self.dp is not None:
             eps, delta = self.dp.cost()
             self.ledger.charge(dataset, epsilon=eps, delta=delta,
-                               statistic=",".join(self.spec.stats))
+                               statistic=",".join(self.spec.stats), fingerprint=fp)
+        else:
+            self.ledger.record_exact(dataset, statistic=",".join(self.spec.stats),
+                                     fingerprint=fp)
 
-    def check_budget(self, dataset: str) -> None:
-        if self.dp is not None and self.ledger is not None:
+    def check_budget(self, dataset: str, fingerprint: str | None = None) -> None:
+        """What :meth:`charge` would refuse, without charging."""
+        if self.ledger is None:
+            return
+        fp = fingerprint if fingerprint is not None else self.fingerprint
+        if self.dp is not None:
             eps, delta = self.dp.cost()
-            self.ledger.check(dataset, epsilon=eps, delta=delta)
+            self.ledger.check(dataset, epsilon=eps, delta=delta, fingerprint=fp)
+        else:
+            self.ledger.check_exact(dataset, fp)
 
-    def log(self, *, parties: int, backend: str, rows: Any, datasets: Sequence[str]) -> None:
+    def log(self, *, parties: int, backend: str, rows: Any, datasets: Sequence[str],
+            outcome: str = "released", error: BaseException | None = None) -> None:
+        """Append the audit record. A release refused or failed after it was charged is
+        logged too (``outcome="refused"`` for a policy refusal, ``"failed"`` otherwise, with
+        the error's class name; never its message, which may hold values)."""
         if self.audit is None:
             return
+        extra: dict[str, Any] = {"outcome": outcome}
+        if error is not None:
+            extra["error"] = type(error).__name__
         self.audit.append({
             "parties": parties, "datasets": list(datasets), "statistic": list(self.spec.stats),
             "columns": list(self.spec.columns), "backend": backend,
@@ -98,7 +132,15 @@ class Release:
             "delta": None if self.dp is None else self.dp.delta,
             "mechanism": None if self.dp is None else self.dp.mechanism,
             "min_cohort": self.policy.min_cohort,
+            **extra,
         })
+
+    def log_failure(self, exc: BaseException, *, parties: int, backend: str,
+                    datasets: Sequence[str]) -> None:
+        """Audit record of a release that was charged and then refused or failed."""
+        outcome = "refused" if isinstance(exc, PolicyViolation) else "failed"
+        self.log(parties=parties, backend=backend, rows=None, datasets=datasets,
+                 outcome=outcome, error=exc)
 
 
 def _split_budget(g: NoiseGroup, k: int) -> NoiseGroup:
@@ -116,7 +158,7 @@ def make_release(
     method: str,
     target: str | None,
     iterations: int,
-    learning_rate: float,
+    learning_rate: float | None,
     bounds: tuple[float, float] | Mapping[str, tuple[float, float]] | None,
     epsilon: float | None,
     delta: float,
@@ -125,6 +167,20 @@ def make_release(
     ledger: BudgetLedger | None,
     audit: AuditLog | None,
 ) -> Release:
+    # numpy scalars become Python numbers, so messages show ``5``, not ``np.int64(5)``
+    quantiles_n, target, iterations, learning_rate, epsilon, delta, min_cohort = (
+        _py(v) for v in (quantiles_n, target, iterations, learning_rate, epsilon, delta,
+                         min_cohort))
+    if bins is not None and not isinstance(bins, str):
+        try:
+            bins = [_py(b) for b in bins]
+        except TypeError:
+            pass  # make_spec names the problem
+    if isinstance(bounds, tuple | list):
+        bounds = tuple(_py(b) for b in bounds)
+    elif isinstance(bounds, Mapping):
+        bounds = {k: tuple(_py(b) for b in v) if isinstance(v, tuple | list) else v
+                  for k, v in bounds.items()}
     dp = None
     per_col: list[tuple[float, float]] | None = None
     if epsilon is not None:
@@ -136,8 +192,6 @@ def make_release(
         per_col = dp.bounds_for(columns)
     elif bounds is not None:
         per_col = DPConfig(epsilon=1.0, bounds=bounds).bounds_for(columns)
-    elif ledger is not None:
-        raise ConfigurationError("a ledger only applies to DP releases; pass epsilon=...")
     spec = st.make_spec(stats, columns, backend=backend, bins=bins, quantile_n=quantiles_n,
                         quantile_method=method, target=target, iterations=iterations,
                         learning_rate=learning_rate, bounds=per_col, dp=dp is not None)
@@ -146,6 +200,13 @@ def make_release(
     if audit is not None and not isinstance(audit, AuditLog):
         raise ConfigurationError(f"audit must be an AuditLog, got {type(audit).__name__}")
     return Release(spec, ReleasePolicy(min_cohort=min_cohort), dp, ledger, audit)
+
+
+def _py(value: Any) -> Any:
+    """A numpy scalar (or 0-d array) as the equivalent Python object; anything else unchanged."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    return value
 
 
 def noise_in_units(groups: Sequence[NoiseGroup]) -> list[int]:

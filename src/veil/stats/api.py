@@ -16,6 +16,7 @@ plus the total row count ``N`` to all parties for non-DP MPC releases.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from veil.privacy import AuditLog, BudgetLedger
 from veil.privacy.policy import DEFAULT_MIN_COHORT
 from veil.protocols import statistics as st
 from veil.protocols import stats_mpc_dp_order as dp_order
-from veil.stats._data import load_table
+from veil.stats._data import fingerprint, load_table
 from veil.stats._release import Release, make_release, noise_in_units, to_plain
 
 __all__ = [
@@ -50,8 +51,8 @@ def describe(
     quantiles_n: int = 4,
     method: str = "exclusive",
     target: str | None = None,
-    iterations: int = 30,
-    learning_rate: float = 1.0,
+    iterations: int = st.LOGIT_ITERATIONS,
+    learning_rate: float | None = None,
     bounds: Bounds | None = None,
     epsilon: float | None = None,
     delta: float = 0.0,
@@ -70,10 +71,15 @@ def describe(
     (``quantiles_n``, ``method``); regressions predict ``target`` (default: last column) from
     the other columns and return :class:`~veil.protocols.statistics.Regression`.
 
-    Release controls: fewer than ``min_cohort`` rows raises
-    :class:`~veil.errors.PolicyViolation`. ``epsilon`` makes the release differentially private
-    (``mechanism`` ``"laplace"`` or ``"gaussian"`` with ``delta``); it needs ``bounds`` (values are
-    clipped to them inside the protocol) and, with a ``ledger``, is charged to ``dataset``.
+    Release controls: a recipient that would learn an aggregate over fewer than ``min_cohort``
+    rows of *other* parties raises :class:`~veil.errors.PolicyViolation` (plain data: fewer
+    than ``min_cohort`` rows; see :mod:`veil.privacy.policy`). ``epsilon`` makes the release
+    differentially private (``mechanism`` ``"laplace"`` or ``"gaussian"`` with ``delta``); it
+    needs ``bounds`` (values are clipped to them inside the protocol). With a ``ledger`` the
+    release is charged to the declared name ``dataset`` (required) and to the data's content
+    fingerprint: a DP release spends (ε, δ), an exact release counts against the ledger's
+    ``max_exact`` (default 1: later releases of that dataset must be DP — the defence against
+    differencing two exact releases).
     ``bounds`` without ``epsilon`` clips too and narrows the search range of order statistics.
     Under DP, order statistics (median*, quantiles, min, max; backend ``"mpc"`` and plain data)
     come from a noisy binary search over the bounds (16 rounds, resolution (high - low) / 2^16)
@@ -103,8 +109,13 @@ def describe(
         target=target, iterations=iterations, learning_rate=learning_rate, bounds=bounds,
         epsilon=epsilon, delta=delta, mechanism=mechanism, min_cohort=min_cohort, ledger=ledger,
         audit=audit)
-    if release.ledger is not None and dataset is None:
-        raise ConfigurationError("a ledger needs the dataset name it charges: dataset='...'")
+    if release.ledger is not None:
+        if not isinstance(dataset, str) or not dataset:
+            raise ConfigurationError(
+                "a ledger charges a declared dataset name, never a path or a position: pass "
+                f"dataset='...' (a stable name for this data), got {dataset!r}")
+        if error is None:
+            release = replace(release, fingerprint=fingerprint(data, x))
     name = dataset or "local"
     if party is None:
         return to_plain(_plain_release(x, release, name), was_1d)
@@ -118,7 +129,9 @@ def _plain_release(x: np.ndarray, release: Release, dataset: str) -> dict[str, A
     """Local (central) release: the oracle, or a DP release by a curator holding all rows."""
     spec = release.spec
     if release.dp is None:
-        release.check_rows(x.shape[0])
+        release.check_rows(x.shape[0])  # the recipient of a curator's release holds no rows
+        release.check_budget(dataset)
+        release.charge(dataset)  # with a ledger: records the exact release
         out = st.plain_results(x, spec)
         release.log(parties=1, backend="plain", rows=x.shape[0], datasets=[dataset])
         return out
@@ -127,13 +140,17 @@ def _plain_release(x: np.ndarray, release: Release, dataset: str) -> dict[str, A
     ints = [round(float(v) * 2.0**PLAIN_FRAC_BITS) for v in total]
     noise = noise_in_units(release.groups(PLAIN_FRAC_BITS))
     release.charge(dataset)
-    noisy = np.array([(a + b) * 2.0**-PLAIN_FRAC_BITS for a, b in zip(ints, noise)])
-    release.check_rows(float(noisy[0]))
-    out = st.finalize_linear(spec, noisy)
-    targets = dp_order.dp_targets(spec)
-    if targets:  # the same noisy binary search as the MPC backend, with one "party"
-        groups = release.order_groups()
-        out.update(dp_order.plain_search(x, spec, targets, lambda: noise_in_units(groups)))
+    try:
+        noisy = np.array([(a + b) * 2.0**-PLAIN_FRAC_BITS for a, b in zip(ints, noise)])
+        release.check_rows(float(noisy[0]))
+        out = st.finalize_linear(spec, noisy)
+        targets = dp_order.dp_targets(spec)
+        if targets:  # the same noisy binary search as the MPC backend, with one "party"
+            groups = release.order_groups()
+            out.update(dp_order.plain_search(x, spec, targets, lambda: noise_in_units(groups)))
+    except Exception as exc:  # charged, then refused: the audit log still says so
+        release.log_failure(exc, parties=1, backend="plain", datasets=[dataset])
+        raise
     release.log(parties=1, backend="plain", rows=None, datasets=[dataset])
     return out
 
@@ -236,8 +253,9 @@ def linear_regression(data: Any, *, target: str | None = None, **kwargs: Any) ->
     return _one("linear_regression", data, {**kwargs, "target": target})
 
 
-def logistic_regression(data: Any, *, target: str | None = None, iterations: int = 30,
-                        learning_rate: float = 1.0, **kwargs: Any) -> Any:
+def logistic_regression(data: Any, *, target: str | None = None,
+                        iterations: int = st.LOGIT_ITERATIONS,
+                        learning_rate: float | None = None, **kwargs: Any) -> Any:
     """Logistic regression trained jointly (mpc only): full-batch gradient descent on shares
     over standardised features; reveals only the final coefficients and intercept."""
     return _one("logistic_regression", data, {**kwargs, "target": target,

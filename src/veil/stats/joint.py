@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from veil.errors import ConfigurationError
+from veil.errors import ConfigurationError, PolicyViolation
 from veil.privacy import AuditLog, BudgetLedger
 from veil.privacy.policy import DEFAULT_MIN_COHORT
 from veil.protocols import statistics as st
-from veil.stats._data import validate_datasets
+from veil.stats._data import check_distinct, validate_datasets
 from veil.stats._release import Release, make_release, noise_in_units, to_plain
 
 __all__ = ["JointResult", "joint"]
@@ -58,8 +58,8 @@ def joint(
     quantiles_n: int = 4,
     method: str = "exclusive",
     target: str | None = None,
-    iterations: int = 30,
-    learning_rate: float = 1.0,
+    iterations: int = st.LOGIT_ITERATIONS,
+    learning_rate: float | None = None,
     bounds: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None,
     epsilon: float | None = None,
     delta: float = 0.0,
@@ -75,13 +75,23 @@ def joint(
 ) -> JointResult:
     """Compute ``stats`` over the union of ``datasets`` (one per party) with ``backend``.
 
-    Options as in :func:`veil.stats.describe`. ``dataset_names`` label the datasets in the ledger
-    and audit log (default: the file path, or ``party<i>``); a DP release is charged to every
-    dataset's budget before the protocol starts (all or nothing). ``paillier_bits`` below 3072
-    need ``allow_insecure=True``. ``flood`` has no effect and is kept for compatibility: Paillier
-    decrypts exactly, and the CKKS release is exact-rounded (statistics travel as integers on a
-    ``2**-24`` grid and the key holder rounds the decrypted limbs, so no decryption noise reaches
-    the results — stronger than noise flooding); see ``veil.protocols.stats_he``.
+    Options as in :func:`veil.stats.describe`. ``dataset_names`` are the datasets' declared
+    names in the ledger and audit log; with a ``ledger`` they are required (one distinct name
+    per dataset — never a file path or a position, which could be spelled differently to get a
+    fresh budget), and every charge is also keyed by the dataset's content fingerprint. A DP
+    release is charged to every dataset's budget before the protocol starts (all or nothing);
+    with a ledger an exact release is recorded the same way and refused once a dataset had
+    ``ledger.max_exact`` exact releases (the differencing defence). A release that was charged
+    and then refused or failed still appends an audit record (``outcome``). Without a ledger,
+    the audit log labels datasets by path or ``party<i>``.
+
+    Every party's data is checked here before anything starts (missing values, columns, the
+    MPC value range, the same file or content passed twice). The minimum cohort applies to
+    every recipient: each party must see at least ``min_cohort`` rows of other parties (see
+    :mod:`veil.privacy.policy`); Paillier/CKKS decrypt the row count first and check it
+    before any value is decrypted. ``paillier_bits`` below 3072 need ``allow_insecure=True``.
+    ``flood`` has no effect and is kept for compatibility: Paillier decrypts exactly, and the
+    CKKS release is exact-rounded (see ``veil.protocols.stats_he``).
     """
     tables, cols, was_1d = validate_datasets(datasets, columns)
     release = make_release(
@@ -89,24 +99,37 @@ def joint(
         target=target, iterations=iterations, learning_rate=learning_rate, bounds=bounds,
         epsilon=epsilon, delta=delta, mechanism=mechanism, min_cohort=min_cohort, ledger=ledger,
         audit=audit)
-    names = list(dataset_names) if dataset_names is not None else [
-        str(src) if isinstance(src, (str, os.PathLike)) else f"party{i}"
-        for i, src in enumerate(datasets)]
-    if len(names) != len(tables):
-        raise ConfigurationError(
-            f"dataset_names has {len(names)} names for {len(tables)} datasets")
-    for name in names:
-        release.check_budget(name)
+    prints = check_distinct(datasets, tables)
+    names = _names(datasets, dataset_names, len(tables), ledger is not None)
+    if backend == "mpc":
+        _check_mpc_range(tables, release)
+        if release.dp is None:  # the rule the parties check on shares, here before they start
+            release.check_recipients(float(sum(len(x) for x in tables)),
+                                     [float(len(x)) for x in tables])
+    for name, fp in zip(names, prints):
+        release.check_budget(name, fp)
     t0 = time.perf_counter()
     inner_seconds = None
-    if backend == "mpc":
-        values, nbytes, messages, inner_seconds = _run_mpc(datasets, tables, cols, release,
-                                                           names, timeout)
-    else:
-        for name in names:
-            release.charge(name)
-        values, nbytes, messages = _run_he(tables, release, backend, paillier_bits,
-                                           allow_insecure, flood)
+    charged = False
+
+    def charge() -> None:
+        nonlocal charged
+        for name, fp in zip(names, prints):
+            release.charge(name, fp)
+        charged = True
+
+    try:
+        if backend == "mpc":
+            values, nbytes, messages, inner_seconds = _run_mpc(datasets, tables, cols, release,
+                                                               names, timeout, charge)
+        else:
+            charge()
+            values, nbytes, messages = _run_he(tables, release, backend, paillier_bits,
+                                               allow_insecure, flood)
+    except Exception as exc:
+        if charged:  # charged, then refused or failed: the audit log still records it
+            release.log_failure(exc, parties=len(tables), backend=backend, datasets=names)
+        raise
     seconds = time.perf_counter() - t0
     release.log(parties=len(tables), backend=backend, rows=values.get("count")
                 if release.dp is None else None, datasets=names)
@@ -115,11 +138,46 @@ def joint(
                        inner_seconds)
 
 
+def _names(datasets: Sequence[Any], given: Sequence[str] | None, count: int,
+           ledger: bool) -> list[str]:
+    if given is None:
+        if ledger:
+            raise ConfigurationError(
+                "a ledger charges declared dataset names, never paths or positions: pass "
+                f"dataset_names=[...] with one stable name for each of the {count} datasets")
+        return [str(src) if isinstance(src, (str, os.PathLike)) else f"party{i}"
+                for i, src in enumerate(datasets)]
+    if isinstance(given, str) or not isinstance(given, Sequence):
+        raise ConfigurationError(
+            f"dataset_names must be a list of {count} names, got {type(given).__name__}")
+    names = list(given)
+    if len(names) != count:
+        raise ConfigurationError(f"dataset_names has {len(names)} names for {count} datasets")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ConfigurationError(f"dataset_names must be non-empty strings, got {bad[0]!r}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigurationError(
+            f"dataset_names must be distinct; {dup[0]!r} names more than one dataset")
+    return names
+
+
+def _check_mpc_range(tables: Sequence[np.ndarray], release: Release) -> None:
+    """The MPC value range, checked here before any party process starts."""
+    for i, x in enumerate(tables):
+        big = float(np.abs(st.clip(x, release.spec)).max(initial=0.0))
+        if big >= st.VALUE_LIMIT:
+            raise ConfigurationError(
+                f"party {i}: values up to {big:g} exceed the MPC backend's range "
+                f"|x| < {st.VALUE_LIMIT:g} (2^15); rescale the columns, declare bounds=(low, "
+                "high) to clip, or use backend='paillier'")
+
+
 def _run_mpc(datasets: Sequence[Any], tables: list[np.ndarray], cols: tuple[str, ...],
-             release: Release, names: list[str],
-             timeout: float) -> tuple[dict, int, list, float]:
+             release: Release, names: list[str], timeout: float,
+             charge: Callable[[], None]) -> tuple[dict, int, list, float]:
     from veil import mpc
-    from veil.stats._party import joint_job
 
     mpc.preload("veil.stats._party")  # parties start with the statistics code loaded
 
@@ -128,12 +186,14 @@ def _run_mpc(datasets: Sequence[Any], tables: list[np.ndarray], cols: tuple[str,
                for src, tab in zip(datasets, tables)]
     # the ledger and audit log are the driver's: parties get a copy without them
     inner = Release(release.spec, release.policy, release.dp, None, None)
-    for name in names:
-        release.charge(name)
-    results = mpc.run(joint_job, parties=len(tables), args=(),
+    charge()
+    results = mpc.run(_policy_job, parties=len(tables), args=(),
                       per_party_args=[(src, list(cols), inner, name)
                                       for src, name in zip(sources, names)],
                       timeout=timeout)
+    refused = [r["refused"] for r in results if "refused" in r]
+    if refused:  # every party stops together on the (shared) policy bit
+        raise PolicyViolation(refused[0])
     comm = [r["comm"] for r in results]
     messages = [(f"party{i}", "parties", "mpc", int(c.get("bytes_sent", 0)))
                 for i, c in enumerate(comm)]
@@ -141,27 +201,81 @@ def _run_mpc(datasets: Sequence[Any], tables: list[np.ndarray], cols: tuple[str,
     return results[0]["values"], sum(m[3] for m in messages), messages, inner
 
 
+def _policy_job(party: Any, source: Any, columns: Sequence[str], release: Release,
+                dataset: str) -> dict[str, Any]:
+    """:func:`veil.stats._party.joint_job`, with a policy refusal (which every party reaches
+    together: it rests on values opened to all) returned as such instead of a party failure."""
+    from veil.stats._party import joint_job
+
+    try:
+        return joint_job(party, source, columns, release, dataset)
+    except PolicyViolation as exc:
+        return {"refused": str(exc)}
+
+
 def _run_he(tables: list[np.ndarray], release: Release, backend: str, bits: int,
             allow_insecure: bool, flood: bool) -> tuple[dict, int, list]:
+    """Owners -> aggregator -> key holder. The row counts travel in their own ciphertext; the
+    key holder decrypts it first, the cohort rule is checked for every recipient (the key
+    holder, holding no rows, and each owner, told the count), and only then are the values
+    decrypted."""
     from veil.protocols import stats_he
 
     spec = release.spec
+    labels = _labels(spec)
     wire = stats_he.Wire()
     holder = stats_he.KeyHolder(backend, paillier_bits=bits, allow_insecure=allow_insecure)
     public = holder.public_message()
-    agg = stats_he.Aggregator(backend, wire.send("key holder", "aggregator", "public key",
-                                                 public), allow_insecure=allow_insecure)
+    pub_agg = wire.send("key holder", "aggregator", "public key", public)
+    counts = stats_he.Aggregator(backend, pub_agg, allow_insecure=allow_insecure)
+    values = stats_he.Aggregator(backend, pub_agg, allow_insecure=allow_insecure)
+    has_values = False
     for i, x in enumerate(tables):
         pub = wire.send("key holder", f"owner{i}", "public key", public)
-        msg = stats_he.owner_message(backend, pub, st.local_aggregates(x, spec),
-                                     allow_insecure=allow_insecure)
-        agg.add(wire.send(f"owner{i}", "aggregator", "encrypted statistics", msg))
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+            local = st.local_aggregates(x, spec)  # entry 0 is the row count
+        try:
+            stats_he.check_statistics(backend, local, labels)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"party {i}: {exc}") from None
+        c_msg = stats_he.owner_message(backend, pub, local[:1], allow_insecure=allow_insecure)
+        v_msg = (stats_he.owner_message(backend, pub, local[1:], allow_insecure=allow_insecure)
+                 if local.size > 1 else None)
+        counts.add(wire.send(f"owner{i}", "aggregator", "encrypted row count", c_msg))
+        if v_msg is not None:
+            values.add(wire.send(f"owner{i}", "aggregator", "encrypted statistics", v_msg))
+            has_values = True
     if release.dp is not None:
         # noise on the statistics' own fixed-point grid, so it is added exactly
         bits_ = stats_he.PAILLIER_FRAC_BITS if backend == "paillier" else stats_he.CKKS_FRAC_BITS
-        units = noise_in_units(release.groups(bits_))
-        agg.add_noise(np.array(units, dtype=np.float64) * 2.0**-bits_)
-    total = holder.open(wire.send("aggregator", "key holder", "aggregate",
-                                  agg.result_message()), flood=flood)
-    release.check_rows(float(total[0]))
+        units = np.array(noise_in_units(release.groups(bits_)), dtype=np.float64) * 2.0**-bits_
+        counts.add_noise(units[:1])
+        if has_values:
+            values.add_noise(units[1:])
+    n = holder.open_count(wire.send("aggregator", "key holder", "aggregate row count",
+                                    counts.result_message()))
+    for i in range(len(tables)):  # every owner learns the (noisy) count and checks its own rule
+        wire.send("key holder", f"owner{i}", "row count", np.float64(n).tobytes())
+    release.check_recipients(n, [float(x.shape[0]) for x in tables])
+    rest = np.zeros(0)
+    if has_values:
+        rest = holder.open(wire.send("aggregator", "key holder", "aggregate",
+                                     values.result_message()), flood=flood)
+    total = np.concatenate([[n], rest])
     return st.finalize_linear(spec, total), wire.total_bytes, wire.messages
+
+
+def _labels(spec: st.Spec) -> list[str]:
+    """Names of the sufficient statistics, for error messages."""
+    cols = spec.columns
+    out: list[str] = []
+    for name, size in st.layout(spec):
+        if name == "count":
+            out.append("the row count")
+        elif name == "sums":
+            out.extend(f"the sum of column {c!r}" for c in cols)
+        elif name == "products":
+            out.extend(["a sum of squares or products of the columns"] * size)
+        else:
+            out.extend(["a histogram count"] * size)
+    return out
