@@ -64,9 +64,40 @@ def test_peer_rows_plot(tmp_path) -> None:
     assert json.loads((tmp_path / "p.json").read_text())["median_ratio"] == 1.25
 
 
-@pytest.mark.parametrize("args", [["--sizes", "abc"], ["--sizes", "0"], ["--repeats", "0"]])
+@pytest.mark.parametrize("args", [["--sizes", "abc"], ["--sizes", "0"], ["--repeats", "0"],
+                                  ["--sizes", "inf"], ["--sizes", "nan"], ["--ops", ","]])
 def test_cli_rejects_bad_flags(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "veil.cli", "bench", "schemes", *args],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["schemes", "peers"])
+@pytest.mark.parametrize(("flag", "where", "needle"), [
+    ("--json", "MISSING/x.json", "does not exist"),
+    ("--plot", "MISSING/x.png", "does not exist"),
+    ("--json", "DIR", "is a directory"),
+])
+def test_output_paths_are_checked_before_the_run(tmp_path, command: str, flag: str,
+                                                 where: str, needle: str) -> None:
+    where = str(tmp_path) if where == "DIR" else where.replace("MISSING", str(tmp_path / "no"))
+    # sizes big enough that a run would take minutes: the refusal must come first
+    size = ["--sizes", "1e6", "--schemes", "paillier"] if command == "schemes" else [
+        "--size", "1e6"]
+    proc = subprocess.run([sys.executable, "-m", "veil.cli", "bench", command, *size, flag,
+                           where], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and flag in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_raw_crypten_peer_does_not_warn_about_double_initialisation() -> None:
+    code = ("from veil.bench import peers\n"
+            "print(sorted(peers._raw_crypten_times(4, 1, 2)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "['lt', 'mul']" in proc.stdout
+    assert "already initialized" not in proc.stderr

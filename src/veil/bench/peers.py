@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ def _ckks(n: int, repeats: int) -> list[PeerRow]:
 
     ts = import_tenseal()
     params = he.CKKSParams.default()
-    ctx = he.CKKSContext.generate(params)
+    ctx = he.CKKSContext.generate(params, galois_keys=True)  # dot rotates
     raw = ts.context(ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree,
                      coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
     raw.global_scale = 2.0**params.scale_bits
@@ -134,15 +135,19 @@ def _raw_crypten_times(n: int, repeats: int, parties: int) -> dict[str, float]:
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"   # the same dealer provider Veil uses by default
 
-    def job() -> dict[str, float]:
+    def job() -> dict[str, float]:  # crypten's launcher has already called crypten.init()
         import torch
 
-        crypten.init()
         x = crypten.cryptensor(torch.linspace(-1, 1, n), src=0)
         y = crypten.cryptensor(torch.linspace(1, 2, n), src=1)
         return {"mul": _best(lambda: x * y, repeats), "lt": _best(lambda: x < y, repeats)}
 
-    results = crypten.mpc.run_multiprocess(parties)(job)()
+    with warnings.catch_warnings():
+        # crypten's own TTPServer calls crypten.init() a second time in the dealer process; the
+        # forked processes inherit this filter
+        warnings.filterwarnings("ignore", message="CrypTen is already initialized",
+                                category=RuntimeWarning)
+        results = crypten.mpc.run_multiprocess(parties)(job)()
     if not results or any(r is None for r in results):
         raise RuntimeError("raw CrypTen run failed (a party returned nothing)")
     return results[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -15,24 +16,43 @@ bench_app = typer.Typer(help="Benchmark schemes side by side, and Veil against p
                         no_args_is_help=True)
 
 
-def _list(value: str, what: str) -> list[str]:
+def _list(value: str, what: str, flag: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
-        raise typer.BadParameter(f"give at least one {what}, comma-separated")
+        raise typer.BadParameter(f"give at least one {what}, comma-separated", param_hint=flag)
     return items
 
 
-def _sizes(value: str) -> list[int]:
+def _sizes(value: str, flag: str = "--sizes") -> list[int]:
     out = []
-    for item in _list(value, "size"):
+    for item in _list(value, "size", flag):
         try:
             size = float(item)
         except ValueError as exc:
-            raise typer.BadParameter(f"size {item!r} is not a number (e.g. 1e3)") from exc
-        if size != int(size) or not 1 <= size <= 1e7:
-            raise typer.BadParameter(f"size {item!r} must be a whole number in 1..1e7")
+            raise typer.BadParameter(f"size {item!r} is not a number (e.g. 1e3)",
+                                     param_hint=flag) from exc
+        if not math.isfinite(size) or size != int(size) or not 1 <= size <= 1e7:
+            raise typer.BadParameter(f"size {item!r} must be a whole number in 1..1e7",
+                                     param_hint=flag)
         out.append(int(size))
     return out
+
+
+def check_output(path: Path, flag: str) -> None:
+    """Refuse an output path that cannot be written, before a run whose results it would hold."""
+    import os
+
+    from veil.errors import ConfigurationError
+
+    if path.is_dir():
+        raise ConfigurationError(f"{flag} {path}: is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigurationError(f"{flag} {path}: directory {parent} does not exist; create it "
+                                 "or choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists()
+                                                    and not os.access(path, os.W_OK)):
+        raise ConfigurationError(f"{flag} {path}: not writable")
 
 
 def _progress_runner(total: int):  # pragma: no cover - terminal UI
@@ -64,7 +84,10 @@ def schemes(
     from veil.bench import report
     from veil.bench.schemes import run_schemes
 
-    op_list, size_list, scheme_list = _list(ops, "op"), _sizes(sizes), _list(schemes, "scheme")
+    op_list, size_list = _list(ops, "op", "--ops"), _sizes(sizes)
+    scheme_list = _list(schemes, "scheme", "--schemes")
+    check_output(json_out, "--json")
+    check_output(plot, "--plot")
     progress, step = _progress_runner(len(op_list) * len(size_list) * len(scheme_list))
     with progress:
         records = run_schemes(op_list, size_list, scheme_list, repeats=repeats, progress=step)
@@ -87,7 +110,9 @@ def peers(
 
     from veil.bench import peers as peer_bench
 
-    n = _sizes(size)[0]
+    n = _sizes(size, "--size")[0]
+    check_output(json_out, "--json")
+    check_output(plot, "--plot")
     progress, step = _progress_runner(len(peer_bench.COMPARISONS))
     with progress:
         rows = peer_bench.run_peers(n, repeats=repeats, progress=step)

@@ -29,9 +29,12 @@ import math
 import os
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 import gmpy2
 from gmpy2 import mpz
+
+from veil.errors import UnsupportedOperationError
 
 MIN_SECURE_BITS = 2048
 MIN_INSECURE_BITS = 64
@@ -207,6 +210,20 @@ def raw_encrypt(n: int, m: int, r: int) -> mpz:
     return (1 + (mpz(m) % n) * n) * gmpy2.powmod(r, n, n2) % n2
 
 
+class SecretNoPickle:
+    """Refuses pickle, copy and deepcopy: they would hand out p and q without the explicit
+    ``serialize(expose_secret=True)``. Parallel workers get the integers they need explicitly
+    (``_paillier_parallel``)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> Any:
+        raise UnsupportedOperationError(
+            f"{self!r} holds the secret factors p and q and cannot be pickled or copied; send "
+            "its public_key, or serialize(expose_secret=True) on purpose (and encrypt it in "
+            "transit)")
+
+
 class CrtKey:
     """Private-key arithmetic mod p² and q² (decryption, and CRT encryption randomness)."""
 
@@ -224,8 +241,9 @@ class CrtKey:
         self.p2_inv_q2 = gmpy2.invert(self.p2, self.q2)
         self._tables: tuple[mpz, FixedBaseTable, FixedBaseTable] | None = None
 
-    def __reduce__(self) -> tuple[type, tuple[int, int]]:
-        return (CrtKey, (int(self.p), int(self.q)))  # drop the tables
+    def __reduce__(self) -> Any:
+        raise UnsupportedOperationError(
+            "a Paillier CRT key holds the secret factors p and q and cannot be pickled or copied")
 
     def _half(self, cs: Sequence[mpz], which: str) -> list[mpz]:
         pr, pr2, h = (self.p, self.p2, self.hp) if which == "p" else (self.q, self.q2, self.hq)

@@ -309,7 +309,7 @@ class PaillierPublicKey:
         return cls(n, allow_insecure=allow_insecure)
 
 
-class PaillierPrivateKey:
+class PaillierPrivateKey(pm.SecretNoPickle):
     """The factors ``p, q`` of a public key; decrypts with CRT (mod p² and q²)."""
 
     def __init__(self, public_key: PaillierPublicKey, p: int, q: int) -> None:
@@ -411,7 +411,7 @@ class PaillierPrivateKey:
         return cls(PaillierPublicKey.from_phe(pub, allow_insecure=allow_insecure), p, q)
 
 
-class PaillierKeyPair:
+class PaillierKeyPair(pm.SecretNoPickle):
     """A public and private key. The pair encrypts through the CRT fast path."""
 
     __slots__ = ("public_key", "private_key")
