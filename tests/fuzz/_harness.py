@@ -316,6 +316,62 @@ def loaders() -> dict[str, Loader]:
                         both(mpc_messages.decode, _dealer_check(mpc_messages)), mpc_mut),
         "shamir.share": (shamir.share_to_bytes(12345), shamir.share_from_bytes,
                          mutate_bytes),
+        **{name: (good, load, binary) for name, (good, load) in _secagg_messages().items()},
+    }
+
+
+def _secagg_messages() -> dict[str, tuple[bytes, Callable[[bytes], Any]]]:
+    """One message of every secure-aggregation kind, from an honest 3-client round, with the
+    parser its receiver runs (clients parse the server's messages, the server the clients')."""
+    import numpy as np
+
+    from veil.protocols import _secagg_messages as m
+    from veil.protocols.prg import ring_dtype
+    from veil.protocols.secagg import (
+        SecAggClient,
+        SecAggConfig,
+        SecAggServer,
+        generate_identities,
+    )
+
+    cfg = SecAggConfig(3, 4, 1.0)
+    server = SecAggServer(cfg)
+    keys, directory = generate_identities(range(3))
+    cl = [SecAggClient(c, cfg, round_id=server.round_id, server_public_key=server.public_key,
+                       identity_key=keys[c], directory=directory) for c in range(3)]
+    adv = [c.advertise() for c in cl]
+    for a in adv:
+        server.receive_advertise(a)
+    roster = server.close_advertise()
+    shares = [c.share_keys(roster) for c in cl]
+    for s in shares:
+        server.receive_shares(s)
+    delivery = server.close_shares()
+    masked = [c.masked_input(np.full(4, 0.25), delivery[i]) for i, c in enumerate(cl)]
+    for x in masked:
+        server.receive_masked(x)
+    survivors = server.close_masked()
+    sigs = [c.consistency(survivors) for c in cl]
+    for x in sigs:
+        server.receive_consistency(x)
+    request = server.close_consistency()
+    unmask = cl[0].unmask(request)
+    ph, mb = cfg.params_hash, cfg.max_message_bytes()
+
+    def parse(cls: Any, **kw: Any) -> Callable[[bytes], Any]:
+        return lambda d: cls.from_bytes(d, params_hash=ph, **kw)
+
+    return {
+        "secagg.advertise": (adv[0], parse(m.AdvertiseKeys)),
+        "secagg.roster": (roster, parse(m.Roster, max_bytes=mb)),
+        "secagg.share_keys": (shares[0], parse(m.ShareKeys, max_bytes=mb)),
+        "secagg.delivery": (delivery[0], parse(m.ShareDelivery, max_bytes=mb)),
+        "secagg.masked": (masked[0], parse(m.MaskedInput, max_bytes=mb, length=cfg.masked_length,
+                                            dtype=ring_dtype(cfg.ring_bits))),
+        "secagg.survivors": (survivors, parse(m.SurvivorList, max_bytes=mb)),
+        "secagg.consistency": (sigs[0], parse(m.ConsistencySignature)),
+        "secagg.unmask_request": (request, parse(m.UnmaskRequest, max_bytes=mb)),
+        "secagg.unmask": (unmask, parse(m.UnmaskShares, max_bytes=mb)),
     }
 
 
