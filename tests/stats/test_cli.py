@@ -59,7 +59,18 @@ def test_stats_command_reports_bad_input_cleanly(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     proc = _veil("stats", "--data", paths[0], "--data", paths[1], "--columns", "age",
                  "--stats", "median", "--backend", "paillier")
-    assert proc.returncode == 1 and "backend='mpc'" in proc.stderr
+    assert proc.returncode == 1 and "--backend mpc" in proc.stderr  # the flag, not the API
+
+
+def test_messages_name_the_flags_not_the_api_parameters(tmp_path: Path) -> None:
+    paths = _csvs(tmp_path, 2)
+    base = ("stats", "--data", paths[0], "--data", paths[1], "--columns", "age")
+    proc = _veil(*base, "--stats", "mean", "--epsilon", "1")
+    assert proc.returncode == 2 and "--bounds LOW:HIGH" in proc.stderr
+    proc = _veil(*base, "--stats", "mean", "--min-cohort", "61")
+    assert proc.returncode == 1 and "lower --min-cohort" in proc.stderr
+    for api in ("bounds=", "min_cohort", "backend="):
+        assert api not in proc.stderr
 
 
 def test_audit_verify_command_detects_an_edit(tmp_path: Path) -> None:

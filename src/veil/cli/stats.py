@@ -9,12 +9,13 @@ was revealed; see ``docs/security/stats.md`` for who learns what.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from veil.errors import ConfigurationError
+from veil.errors import ConfigurationError, VeilError
 
 # Every statistic of veil.protocols.statistics.SUPPORT (a test keeps the two in step), listed
 # here so that `veil stats --help` needs no numpy import.
@@ -55,6 +56,30 @@ def parse_bounds(text: str | None) -> Any:
     except ValueError as exc:
         raise ConfigurationError(
             f"--bounds must look like 0:120 or age=0:120,bmi=10:60, got {text!r}") from exc
+
+
+# API spellings in the library's messages -> the flags a command-line user types
+_CLI_TERMS = (
+    ("bounds=(low, high) or bounds={column: (low, high)}",
+     "--bounds LOW:HIGH or --bounds COLUMN=LOW:HIGH,..."),
+    ("bounds={column: (low, high), ...}", "--bounds COLUMN=LOW:HIGH,..."),
+    ("bounds=(low, high)", "--bounds LOW:HIGH"),
+    ("bounds=...", "--bounds LOW:HIGH"),
+    ("epsilon=...", "--epsilon E"),
+    ("dataset_names=[...]", "--dataset-name NAME (one per --data)"),
+    ("dataset_names=", "--dataset-name"),
+    ("min_cohort", "--min-cohort"),
+    ("quantiles_n", "--quantiles"),
+    ("paillier_bits", "--paillier-bits"),
+    ("allow_insecure=True", "--allow-insecure"),
+)
+
+
+def in_cli_terms(text: str) -> str:
+    """A library message with its parameter spellings replaced by this command's flags."""
+    for api, flag in _CLI_TERMS:
+        text = text.replace(api, flag)
+    return re.sub(r"\bbackend='(\w+)'", r"--backend \1", text)
 
 
 def parse_bins(text: str | None) -> list[float] | None:
@@ -263,12 +288,17 @@ def register(app: typer.Typer) -> None:
         sources: list[Any] = ([str(p) for p in data] if delimiter == "," else
                               _read_csvs(data, delimiter))
         kwargs: dict[str, Any] = {} if iterations is None else {"iterations": iterations}
-        result = vstats.joint(
-            sources, parse_stats(stats), backend=backend,
-            columns=[c.strip() for c in columns.split(",") if c.strip()], bins=edges,
-            quantiles_n=quantiles_n, target=target, bounds=parse_bounds(bounds),
-            epsilon=epsilon, delta=delta, mechanism=mechanism, min_cohort=min_cohort,
-            ledger=BudgetLedger(ledger, epsilon=budget, delta=budget_delta) if ledger else None,
-            dataset_names=names or None, audit=audit_log, timeout=timeout,
-            paillier_bits=paillier_bits, allow_insecure=allow_insecure, **kwargs)
+        try:
+            result = vstats.joint(
+                sources, parse_stats(stats), backend=backend,
+                columns=[c.strip() for c in columns.split(",") if c.strip()], bins=edges,
+                quantiles_n=quantiles_n, target=target, bounds=parse_bounds(bounds),
+                epsilon=epsilon, delta=delta, mechanism=mechanism, min_cohort=min_cohort,
+                ledger=(BudgetLedger(ledger, epsilon=budget, delta=budget_delta)
+                        if ledger else None),
+                dataset_names=names or None, audit=audit_log, timeout=timeout,
+                paillier_bits=paillier_bits, allow_insecure=allow_insecure, **kwargs)
+        except VeilError as exc:  # the library names its parameters; say the flags instead
+            exc.args = (in_cli_terms(str(exc)), *exc.args[1:])
+            raise
         render(result, Console(), bins=edges)
