@@ -339,22 +339,20 @@ def _secagg_messages() -> dict[str, tuple[bytes, Callable[[bytes], Any]]]:
     keys, directory = generate_identities(range(3))
     cl = [SecAggClient(c, cfg, round_id=server.round_id, server_public_key=server.public_key,
                        identity_key=keys[c], directory=directory) for c in range(3)]
-    adv = [c.advertise() for c in cl]
-    for a in adv:
-        server.receive_advertise(a)
-    roster = server.close_advertise()
-    shares = [c.share_keys(roster) for c in cl]
-    for s in shares:
-        server.receive_shares(s)
-    delivery = server.close_shares()
-    masked = [c.masked_input(np.full(4, 0.25), delivery[i]) for i, c in enumerate(cl)]
-    for x in masked:
-        server.receive_masked(x)
-    survivors = server.close_masked()
-    sigs = [c.consistency(survivors) for c in cl]
-    for x in sigs:
-        server.receive_consistency(x)
-    request = server.close_consistency()
+
+    def round_trip(msgs: list[bytes], receive: str, close: str) -> tuple[list[bytes], Any]:
+        for msg in msgs:
+            getattr(server, receive)(msg)
+        return msgs, getattr(server, close)()
+
+    adv, roster = round_trip([c.advertise() for c in cl], "receive_advertise", "close_advertise")
+    shares, delivery = round_trip([c.share_keys(roster) for c in cl], "receive_shares",
+                                  "close_shares")
+    masked, survivors = round_trip(
+        [c.masked_input(np.full(4, 0.25), delivery[i]) for i, c in enumerate(cl)],
+        "receive_masked", "close_masked")
+    sigs, request = round_trip([c.consistency(survivors) for c in cl], "receive_consistency",
+                               "close_consistency")
     unmask = cl[0].unmask(request)
     ph, mb = cfg.params_hash, cfg.max_message_bytes()
 
