@@ -72,6 +72,7 @@ _CLI_TERMS = (
     ("quantiles_n", "--quantiles"),
     ("paillier_bits", "--paillier-bits"),
     ("allow_insecure=True", "--allow-insecure"),
+    ("use bits=", "use --paillier-bits "),
 )
 
 
