@@ -21,8 +21,8 @@ from typing import Any
 
 from veil.errors import ConfigurationError, SerializationError, UnsupportedOperationError
 
-__all__ = ["share", "reveal", "open_ring", "cat", "stack", "where", "is_shared", "MAX_DIMS",
-           "MAX_ELEMENTS"]
+__all__ = ["share", "reveal", "open_ring", "check_recipients", "cat", "stack", "where",
+           "is_shared", "MAX_DIMS", "MAX_ELEMENTS"]
 
 MAX_DIMS = 16
 MAX_ELEMENTS = 1 << 28  # per shared tensor: 2 GiB of 64-bit shares per party
@@ -148,17 +148,24 @@ def reveal(party: Any, x: Any, *, to: Sequence[int] | None = None) -> Any:
     ws = party.world_size
     if to is None:
         return x.get_plain_text()
+    inner = x._tensor
+    binary = isinstance(inner, crypten.mpc.primitives.BinarySharedTensor)
+    total = open_ring(party, inner.share, check_recipients(ws, to), binary=binary)
+    return None if total is None else inner.encoder.decode(total)
+
+
+def check_recipients(world_size: int, to: Sequence[int] | int) -> list[int]:
+    """``to`` as the sorted list of distinct ranks it names; a typed error if it names none or
+    anything that is not a rank of this session."""
     if isinstance(to, int):
         to = [to]
     recipients = sorted(set(to))
-    if not recipients or any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < ws
-                             for r in recipients):
+    if not recipients or any(isinstance(r, bool) or not isinstance(r, int)
+                             or not 0 <= r < world_size for r in recipients):
         raise ConfigurationError(
-            f"to must be None or a non-empty list of party ranks in 0..{ws - 1}, got {to!r}")
-    inner = x._tensor
-    binary = isinstance(inner, crypten.mpc.primitives.BinarySharedTensor)
-    total = open_ring(party, inner.share, recipients, binary=binary)
-    return None if total is None else inner.encoder.decode(total)
+            f"to must be None or a non-empty list of party ranks in 0..{world_size - 1}, "
+            f"got {to!r}")
+    return recipients
 
 
 def open_ring(party: Any, share: Any, to: Sequence[int], *, binary: bool = False) -> Any:

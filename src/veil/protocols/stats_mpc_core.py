@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from veil.errors import ConfigurationError
-from veil.mpc.tensor import open_ring
+from veil.mpc.tensor import check_recipients, open_ring
 from veil.protocols import statistics as st
 
 FRAC_BITS = 16
@@ -57,13 +57,8 @@ def _reveal(party: Any, x: Any, to: Sequence[int] | None) -> np.ndarray | None:
     party's buffer)."""
     if to is None:
         return _open(party, x)
-    recipients = sorted(set(to))
-    if not recipients or any(not isinstance(r, int) or not 0 <= r < party.world_size
-                             for r in recipients):
-        raise ConfigurationError(
-            f"to must be None or party ranks in 0..{party.world_size - 1}, got {list(to)}")
     inner = x._tensor
-    ring = open_ring(party, inner.share, recipients)  # point to point: others receive nothing
+    ring = open_ring(party, inner.share, check_recipients(party.world_size, to))  # point to point
     out = None if ring is None else _decode(ring, inner.encoder.scale)
     _record(party, out)
     return out
