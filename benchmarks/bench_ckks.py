@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from veil.he.ckks import CKKSContext
+from veil.he.lattice.ckks import CKKSContext
 from veil.he.params import CKKSParams
 
 SLOTS = 4096

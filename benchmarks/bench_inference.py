@@ -6,7 +6,7 @@
    per-sample time of each (server only and end to end, i.e. with client encryption and
    decryption), the ratio, and the argmax agreement of both with plaintext.
 2. CKKS small CNN, **single-sample** latency and max logit error vs plaintext, side by side:
-   ``digits-cnn-fast`` in the taps layout (``veil.models.ckks_lanes``: N=8192, no row
+   ``digits-cnn-fast`` in the taps layout (``veil.models.ckks.lanes``: N=8192, no row
    rotations) and ``digits-cnn-poly`` in the generic single layout (im2col first conv, dense
    second conv through TenSEAL's row-rotating ``mm``). ``taps_accuracy`` runs the fast CNN on
    the whole test set.

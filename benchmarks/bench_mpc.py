@@ -1,8 +1,9 @@
 """MPC per-operation cost: Veil (CSPRNG + accounting + safe messages) vs raw CrypTen.
 
 Both sides use CrypTen's dealer (TTP) provider and the same fork-based launcher; the only
-difference is whether ``veil.mpc.rng.install`` and ``veil.mpc.accounting.install`` ran. Each
-configuration (parties x implementation) is one long-lived multi-process session; inside it every
+difference is whether ``veil.mpc._crypten.rng.install`` and ``veil.mpc.accounting.install`` ran.
+Each configuration (parties x implementation) is one long-lived multi-process session; inside it
+every
 operation on 10^5 elements is run once to warm up and then ``REPEATS`` times, each timed inside
 the parties between barriers (the slowest party counts), and the median is reported. Sessions of
 Veil and raw CrypTen alternate ``SESSIONS`` times to spread the noise of a shared machine, and
@@ -149,7 +150,7 @@ def test_ops_veil_vs_raw_crypten(benchmark, tables, parties: int) -> None:
 @pytest.mark.parametrize("generator", ["veil-chacha20", "torch-mt19937"])
 def test_ring_element_generation(benchmark, generator: str, numel: int) -> None:
     """One draw of ``numel`` ring elements: Veil's ChaCha20 vs CrypTen's torch.randint."""
-    from veil.mpc import rng
+    from veil.mpc._crypten import rng
 
     benchmark.group = f"random ring elements, n={numel}"
     if generator == "veil-chacha20":
@@ -208,7 +209,7 @@ def test_cuda_matmul_2048_speedup(benchmark) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - manual run
-    from veil.mpc._compat import import_crypten
+    from veil.mpc._crypten.compat import import_crypten
 
     import_crypten()
     all_tables = {}

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from veil import stats
-from veil.protocols import statistics as st
+from veil.protocols.stats import spec as st
 
 PEER_TIMEOUT = int(os.environ.get("VEIL_BENCH_PEER_TIMEOUT", "1500"))
 MPYC_CORR_ROWS = int(os.environ.get("VEIL_BENCH_MPYC_CORR_ROWS", "10000"))

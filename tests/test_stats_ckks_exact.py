@@ -1,4 +1,4 @@
-"""The CKKS statistics backend releases exact-rounded integers (``veil.protocols.stats_he``).
+"""The CKKS statistics backend releases exact-rounded integers (veil.protocols.stats.homomorphic).
 
 Statistics travel as 72-bit fixed-point integers (24 fractional bits) split into 18 limbs of 4
 bits; the aggregator adds a random zero-sum limb mask and the key holder rounds the decrypted
@@ -20,8 +20,8 @@ from hypothesis import strategies as hst
 
 from veil import stats
 from veil.errors import ConfigurationError
-from veil.protocols import statistics as st
-from veil.protocols import stats_he as sh
+from veil.protocols.stats import homomorphic as sh
+from veil.protocols.stats import spec as st
 
 F = sh.CKKS_FRAC_BITS
 LIMB = 1 << sh.CKKS_LIMB_BITS
@@ -95,7 +95,7 @@ def test_rounding_limbs_refuses_values_far_from_an_integer() -> None:
 
 def test_parameters_keep_every_limb_sum_exact() -> None:
     """The stated bound: CKKS_MAX_TERMS vectors of limbs <= 2^4 plus the mask fit and round."""
-    from veil.he.ckks import _error_constants
+    from veil.he.lattice.ckks import _error_constants
 
     params = sh._ckks_params()
     assert params.poly_modulus_degree == 8192 and params.scale_bits == 23

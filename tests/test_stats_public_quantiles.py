@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 from veil import mpc, stats
-from veil.protocols import statistics as st
-from veil.protocols.stats_mpc_core import PUBLIC_FANOUT, UNIT
-from veil.protocols.stats_mpc_rows import (
+from veil.protocols.stats import spec as st
+from veil.protocols.stats.rows import (
     FINE,
     MAX_PUBLIC_DEN,
     _local_view,
     _round_fine,
     public_search_supports,
 )
+from veil.protocols.stats.shares import PUBLIC_FANOUT, UNIT
 from veil.stats._party import party_release
 from veil.stats._release import make_release
 

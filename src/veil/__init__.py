@@ -14,7 +14,7 @@ from veil.errors import VeilError
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("he", "mpc", "protocols", "stats", "models", "privacy", "serve", "bench")
+_SUBPACKAGES = ("he", "mpc", "privacy", "protocols", "stats", "models", "fl", "serve", "bench")
 
 __all__ = ["__version__", "errors", "VeilError", *_SUBPACKAGES]
 

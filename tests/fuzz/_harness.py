@@ -225,8 +225,8 @@ def loaders() -> dict[str, Loader]:
     import torch
 
     from veil.he import serialize as env
-    from veil.he.bfv import BFVContext
-    from veil.he.ckks import CKKSContext
+    from veil.he.lattice.bfv import BFVContext
+    from veil.he.lattice.ckks import CKKSContext
     from veil.he.paillier import (
         PackedPaillierVector,
         PaillierKeyPair,
@@ -235,9 +235,9 @@ def loaders() -> dict[str, Loader]:
         PaillierVector,
     )
     from veil.he.params import BFVParams, CKKSParams, batching_prime
-    from veil.models.ckks_infer import EncryptedValues
+    from veil.models.ckks.infer import EncryptedValues
     from veil.models.mpc_infer import program_from_json
-    from veil.mpc import _messages as mpc_messages
+    from veil.mpc._crypten import messages as mpc_messages
     from veil.protocols import inference, shamir
 
     ckks = CKKSContext.generate(CKKSParams(2048, (27, 27), 20), galois_keys=False)
@@ -325,7 +325,6 @@ def _secagg_messages() -> dict[str, tuple[bytes, Callable[[bytes], Any]]]:
     parser its receiver runs (clients parse the server's messages, the server the clients')."""
     import numpy as np
 
-    from veil.protocols import _secagg_messages as m
     from veil.protocols.prg import ring_dtype
     from veil.protocols.secagg import (
         SecAggClient,
@@ -333,6 +332,7 @@ def _secagg_messages() -> dict[str, tuple[bytes, Callable[[bytes], Any]]]:
         SecAggServer,
         generate_identities,
     )
+    from veil.protocols.secagg import messages as m
 
     cfg = SecAggConfig(3, 4, 1.0)
     server = SecAggServer(cfg)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from veil.errors import ConfigurationError, DepthExhaustedError, KeyMismatchError
-from veil.he.bfv import BFVContext
+from veil.he.lattice.bfv import BFVContext
 from veil.he.params import BFVParams
 
 P = BFVParams.for_plain_bits(20, poly_modulus_degree=4096)  # depth 1, 2048 slots

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from veil.errors import ConfigurationError, DepthExhaustedError, KeyMismatchError, VeilError
-from veil.he._ckks_tensor import _level_of
-from veil.he.ckks import CKKSContext, CKKSTensor, flooding_sigma, linear_combination
+from veil.he.lattice.ckks import CKKSContext, CKKSTensor, flooding_sigma, linear_combination
+from veil.he.lattice.tensor import _level_of
 from veil.he.params import CKKSParams
 
 TOL = 1e-5  # absolute, for values of magnitude <= ~100 at scale 2^40

@@ -7,7 +7,7 @@ import pytest
 
 from veil.errors import ConfigurationError, KeyMismatchError, SerializationError
 from veil.he import serialize as env
-from veil.he.ckks import KIND_PUBLIC, KIND_SECRET, KIND_TENSOR, CKKSContext
+from veil.he.lattice.ckks import KIND_PUBLIC, KIND_SECRET, KIND_TENSOR, CKKSContext
 from veil.he.params import CKKSParams
 
 SMALL = CKKSParams(4096, (39, 30, 40), 30)  # fast; |x| < 2^8

@@ -16,8 +16,13 @@ from veil.errors import (
     SerializationError,
     UnsupportedOperationError,
 )
-from veil.he import _paillier_wire as wire
-from veil.he.paillier import PaillierKeyPair, PaillierPrivateKey, PaillierPublicKey, PaillierVector
+from veil.he.paillier import (
+    PaillierKeyPair,
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    PaillierVector,
+    wire,
+)
 from veil.he.serialize import pack
 
 INTS = st.integers(min_value=-(2**62), max_value=2**62)
@@ -240,7 +245,7 @@ def test_crt_and_public_encryptions_decrypt_with_phe(kp: PaillierKeyPair) -> Non
 
 
 def test_parallel_batch_encryption(kp: PaillierKeyPair, monkeypatch: pytest.MonkeyPatch) -> None:
-    from veil.he import _paillier_parallel
+    from veil.he.paillier import parallel as _paillier_parallel
 
     monkeypatch.setattr(_paillier_parallel, "PARALLEL_MIN", 64)  # keep the test small
     calls = []
@@ -325,7 +330,7 @@ def test_encryption_is_randomized_on_every_path(kp: PaillierKeyPair) -> None:
 
 
 def test_parallel_decryption(kp: PaillierKeyPair, monkeypatch: pytest.MonkeyPatch) -> None:
-    from veil.he import _paillier_parallel
+    from veil.he.paillier import parallel as _paillier_parallel
 
     monkeypatch.setattr(_paillier_parallel, "PARALLEL_MIN_DECRYPT", 16)
     calls = []

@@ -11,8 +11,8 @@ import pytest
 from gmpy2 import mpz
 
 from veil.errors import ConfigurationError, InsecureParametersError
-from veil.he import _paillier_math as pm
 from veil.he.paillier import PaillierKeyPair, PaillierPrivateKey, PaillierPublicKey
+from veil.he.paillier import arith as pm
 
 P = 2**61 - 1  # Mersenne prime M61
 Q = 2**64 - 59  # largest 64-bit prime
@@ -72,9 +72,9 @@ def test_crt_randomizer_and_decryption() -> None:
 def test_public_decrypt_of_known_ciphertext_through_vector_api() -> None:
     pk = PaillierPublicKey(N, allow_insecure=True)
     sk = PaillierPrivateKey(pk, P, Q)
-    from veil.he._paillier_vector import object_array
     from veil.he.encoding import FixedPointEncoding
     from veil.he.paillier import PaillierVector
+    from veil.he.paillier.vector import object_array
 
     v = PaillierVector._make(
         pk,

@@ -29,9 +29,9 @@ WORKER = textwrap.dedent(
     import torch  # noqa: F401  (a mutated "torch" flag makes decrypt import it: not a hang)
     from veil.errors import DepthExhaustedError, KeyMismatchError, SerializationError
     from veil.he import serialize as env
-    from veil.he._tenseal import frame, unframe
-    from veil.he.bfv import BFVContext
-    from veil.he.ckks import CKKSContext
+    from veil.he.lattice.native import frame, unframe
+    from veil.he.lattice.bfv import BFVContext
+    from veil.he.lattice.ckks import CKKSContext
     from veil.he.params import BFVParams, CKKSParams, batching_prime
 
     N_PER = int(sys.argv[1])
@@ -171,8 +171,8 @@ def test_context_whose_primes_differ_from_its_header_is_refused() -> None:
 
     from veil.errors import SerializationError
     from veil.he import serialize as env
-    from veil.he._tenseal import frame, new_native_context, unframe
-    from veil.he.ckks import CKKSContext
+    from veil.he.lattice.ckks import CKKSContext
+    from veil.he.lattice.native import frame, new_native_context, unframe
     from veil.he.params import CKKSParams
 
     good = CKKSContext.generate(CKKSParams(8192, (60, 40, 40, 60), 40),

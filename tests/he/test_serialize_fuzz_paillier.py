@@ -59,7 +59,7 @@ def _structured(kp, rng: random.Random) -> dict[str, list[bytes]]:
     """Payloads with a correct envelope whose body is well-formed but semantically invalid."""
     from gmpy2 import mpz
 
-    from veil.he import _paillier_wire as wire
+    from veil.he.paillier import wire
     from veil.he.serialize import pack
 
     pk = kp.public_key

@@ -169,7 +169,7 @@ class Recorder:
 
 def leaky_reduce_opening(party: Any, share: Any, to: Sequence[int], *, binary: bool = False) -> Any:
     """The old restricted opening (CrypTen's reduce), for the harness's negative control."""
-    from veil.mpc._compat import import_crypten
+    from veil.mpc._crypten.compat import import_crypten
 
     comm = import_crypten().communicator
     if binary:
@@ -187,7 +187,7 @@ def _mpc_job(party: Any, x: np.ndarray, stats: Sequence[str], to: Sequence[int] 
     from veil import stats as api
 
     if leaky:
-        from veil.protocols import stats_mpc_core
+        from veil.protocols.stats import shares as stats_mpc_core
 
         stats_mpc_core.open_ring = leaky_reduce_opening
     with Recorder() as rec:
@@ -252,7 +252,7 @@ class HEBackend(Backend):
     def run(self, datasets: Sequence[np.ndarray], stats: Sequence[str],
             to: Sequence[Any] | None, options: dict) -> list[View]:
         from veil import stats as api
-        from veil.protocols import stats_he
+        from veil.protocols.stats import homomorphic as stats_he
 
         seen: list[tuple[str, str, str, bytes]] = []
         real = stats_he.Wire.send

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from veil import mpc
-from veil.protocols import statistics as st
-from veil.protocols import stats_mpc
+from veil.protocols.stats import secret as stats_mpc
+from veil.protocols.stats import spec as st
 
 
 def _cli_like(n: int = 240, seed: int = 0) -> np.ndarray:

@@ -11,8 +11,8 @@ import pytest
 
 from veil import mpc
 from veil.errors import PartyFailure, PolicyViolation
-from veil.protocols import statistics as st
-from veil.protocols import stats_mpc
+from veil.protocols.stats import secret as stats_mpc
+from veil.protocols.stats import spec as st
 
 ROWS = [9, 1, 5]
 

@@ -10,7 +10,7 @@ from torch import nn
 from veil import he, models
 from veil.errors import ConfigurationError, DepthExhaustedError, SerializationError
 from veil.models.approx import PolyActivation
-from veil.models.ckks_plan import max_secure_depth
+from veil.models.ckks.plan import max_secure_depth
 
 FAST = {"precision_bits": 30, "integer_bits": 9}  # depth 4 fits N=8192 at 128 bits
 

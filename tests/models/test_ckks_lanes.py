@@ -1,4 +1,4 @@
-"""Single-sample CKKS in the taps layout (veil.models.ckks_lanes) against plaintext oracles."""
+"""Single-sample CKKS in the taps layout (veil.models.ckks.lanes) against plaintext oracles."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from veil import he, models
 from veil.errors import ConfigurationError, SerializationError
 from veil.models.approx import PolyActivation
-from veil.models.ckks_lanes import encode_taps
+from veil.models.ckks.lanes import encode_taps
 
 
 def _ctx_and_model(net, shape):

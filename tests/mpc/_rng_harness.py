@@ -1,8 +1,9 @@
 """A minimal fork-based launcher for the randomness/accounting tests and benchmarks.
 
 It runs ``fn(crypten, rank, *args)`` in ``world`` party processes (plus CrypTen's dealer process
-for ``provider="TTP"``), with Veil's patches (``veil.mpc.rng`` / ``veil.mpc.accounting``) or
-without them (``veil=False``: raw CrypTen, the baseline). The session's own launcher is
+for ``provider="TTP"``), with Veil's patches (``veil.mpc._crypten.rng`` /
+``veil.mpc.accounting``) or without them (``veil=False``: raw CrypTen, the baseline). The session's
+own launcher is
 ``veil.mpc.run``; this one exists so that the patches can be tested in isolation and compared
 against raw CrypTen in the same harness.
 """
@@ -22,12 +23,13 @@ def _child(fn, rank, world, rendezvous, provider, veil, before_init, q, args):
     os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank),
                        "RENDEZVOUS": f"file://{rendezvous}", "DISTRIBUTED_BACKEND": "gloo"})
     try:
-        from veil.mpc._compat import import_crypten
+        from veil.mpc._crypten.compat import import_crypten
 
         crypten = import_crypten()
         crypten.config.cfg.mpc.provider = provider
         if veil:
-            from veil.mpc import accounting, rng
+            from veil.mpc import accounting
+            from veil.mpc._crypten import rng
         if rank == world:  # the dealer
             if veil:
                 rng.install(crypten)

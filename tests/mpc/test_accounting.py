@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from veil.errors import ConfigurationError
-from veil.mpc import _messages, accounting
+from veil.mpc import accounting
+from veil.mpc._crypten import messages as _messages
 
 _spec = importlib.util.spec_from_file_location(
     "_rng_harness", pathlib.Path(__file__).with_name("_rng_harness.py"))

@@ -17,8 +17,8 @@ import pytest
 
 from veil import mpc
 from veil.errors import ConfigurationError, PartyFailure
-from veil.mpc import _launch
-from veil.mpc._monitor import CATEGORIES, error_category
+from veil.mpc._runtime import launch as _launch
+from veil.mpc._runtime.monitor import CATEGORIES, error_category
 from veil.stats import describe
 
 SENTINEL = "98765"  # part of every planted value / name / path

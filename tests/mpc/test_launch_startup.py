@@ -11,7 +11,7 @@ import pytest
 
 from veil import mpc
 from veil.errors import ConfigurationError
-from veil.mpc._launch import _EXTRA_PRELOAD, _mentions_main
+from veil.mpc._runtime.launch import _EXTRA_PRELOAD, _mentions_main
 
 
 def test_arguments_from_the_main_script_are_detected(monkeypatch):
@@ -25,8 +25,8 @@ def test_arguments_from_the_main_script_are_detected(monkeypatch):
 
 
 def test_preload_validates_names_and_deduplicates(monkeypatch):
-    monkeypatch.setattr("veil.mpc._launch._EXTRA_PRELOAD", [])
-    from veil.mpc import _launch
+    monkeypatch.setattr("veil.mpc._runtime.launch._EXTRA_PRELOAD", [])
+    from veil.mpc._runtime import launch as _launch
 
     mpc.preload("veil.stats._party", "veil.stats._party")
     assert _launch._EXTRA_PRELOAD == ["veil.stats._party"]

@@ -1,4 +1,4 @@
-"""veil.mpc._messages: object messages between parties never unpickle peer data."""
+"""veil.mpc._crypten.messages: object messages between parties never unpickle peer data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from veil.errors import SerializationError, UnsupportedOperationError
-from veil.mpc import _messages as msg
+from veil.mpc._crypten import messages as msg
 
 _spec = importlib.util.spec_from_file_location(
     "_rng_harness", pathlib.Path(__file__).with_name("_rng_harness.py"))

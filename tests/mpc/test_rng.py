@@ -1,4 +1,4 @@
-"""veil.mpc.rng: ChaCha20 streams, CrypTen patched to use them, keys agreed between parties."""
+"""veil.mpc._crypten.rng: ChaCha20 streams, CrypTen patched to use them, keys agreed by parties."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from veil.errors import ConfigurationError, UnsupportedOperationError
-from veil.mpc import rng
+from veil.mpc._crypten import rng
 
 _spec = importlib.util.spec_from_file_location(
     "_rng_harness", pathlib.Path(__file__).with_name("_rng_harness.py"))
@@ -164,7 +164,7 @@ def test_local_stream_is_redrawn_after_fork() -> None:
 def _patched_job(crypten, rank):
     import torch as t
 
-    from veil.mpc import rng as r
+    from veil.mpc._crypten import rng as r
 
     # 1. every torch random call from CrypTen now fails: MT19937 must never be used again
     def _forbidden(*_a, **_k):
@@ -224,8 +224,9 @@ def test_crypten_draws_only_from_secure_streams(world: int, provider: str,
                                   before_init=before_init)
     x = torch.tensor([1.5, -2.0, 3.25, 0.5])
     y = torch.tensor([2.0, 4.0, -1.0, 8.0])
-    # CrypTen's own decoder floors negative values wrongly (off by up to -1); veil.mpc._compat
-    # replaces it, so the tolerance is the fixed-point truncation error only. A desynchronized
+    # CrypTen's own decoder floors negative values wrongly (off by up to -1);
+    # veil.mpc._crypten.compat replaces it, so the tolerance is the fixed-point truncation error
+    # only. A desynchronized
     # stream would be off by ~2^47 instead.
     tol = 0.02
     for res in results:

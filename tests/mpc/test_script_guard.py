@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from veil.errors import ConfigurationError
-from veil.mpc._jobs import JobRef, resolve_job
+from veil.mpc._runtime.jobs import JobRef, resolve_job
 
 
 def _run_script(tmp_path, body: str) -> subprocess.CompletedProcess:

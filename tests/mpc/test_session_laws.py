@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from veil import mpc
 from veil.errors import ConfigurationError
-from veil.mpc._launch import job_ref
-from veil.mpc._party import parse_master
+from veil.mpc._runtime.launch import job_ref
+from veil.mpc._runtime.party import parse_master
 from veil.mpc.tensor import MAX_DIMS, _check_shape
 
 finite = st.floats(min_value=-100, max_value=100, allow_nan=False, allow_infinity=False)

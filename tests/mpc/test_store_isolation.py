@@ -1,8 +1,9 @@
 """A local session is reachable only from this machine, and only by holders of its secret.
 
 The session store of ``mpc.run`` is a file in a private directory whose name is a random
-secret (``veil.mpc._party.open_store``); gloo listens on loopback only. From this machine's own
-non-loopback address nothing of the session answers, and a client that connects to whatever the
+secret (``veil.mpc._runtime.party.open_store``); gloo listens on loopback only. From this
+machine's own non-loopback address nothing of the session answers, and a client that connects to
+whatever the
 session's MASTER_PORT names can neither read nor inject store keys (an injected ``err/1`` would
 abort it). (gloo's own loopback ports are not authenticated: see docs/security/mpc.md.)
 """
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 from veil import mpc
-from veil.mpc import _launch
+from veil.mpc._runtime import launch as _launch
 
 
 def waiting_job(party, flag_dir):

@@ -17,7 +17,7 @@ import pytest
 from veil import stats
 from veil.errors import PolicyViolation
 from veil.privacy import AuditLog, BudgetLedger, ReleasePolicy
-from veil.protocols import stats_he
+from veil.protocols.stats import homomorphic as stats_he
 
 HE = {"paillier_bits": 1024, "allow_insecure": True}
 RNG = np.random.default_rng(5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from veil.errors import AggregationAborted, ConfigurationError, InsecureParametersError
-from veil.protocols.aggregation import BACKENDS, make_aggregator, secure_sum
+from veil.fl.aggregation import BACKENDS, make_aggregator, secure_sum
 
 N, D, CLIP = 5, 40, 2.0
 FAST = {
@@ -33,7 +33,7 @@ def test_backends_agree_with_the_plaintext_sum(updates: dict, backend: str,
     plain = sum(np.clip(updates[c], -CLIP, CLIP) for c in res.survivors)
     clipped = sum(int(np.sum(np.abs(updates[c]) > CLIP)) for c in res.survivors)
     if backend == "ckks":
-        from veil.he.ckks import flooding_sigma
+        from veil.he.lattice.ckks import flooding_sigma
 
         sigma = flooding_sigma(1e-6, D + 1)  # generous error bound for a few fresh additions
         assert np.max(np.abs(res.total - plain)) < 8 * sigma

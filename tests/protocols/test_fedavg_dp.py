@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from veil.errors import AggregationAborted, ConfigurationError
-from veil.protocols._secagg_dp import (
+from veil.fl.fedavg import DPConfig, FedAvgConfig, train_fedavg
+from veil.privacy.federated import (
     RDPAccountant,
     gaussian,
     rdp_to_epsilon,
     sampled_gaussian_rdp,
 )
-from veil.protocols.fedavg import DPConfig, FedAvgConfig, train_fedavg
 
 
 # -- accountant ---------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_client_process_failures_name_the_client_and_phase() -> None:
     import multiprocessing
 
     from veil.errors import PartyFailure
-    from veil.protocols import fedavg
+    from veil.fl import fedavg
 
     cfg = FedAvgConfig(num_clients=2, rounds=1, timeout_s=60)
     keys, directory = fedavg.identities(2)

@@ -13,8 +13,7 @@ from veil.errors import (
     InsecureParametersError,
     SerializationError,
 )
-from veil.protocols._secagg_messages import UnmaskShares
-from veil.protocols.aggregation import MaskingAggregator, secure_sum
+from veil.fl.aggregation import MaskingAggregator, secure_sum
 from veil.protocols.secagg import (
     PHASES,
     SecAggClient,
@@ -22,6 +21,7 @@ from veil.protocols.secagg import (
     SecAggServer,
     generate_identities,
 )
+from veil.protocols.secagg.messages import UnmaskShares
 
 N, D, T = 10, 257, 7
 
@@ -208,7 +208,7 @@ def test_server_never_gets_seed_and_key_shares_of_one_client() -> None:
     lmsgs = lying.to_masked()
     for c in (0, 1, 2, 3, 4):
         lying.server.receive_masked(lmsgs[c])
-    from veil.protocols._secagg_messages import SurvivorList
+    from veil.protocols.secagg.messages import SurvivorList
     fake = SurvivorList(lying.server.round_id, (1, 2, 3, 4)).to_bytes(lying.cfg.params_hash)
     with pytest.raises(AggregationAborted, match="as dropped although"):
         lying.clients[0].consistency(fake)  # client 0 did send: its key would expose it
@@ -229,7 +229,7 @@ def test_tampered_share_ciphertext_is_detected_by_the_recipient() -> None:
     for c in cl:
         s.receive_shares(cl[c].share_keys(roster))
     deliveries = s.close_shares()
-    from veil.protocols._secagg_messages import ShareDelivery
+    from veil.protocols.secagg.messages import ShareDelivery
     d = ShareDelivery.from_bytes(deliveries[0], params_hash=r.cfg.params_hash, max_bytes=10**6)
     cts = dict(d.ciphertexts)
     cts[1] = cts[1][:-1] + bytes([cts[1][-1] ^ 1])

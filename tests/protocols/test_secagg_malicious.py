@@ -12,22 +12,22 @@ import numpy as np
 import pytest
 
 from veil.errors import AggregationAborted, SerializationError, VeilError
-from veil.protocols._secagg_common import _pair_info, _ring_mask, _x25519
-from veil.protocols._secagg_messages import (
-    ConsistencySignature,
-    MaskedInput,
-    Roster,
-    ShareDelivery,
-    UnmaskRequest,
-    UnmaskShares,
-)
-from veil.protocols.aggregation import MaskingAggregator
+from veil.fl.aggregation import MaskingAggregator
 from veil.protocols.prg import expand, hkdf, ring_dtype
 from veil.protocols.secagg import (
     SecAggClient,
     SecAggConfig,
     SecAggServer,
     generate_identities,
+)
+from veil.protocols.secagg.common import _pair_info, _ring_mask, _x25519
+from veil.protocols.secagg.messages import (
+    ConsistencySignature,
+    MaskedInput,
+    Roster,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskShares,
 )
 
 TARGET = 0
@@ -82,7 +82,7 @@ class _Round:
         return self.masked(deliveries)
 
     def survivor_list(self, ids: tuple[int, ...]) -> bytes:
-        from veil.protocols._secagg_messages import SurvivorList
+        from veil.protocols.secagg.messages import SurvivorList
 
         return SurvivorList(self.server.round_id, ids).to_bytes(self.ph)
 
@@ -236,7 +236,7 @@ def _self_directory(keys: dict) -> object:
 def test_substituted_or_sybil_roster_entries_are_refused() -> None:
     """The roster's keys must be signed by the identities of the clients' own directory: a
     server can neither swap a client's encryption key (to read its shares) nor add a client."""
-    from veil.protocols._secagg_identity import advertise_payload
+    from veil.protocols.secagg.identity import advertise_payload
 
     r = _Round()
     s, cl = r.server, r.clients
@@ -281,7 +281,7 @@ def test_fedavg_clients_ignore_the_servers_threshold_and_dp_header(monkeypatch) 
     changes nothing a client enforces: it uses its own configuration."""
     import json
 
-    from veil.protocols import fedavg
+    from veil.fl import fedavg
 
     stds: list[float] = []
     real = fedavg.gaussian
@@ -319,7 +319,7 @@ def test_fedavg_clients_ignore_the_servers_threshold_and_dp_header(monkeypatch) 
 
 
 def test_fedavg_round_with_a_consistency_dropout() -> None:
-    from veil.protocols.fedavg import FedAvgConfig, train_fedavg
+    from veil.fl.fedavg import FedAvgConfig, train_fedavg
 
     cfg = FedAvgConfig(num_clients=5, rounds=1, processes=False, seed=4)
     res = train_fedavg(cfg, dropouts={0: {"consistency": [1], "share": [3]}})

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from veil.errors import ConfigurationError
 from veil.protocols import prg, shamir
-from veil.protocols._secagg_quant import Quantizer
+from veil.protocols.secagg.quant import Quantizer
 
 P = shamir.PRIME
 

@@ -127,7 +127,7 @@ def _raw_frame(head: bytes) -> bytes:
 def _galois_claim(body: bytes, galois: bool) -> bytes:
     """The same context with its header's Galois claim rewritten (digest recomputed)."""
     from veil.he import serialize as envelope
-    from veil.he._tenseal import frame, unframe
+    from veil.he.lattice.native import frame, unframe
 
     env = envelope.unpack(body, kind="ckks.context.public")
     header, blobs = unframe(env.body, "test")

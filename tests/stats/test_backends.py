@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 from veil import stats
-from veil.protocols import statistics as st
+from veil.protocols.stats import spec as st
 
 BINS = [-10.0, 0.0, 2.0, 4.0, 6.0, 30.0]
 SIZES = {2: (20, 19), 3: (13, 14, 12)}  # N = 39: quartiles and the median are order statistics
-# ckks: exact-rounded release, error <= P * 2^-25 per sufficient statistic (veil.protocols.stats_he)
+# ckks: exact-rounded release, error <= P * 2^-25 per sufficient statistic
+# (veil.protocols.stats.homomorphic)
 TOL = {"paillier": 1e-8, "ckks": 1e-7, "mpc": 3e-3}
 
 

@@ -92,7 +92,7 @@ def test_audit_verify_command_detects_an_edit(tmp_path: Path) -> None:
 
 def test_stats_help_lists_every_statistic_and_alias() -> None:
     from veil.cli.stats import ALIASES, LINEAR_STATS, ORDER_STATS
-    from veil.protocols.statistics import SUPPORT
+    from veil.protocols.stats.spec import SUPPORT
 
     assert set(LINEAR_STATS + ORDER_STATS) == set(SUPPORT)
     assert set(ALIASES.values()) <= set(SUPPORT)
@@ -270,7 +270,7 @@ def test_audit_verify_user_errors_are_one_line(tmp_path: Path, args, needle) -> 
 
 
 def test_render_reports_a_logistic_fit_that_did_not_converge() -> None:
-    from veil.protocols.statistics import Regression
+    from veil.protocols.stats.spec import Regression
 
     fit = Regression(np.array([0.43]), -10.8, ("bmi",), iterations=30, converged=False)
     text = _render(_result({"logistic_regression": fit}, columns=("bmi", "sick")))

@@ -1,7 +1,7 @@
 """Differentially private order statistics: the noisy public binary search.
 
 Plain data (one curator, the oracle) and the MPC backend run the same mechanism
-(``veil.protocols.stats_mpc_dp_order``). Accuracy bounds are derived from the calibrated noise:
+(``veil.protocols.stats.dp_order``). Accuracy bounds are derived from the calibrated noise:
 a query is answered correctly whenever the summed noise is below its distance from zero, so
 the rank of the answer lies within ``K·σ / den`` (+ one grid cell) of the target rank, with σ
 the standard deviation of the summed noise of one query and K = 8 (per-query failure
@@ -21,7 +21,7 @@ from veil import mpc, stats
 from veil.errors import ConfigurationError, UnsupportedOperationError
 from veil.privacy import BudgetLedger
 from veil.privacy import mechanisms as mech
-from veil.protocols import stats_mpc_dp_order as dpo
+from veil.protocols.stats import dp_order as dpo
 from veil.stats._party import party_release
 from veil.stats._release import make_release
 
@@ -246,8 +246,8 @@ def test_mpc_opens_only_bits_after_the_preflight_and_is_exact_with_huge_epsilon(
 
 def _predraw_job(party, x, interface):
     from veil.mpc import accounting
-    from veil.protocols import statistics as st
-    from veil.protocols import stats_mpc
+    from veil.protocols.stats import secret as stats_mpc
+    from veil.protocols.stats import spec as st
 
     spec = st.make_spec(["median", "max"], ["x"], bounds=[(LO, HI)], dp=True)
     size = sum(n for _, n in st.layout(spec))

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from veil import mpc
-from veil.protocols.stats_mpc_core import _open, inv_sqrt
+from veil.protocols.stats.shares import _open, inv_sqrt
 
 VALUES = [4.0**-8, 0.001, 0.3, 1.0, 3.99, 4.0, 17.0, 1234.5, 65536.0, 3.0e6, 4.0**15 * 3.9]
 
@@ -28,8 +28,8 @@ def test_inv_sqrt_matches_numpy_across_its_range():
 
 
 def _corr_job(party, x):
-    from veil.protocols import statistics as st
-    from veil.protocols.stats_mpc import run_release
+    from veil.protocols.stats import spec as st
+    from veil.protocols.stats.secret import run_release
 
     spec = st.make_spec(["correlation"], ["a", "b", "c"])
     return run_release(party, np.asarray(x), spec)["correlation"]

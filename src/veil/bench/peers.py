@@ -66,7 +66,7 @@ def _data(n: int) -> np.ndarray:
 # --- CKKS: Veil vs raw TenSEAL -----------------------------------------------------------------
 def _ckks(n: int, repeats: int) -> list[PeerRow]:
     from veil import he
-    from veil.he._tenseal import import_tenseal
+    from veil.he.lattice.native import import_tenseal
 
     ts = import_tenseal()
     params = he.CKKSParams.default()
@@ -130,7 +130,7 @@ def _veil_mpc_job(party: Any, n: int, repeats: int) -> dict[str, float]:
 
 
 def _raw_crypten_times(n: int, repeats: int, parties: int) -> dict[str, float]:
-    from veil.mpc._compat import import_crypten
+    from veil.mpc._crypten.compat import import_crypten
 
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"   # the same dealer provider Veil uses by default

@@ -48,7 +48,7 @@ def _plain(loads: Sequence[wl.Workload], repeats: int, progress: Progress) -> li
 
 def _ckks(loads: Sequence[wl.Workload], repeats: int, progress: Progress) -> list[Record]:
     from veil import he
-    from veil.he.ckks import linear_combination
+    from veil.he.lattice.ckks import linear_combination
 
     params = he.CKKSParams.default()
     t0 = time.perf_counter()

@@ -17,7 +17,7 @@ import typer
 
 from veil.errors import ConfigurationError, VeilError
 
-# Every statistic of veil.protocols.statistics.SUPPORT (a test keeps the two in step), listed
+# Every statistic of veil.protocols.stats.spec.SUPPORT (a test keeps the two in step), listed
 # here so that `veil stats --help` needs no numpy import.
 LINEAR_STATS = ("count", "sum", "mean", "variance", "pvariance", "stdev", "pstdev",
                 "covariance", "correlation", "histogram", "linear_regression")
@@ -130,7 +130,7 @@ def render(result: Any, console: Any, *, bins: list[float] | None = None) -> Non
     import numpy as np
     from rich.table import Table
 
-    from veil.protocols.statistics import Regression
+    from veil.protocols.stats.spec import Regression
 
     cols = [str(c) for c in result.columns]
     console.print(f"[bold]Veil joint statistics[/bold] — {result.parties} parties, backend "

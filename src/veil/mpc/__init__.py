@@ -36,10 +36,10 @@ __all__ = [
 ]
 
 _LAZY = {
-    "run": ("veil.mpc._launch", "run"),
-    "preload": ("veil.mpc._launch", "preload"),
-    "run_party": ("veil.mpc._cluster", "run_party"),
-    "run_dealer": ("veil.mpc._cluster", "run_dealer"),
+    "run": ("veil.mpc._runtime.launch", "run"),
+    "preload": ("veil.mpc._runtime.launch", "preload"),
+    "run_party": ("veil.mpc._runtime.cluster", "run_party"),
+    "run_dealer": ("veil.mpc._runtime.cluster", "run_dealer"),
     "Party": ("veil.mpc.session", "Party"),
     "PROVIDERS": ("veil.mpc.providers", "PROVIDERS"),
     "cat": ("veil.mpc.tensor", "cat"),

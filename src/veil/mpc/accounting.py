@@ -301,10 +301,10 @@ def operation(name: str) -> Iterator[None]:
 def install(crypten: Any) -> None:
     """Wrap CrypTen's communicator (and MPC tensor ops) for always-on accounting. Idempotent.
 
-    Also installs Veil's pickle-free object messages (:mod:`veil.mpc._messages`), which report
-    their exact sizes here.
+    Also installs Veil's pickle-free object messages (:mod:`veil.mpc._crypten.messages`), which
+    report their exact sizes here.
     """
-    from veil.mpc import _messages
+    from veil.mpc._crypten import messages as _messages
 
     _messages.install(crypten)
     with _lock:

@@ -1,7 +1,7 @@
 """Where a party's shares live: ``"auto"`` picks CUDA when a usable GPU is present, else CPU.
 
 Device choice reveals nothing to other parties beyond timing. Shares are moved to the device
-after they are drawn (Veil's CSPRNG runs on the CPU, see :mod:`veil.mpc.rng`).
+after they are drawn (Veil's CSPRNG runs on the CPU, see :mod:`veil.mpc._crypten.rng`).
 """
 
 from __future__ import annotations

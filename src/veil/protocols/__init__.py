@@ -1,6 +1,7 @@
-"""Multi-party protocols built on ``veil.mpc`` and ``veil.he``.
+"""Multi-party protocol kernels built on ``veil.mpc``, ``veil.he`` and ``veil.privacy``.
 
-Submodules (imported explicitly, e.g. ``from veil.protocols import aggregation``):
-``aggregation`` (secure aggregation), ``statistics`` (joint-statistics kernels), ``inference``
-(encrypted-inference messages), ``fedavg`` (federated averaging).
+Folders and modules (imported explicitly, e.g. ``from veil.protocols.stats import spec``):
+``stats/`` (joint-statistics kernels, one per backend), ``secagg/`` (secure aggregation with
+dropouts), ``inference`` (encrypted-inference messages), ``prg`` (seeds, HKDF, ring
+expansion), ``shamir`` (Shamir secret sharing over a prime field).
 """

@@ -164,7 +164,7 @@ class LinearEvaluator:
         return self._info
 
     def bind(self, ctx: Any) -> BoundModel:
-        from veil.he.ckks import linear_combination
+        from veil.he.lattice.ckks import linear_combination
 
         _check_params(ctx, self._info.plan["params"])
         weight_t = self.weight.T.copy()  # (outputs, features): one output per row

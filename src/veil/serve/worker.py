@@ -31,7 +31,7 @@ def init_worker(evaluator: Any, store_dir: str, cache_size: int) -> None:
     _state["store"] = Path(store_dir)
     _state["cache"] = OrderedDict()
     _state["cache_size"] = cache_size
-    import veil.he.ckks  # noqa: F401  (pay TenSEAL's import cost at start, not per request)
+    import veil.he.lattice.ckks  # noqa: F401  (pay TenSEAL's import cost at start, not per request)
 
 
 def ping(seconds: float = 0.0) -> int:

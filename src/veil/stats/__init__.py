@@ -14,7 +14,7 @@ controls (minimum cohort, differential privacy, budget ledger, audit log) come f
 
 from __future__ import annotations
 
-from veil.protocols.statistics import BACKENDS, SUPPORT, Regression
+from veil.protocols.stats.spec import BACKENDS, SUPPORT, Regression
 from veil.stats.api import (
     correlation,
     count,

@@ -12,8 +12,8 @@ import numpy as np
 
 from veil.errors import ConfigurationError, VeilError
 from veil.privacy import AuditLog, BudgetLedger
-from veil.protocols import statistics as st
-from veil.protocols import stats_mpc
+from veil.protocols.stats import secret as stats_mpc
+from veil.protocols.stats import spec as st
 from veil.stats._data import load_table
 from veil.stats._release import Release, noise_in_units
 

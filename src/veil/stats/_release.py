@@ -18,8 +18,8 @@ from veil.privacy.mechanisms import (
     rho_for,
     sample_noise,
 )
-from veil.protocols import statistics as st
-from veil.protocols import stats_mpc_dp_order as dp_order
+from veil.protocols.stats import dp_order
+from veil.protocols.stats import spec as st
 
 __all__ = ["Release", "make_release", "noise_in_units", "to_plain"]
 

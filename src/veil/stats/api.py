@@ -8,9 +8,9 @@ Three ways to call every function:
   function together and get the joint result over everyone's rows (backend ``"mpc"``).
 * :func:`veil.stats.joint` runs a whole local simulation from a list of datasets (any backend).
 
-What is revealed, and to whom, is stated per backend in :mod:`veil.protocols.stats_mpc` and
-:mod:`veil.protocols.stats_he`; in short: the requested outputs (to all parties, or to ``to``),
-plus the total row count ``N`` to all parties for non-DP MPC releases.
+What is revealed, and to whom, is stated per backend in :mod:`veil.protocols.stats.secret` and
+:mod:`veil.protocols.stats.homomorphic`; in short: the requested outputs (to all parties, or to
+``to``), plus the total row count ``N`` to all parties for non-DP MPC releases.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 from veil.errors import ConfigurationError, UnsupportedOperationError
 from veil.privacy import AuditLog, BudgetLedger
 from veil.privacy.policy import DEFAULT_MIN_COHORT
-from veil.protocols import statistics as st
-from veil.protocols import stats_mpc_dp_order as dp_order
+from veil.protocols.stats import dp_order
+from veil.protocols.stats import spec as st
 from veil.stats._data import fingerprint, load_table
 from veil.stats._release import Release, make_release, noise_in_units, to_plain
 
@@ -69,7 +69,7 @@ def describe(
     input); ``covariance``/``correlation`` are matrices; ``histogram`` counts per bin of
     ``bins`` (numpy's edges convention); ``quantiles`` follow :func:`statistics.quantiles`
     (``quantiles_n``, ``method``); regressions predict ``target`` (default: last column) from
-    the other columns and return :class:`~veil.protocols.statistics.Regression`.
+    the other columns and return :class:`~veil.protocols.stats.spec.Regression`.
 
     Release controls: a recipient that would learn an aggregate over fewer than ``min_cohort``
     rows of *other* parties raises :class:`~veil.errors.PolicyViolation` (plain data: fewer
@@ -89,7 +89,7 @@ def describe(
 
     With ``party`` (inside an MPC job) only backend ``"mpc"`` applies; parties outside ``to``
     get ``None``. Nothing but the outputs is revealed, except the total row count ``N`` (to all
-    parties) when not DP; see :mod:`veil.protocols.stats_mpc` for the exact transcript.
+    parties) when not DP; see :mod:`veil.protocols.stats.secret` for the exact transcript.
     """
     if party is not None and backend != "mpc":
         raise UnsupportedOperationError(

@@ -1,10 +1,10 @@
 """``joint()``: run a whole joint-statistics release locally, one role per party.
 
 * ``backend="mpc"``: one process per dataset (``veil.mpc.run``, plus the dealer); each party
-  loads only its own dataset; see :mod:`veil.protocols.stats_mpc` for what is revealed.
+  loads only its own dataset; see :mod:`veil.protocols.stats.secret` for what is revealed.
 * ``backend="paillier" | "ckks"``: data owners, an aggregator and a key holder as separate
   roles in this process; every message between them is serialized bytes, counted in
-  :attr:`JointResult.messages`; see :mod:`veil.protocols.stats_he`.
+  :attr:`JointResult.messages`; see :mod:`veil.protocols.stats.homomorphic`.
 
 Inputs are validated here before any protocol starts: missing values and mismatched columns raise
 :class:`~veil.errors.ConfigurationError` naming the party and the column.
@@ -23,7 +23,7 @@ import numpy as np
 from veil.errors import ConfigurationError, PolicyViolation
 from veil.privacy import AuditLog, BudgetLedger
 from veil.privacy.policy import DEFAULT_MIN_COHORT
-from veil.protocols import statistics as st
+from veil.protocols.stats import spec as st
 from veil.stats._data import check_distinct, validate_datasets
 from veil.stats._release import Release, make_release, noise_in_units, to_plain
 
@@ -91,7 +91,7 @@ def joint(
     :mod:`veil.privacy.policy`); Paillier/CKKS decrypt the row count first and check it
     before any value is decrypted. ``paillier_bits`` below 3072 need ``allow_insecure=True``.
     ``flood`` has no effect and is kept for compatibility: Paillier decrypts exactly, and the
-    CKKS release is exact-rounded (see ``veil.protocols.stats_he``).
+    CKKS release is exact-rounded (see ``veil.protocols.stats.homomorphic``).
     """
     tables, cols, was_1d = validate_datasets(datasets, columns)
     release = make_release(
@@ -219,7 +219,7 @@ def _run_he(tables: list[np.ndarray], release: Release, backend: str, bits: int,
     key holder decrypts it first, the cohort rule is checked for every recipient (the key
     holder, holding no rows, and each owner, told the count), and only then are the values
     decrypted."""
-    from veil.protocols import stats_he
+    from veil.protocols.stats import homomorphic as stats_he
 
     spec = release.spec
     labels = _labels(spec)

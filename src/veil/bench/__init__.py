@@ -1,0 +1,1 @@
+"""Benchmark harness: scheme comparison, peer libraries, environment record, tables and plots."""

@@ -1,0 +1,507 @@
+"""``CKKSTensor``: an encrypted real tensor of any shape, packed into one or more CKKS ciphertexts.
+
+Layout: the tensor is flattened (C order) and cut into chunks of ``slots = N/2`` values; chunk
+``i`` holds elements ``[i*slots, (i+1)*slots)``. Element-wise ops work chunk by chunk.
+
+Rotation-free (no Galois keys needed): ``+ - *`` with tensors / scalars / plain arrays, unary
+``-``, ``square``, ``polyval``, :func:`veil.he.lattice.ckks.linear_combination`.
+Need Galois keys (rotations): ``sum``, ``dot``, ``matmul``/``mv``, ``conv2d_im2col``,
+``block_sum``.
+
+Depth: every multiplication (ciphertext or plaintext operand, scalars included) consumes one
+level; ``polyval`` of degree ``d`` consumes ``floor(log2 d) + 1``. Veil checks the remaining
+levels before calling TenSEAL and raises :class:`~veil.errors.DepthExhaustedError`.
+
+Error tracking: every tensor carries ``error_bound``, a data-independent bound on the
+key-dependent noise per element, propagated through the ops (independent noises add in
+quadrature; see docs/security/he-ckks.md). It sizes the noise flooding of
+``CKKSContext.decrypt(..., shared=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from veil.errors import (
+    ConfigurationError,
+    DepthExhaustedError,
+    KeyMismatchError,
+    UnsupportedOperationError,
+)
+from veil.he.lattice.native import as_plain_vector, cpp, is_transparent_error, translate
+from veil.he.lattice.util import _as_array, _is_scalar, _log2, _plain_matrix, _suggest
+
+if TYPE_CHECKING:
+    from veil.he.lattice.ckks import CKKSContext
+
+__all__ = ["CKKSTensor", "polyval_depth"]
+
+
+def polyval_depth(degree: int) -> int:
+    """Levels TenSEAL's ``polyval`` consumes for a polynomial of ``degree >= 1``."""
+    return int(math.floor(math.log2(degree))) + 1
+
+
+def _level_of(chunk: Any) -> int:
+    return chunk.ciphertext()[0].coeff_modulus_size() - 1
+
+
+class CKKSTensor:
+    """An encrypted tensor. Create with ``CKKSContext.encrypt``; never construct directly.
+
+    Reveals nothing about the values to whoever holds it (IND-CPA under RLWE); its shape, its
+    remaining levels and ``error_bound`` are public metadata.
+    """
+
+    __slots__ = ("_ctx", "_chunks", "_shape", "_size", "_level", "_err", "_mag", "_torch",
+                 "_padded")
+    __array_ufunc__ = None  # numpy defers to our reflected operators (arr + t -> t.__radd__)
+
+    # TenSEAL fills a fresh ciphertext's unused slots with copies of the vector, and its
+    # row-rotating ``mm`` (``matmul``/``mv``) relies on those copies; a plaintext *vector* operand
+    # is encoded zero-padded, which breaks them. ``_padded`` marks such tensors (it propagates
+    # through every later operation and through serialization) so matmul refuses them instead of
+    # returning wrong numbers. Element-wise ops, sum and dot are unaffected.
+
+    def __init__(self, ctx: CKKSContext, chunks: list[Any], shape: tuple[int, ...], *,
+                 level: int, err: float, mag: float, torch: bool = False,
+                 padded: bool = False) -> None:
+        self._padded = padded
+        self._ctx = ctx
+        self._chunks = chunks
+        self._shape = shape
+        self._size = math.prod(shape)
+        self._level = level
+        self._err = err
+        self._mag = mag
+        self._torch = torch
+
+    # -- metadata ----------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def context(self) -> CKKSContext:
+        return self._ctx
+
+    @property
+    def levels_left(self) -> int:
+        """Multiplications still possible (rescales left in the modulus chain)."""
+        return self._level
+
+    @property
+    def n_ciphertexts(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def error_bound(self) -> float:
+        """Bound on the key-dependent noise in each element (average-case model; see
+        docs/security/he-ckks.md). This is what ``decrypt(shared=True)`` must hide. The total
+        error can also include a deterministic, key-independent relative error of up to
+        ``params.rescale_relative_error`` per multiplication (TenSEAL's scale reset)."""
+        return self._err
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a 0-d CKKSTensor")
+        return self._shape[0]
+
+    def __repr__(self) -> str:
+        return (f"CKKSTensor(shape={self._shape}, levels_left={self._level}, "
+                f"ciphertexts={len(self._chunks)})")
+
+    def reshape(self, *shape: int) -> CKKSTensor:
+        """Same ciphertexts, new shape (no computation); sizes must match."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        if math.prod(shape) != self._size or any(s < 0 for s in shape):
+            raise ConfigurationError(f"cannot reshape {self._shape} to {shape}: size differs")
+        return self._new(self._chunks, tuple(shape), self._level, self._err, self._mag)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _new(self, chunks: list[Any], shape: tuple[int, ...], level: int, err: float,
+             mag: float, *, padded: bool | None = None) -> CKKSTensor:
+        t = object.__new__(CKKSTensor)  # hot path: skip __init__'s recomputation
+        t._ctx, t._chunks, t._shape, t._level, t._err, t._mag, t._torch = (
+            self._ctx, chunks, shape, level, err, mag, self._torch)
+        t._padded = self._padded if padded is None else padded
+        t._size = self._size if shape == self._shape else math.prod(shape)
+        return t
+
+    def _check_same(self, other: CKKSTensor, op: str) -> None:
+        if other._ctx is not self._ctx and other._ctx._key_id != self._ctx._key_id:
+            raise KeyMismatchError(
+                f"{op}: operands were encrypted under different keys (key ids "
+                f"{self._ctx.key_id[:8]}… and {other._ctx.key_id[:8]}…); encrypt both with the "
+                "same CKKSContext (or its .public())"
+            )
+        if other._shape != self._shape:
+            raise ConfigurationError(
+                f"{op}: shapes {self._shape} and {other._shape} differ; element-wise ops need "
+                "equal shapes (no broadcasting)"
+            )
+
+    def _need_levels(self, needed: int, op: str, level: int | None = None) -> None:
+        have = self._level if level is None else level
+        if have < needed:
+            p = self._ctx.params
+            used = p.depth - have
+            raise DepthExhaustedError(
+                f"{op} needs {needed} more level(s) but the ciphertext has {have} left "
+                f"({used} of depth {p.depth} used); the computation needs depth >= "
+                f"{used + needed}: use CKKSParams.for_depth({used + needed}) "
+                f"(e.g. {_suggest(used + needed)})"
+            )
+
+    def _split(self, flat: Any) -> list[list[float]]:
+        slots = self._ctx.slots
+        return [flat[i : i + slots].tolist() for i in range(0, self._size, slots)]
+
+    def _zeros_like_chunk(self, chunk: Any) -> Any:
+        return cpp().CKKSVector(self._ctx._native, [0.0] * chunk.size())
+
+    def _pairwise(self, other: CKKSTensor, fn: str, op: str) -> list[Any]:
+        """Apply ``fn`` chunk by chunk, always on the operand with more levels.
+
+        TenSEAL mod-switches the *argument* in place when it has more levels than ``self``;
+        calling on the higher operand keeps both caller-visible tensors unchanged.
+        """
+        pairs = zip(other._chunks, self._chunks) if other._level > self._level \
+            else zip(self._chunks, other._chunks)
+        try:
+            return [getattr(hi, fn)(lo) for hi, lo in pairs]
+        except Exception as exc:
+            if not is_transparent_error(exc):
+                with translate(op):
+                    raise
+        # exact cancellation somewhere (e.g. a - a): SEAL refuses transparent results
+        out = []
+        with translate(op):
+            for a, b in zip(self._chunks, other._chunks):
+                hi, lo = (b, a) if other._level > self._level else (a, b)
+                try:
+                    out.append(getattr(hi, fn)(lo))
+                except RuntimeError as exc:
+                    if not is_transparent_error(exc):
+                        raise
+                    out.append(self._zeros_like_chunk(a))  # fresh encryption of zero
+        return out
+
+    def _min_level(self, chunks: list[Any]) -> int:
+        return min(_level_of(c) for c in chunks)
+
+    @property
+    def _rescale_err(self) -> float:
+        return self._ctx._rescale_err
+
+    def _rs(self, mag: float, times: int = 1) -> float:
+        """Key-dependent noise added by ``times`` rescales/key switches (rounding noise).
+
+        TenSEAL's scale reset also multiplies a value of magnitude ``mag`` by up to
+        ``1 +- params.rescale_relative_error``; that error depends only on the values, reveals
+        nothing about the key, and is not part of ``error_bound``."""
+        del mag  # the scale-reset error is deterministic (key-independent): not tracked here
+        return times * self._ctx._rescale_err
+
+    # -- element-wise arithmetic -----------------------------------------------------------
+    def __add__(self, other: Any) -> CKKSTensor:
+        if isinstance(other, CKKSTensor):
+            self._check_same(other, "add")
+            chunks = self._pairwise(other, "add", "add")
+            return self._new(chunks, self._shape, min(self._level, other._level),
+                             math.hypot(self._err, other._err), self._mag + other._mag,
+                             padded=self._padded or other._padded)
+        return self._plain_op(other, "add_plain", "add")
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> CKKSTensor:
+        if isinstance(other, CKKSTensor):
+            self._check_same(other, "sub")
+            if other._level > self._level:  # (-b) + a keeps `other` from being mod-switched
+                with translate("sub"):
+                    neg = [c.neg() for c in other._chunks]
+                tmp = self._new(neg, self._shape, other._level, other._err, other._mag)
+                chunks = tmp._pairwise(self, "add", "sub")
+            else:
+                chunks = self._pairwise(other, "sub", "sub")
+            return self._new(chunks, self._shape, min(self._level, other._level),
+                             math.hypot(self._err, other._err), self._mag + other._mag,
+                             padded=self._padded or other._padded)
+        return self._plain_op(other, "sub_plain", "sub")
+
+    def __rsub__(self, other: Any) -> CKKSTensor:
+        return (-self)._plain_op(other, "add_plain", "sub")
+
+    def __neg__(self) -> CKKSTensor:
+        with translate("neg"):
+            chunks = [c.neg() for c in self._chunks]
+        return self._new(chunks, self._shape, self._level, self._err, self._mag)
+
+    def __mul__(self, other: Any) -> CKKSTensor:
+        if isinstance(other, CKKSTensor):
+            self._check_same(other, "mul")
+            self._need_levels(1, "ciphertext multiplication",
+                              min(self._level, other._level))
+            chunks = self._pairwise(other, "mul", "mul")
+            err = (self._mag * other._err + other._mag * self._err + self._err * other._err
+                   + self._rs(self._mag * other._mag))
+            return self._new(chunks, self._shape, self._min_level(chunks), err,
+                             self._mag * other._mag, padded=self._padded or other._padded)
+        return self._plain_op(other, "mul_plain", "mul")
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> CKKSTensor:
+        """Division by a plaintext scalar (multiplication by its inverse: one level)."""
+        if isinstance(other, CKKSTensor) or not _is_scalar(other):
+            raise ConfigurationError(
+                "CKKSTensor can only be divided by a plaintext scalar; for 1/x use polyval with "
+                "an approximation of the reciprocal on your input domain"
+            )
+        if float(other) == 0.0:
+            raise ConfigurationError("division of a CKKSTensor by zero")
+        return self * (1.0 / float(other))
+
+    def square(self) -> CKKSTensor:
+        """Element-wise square (one level, rotation-free)."""
+        self._need_levels(1, "square")
+        with translate("square"):
+            chunks = [c.square() for c in self._chunks]
+        err = 2 * self._mag * self._err + self._err**2 + self._rs(self._mag**2)
+        return self._new(chunks, self._shape, self._min_level(chunks), err, self._mag**2)
+
+    def _plain_op(self, other: Any, fn: str, op: str) -> CKKSTensor:
+        is_mul = fn == "mul_plain"
+        if _is_scalar(other):
+            operand: Any = float(other)
+            if not math.isfinite(operand):
+                raise ConfigurationError(f"{op}: scalar operand {other!r} is not finite")
+            wmax = abs(operand)
+        else:
+            if isinstance(other, (str, bytes)) or other is None:
+                return NotImplemented
+            flat = as_plain_vector(other, self._size, op)
+            wmax = float(abs(flat).max())
+            operand = None
+        if wmax >= self._ctx.params.max_abs_value:
+            raise ConfigurationError(
+                f"{op}: plaintext operand magnitude {wmax:g} is too large to encode; |w| must "
+                f"stay below {self._ctx.params.max_abs_value:g} (2^integer_bits)"
+            )
+        if is_mul:
+            self._need_levels(1, "multiplication by a plaintext")
+        with translate(op):
+            if operand is not None:
+                chunks = [getattr(c, fn)(operand) for c in self._chunks]
+            else:
+                chunks = [getattr(c, fn)(p) for c, p in zip(self._chunks, self._split(flat))]
+        padded = self._padded or operand is None
+        if is_mul:
+            err = self._err * wmax + self._rs(self._mag * wmax)
+            return self._new(chunks, self._shape, self._min_level(chunks), err, self._mag * wmax,
+                             padded=padded)
+        return self._new(chunks, self._shape, self._level, self._err, self._mag + wmax,
+                         padded=padded)
+
+    # -- reductions and linear algebra (rotations: need Galois keys) ---------------------------
+    def _need_galois(self, op: str) -> None:
+        if not self._ctx.has_galois_keys:
+            raise ConfigurationError(
+                f"{op} uses rotations and needs Galois keys, which this context lacks; create "
+                "it with CKKSContext.generate(params, galois_keys=True)"
+            )
+
+    def _reduce_chunks(self, parts: list[Any]) -> Any:
+        acc = parts[0]
+        for p in parts[1:]:
+            acc = acc.add(p) if _level_of(acc) >= _level_of(p) else p.add(acc)
+        return acc
+
+    def sum(self) -> CKKSTensor:
+        """Sum of all elements -> 0-d tensor (rotations; no level consumed)."""
+        self._need_galois("sum")
+        with translate("sum"):
+            total = self._reduce_chunks([c.sum() for c in self._chunks])
+        err = self._err * math.sqrt(self._size) + self._rs(0, _log2(self._size))
+        return self._new([total], (), self._level, err,
+                         self._mag * self._size)
+
+    def dot(self, other: Any) -> CKKSTensor:
+        """Inner product with an encrypted or plain vector of the same size -> 0-d tensor.
+
+        One level, rotations (Galois keys).
+        """
+        import numpy as np
+
+        self._need_galois("dot")
+        if isinstance(other, CKKSTensor):
+            self._check_same(other, "dot")
+            self._need_levels(1, "dot", min(self._level, other._level))
+            parts = self._pairwise(other, "dot", "dot")
+            err = math.sqrt(self._size) * (self._mag * other._err + other._mag * self._err
+                                           + self._err * other._err)
+            err += self._rs(0, 1 + _log2(self._size))
+            mag = self._size * self._mag * other._mag
+        else:
+            flat = as_plain_vector(other, self._size, "dot")
+            self._need_levels(1, "dot")
+            ptd = cpp().PlainTensorDouble
+            with translate("dot"):
+                parts = [c.dot(ptd(p)) for c, p in zip(self._chunks, self._split(flat))]
+            l1 = float(abs(flat).sum())
+            l2 = float(np.sqrt((flat**2).sum()))
+            err = self._err * l2 + self._rs(0, 1 + _log2(self._size))
+            mag = self._mag * l1
+        with translate("dot"):
+            total = self._reduce_chunks(parts)
+        return self._new([total], (), _level_of(total), err, mag)
+
+    def matmul(self, matrix: Any) -> CKKSTensor:
+        """Vector x plain matrix: ``x[n] @ M[n, m] -> [m]``; one level, rotations.
+
+        ``m`` must not exceed the slot count; ``n`` may (x is then chunked and the partial
+        products are added). Cost: TenSEAL's algorithm does one rotation and one plaintext
+        product per row, so it is O(n) key switches (seconds for n in the thousands); for
+        batched inference prefer one tensor per feature and :func:`linear_combination`.
+        """
+        import numpy as np
+
+        self._need_galois("matmul")
+        if self._padded:
+            raise UnsupportedOperationError(
+                "matmul after adding, subtracting or multiplying a plaintext *vector* is not "
+                "supported: TenSEAL's matrix product relies on the slot layout of a fresh "
+                "encryption, which a plaintext vector operand breaks (the result would be wrong). "
+                "Do the matmul first and apply the vector afterwards, or add the vector as a "
+                "ciphertext (ctx.encrypt(v)); dot() and sum() work on any tensor."
+            )
+        m = _plain_matrix(matrix, "matmul")
+        if len(self._shape) != 1 or m.shape[0] != self._size:
+            raise ConfigurationError(
+                f"matmul: vector of shape {self._shape} cannot multiply a matrix of shape "
+                f"{m.shape}; need x.shape == (n,) and M.shape == (n, m)"
+            )
+        if m.shape[1] > self._ctx.slots:
+            raise ConfigurationError(
+                f"matmul: {m.shape[1]} output columns exceed the {self._ctx.slots} slots; split "
+                "the matrix by columns"
+            )
+        self._need_levels(1, "matmul")
+        slots = self._ctx.slots
+        ptd = cpp().PlainTensorDouble
+        with translate("matmul"):
+            parts = [c.mm(ptd(m[i * slots : i * slots + c.size()].tolist()))
+                     for i, c in enumerate(self._chunks)]
+            out = self._reduce_chunks(parts)
+        l1 = float(np.abs(m).sum(axis=0).max())
+        l2 = float(np.sqrt((m**2).sum(axis=0)).max())
+        err = self._err * l2 + self._rs(0, 1 + math.isqrt(m.shape[0]))
+        return self._new([out], (m.shape[1],), _level_of(out), err, self._mag * l1)
+
+    def mv(self, matrix: Any) -> CKKSTensor:
+        """Plain matrix x vector: ``M[m, n] @ x[n] -> [m]`` (== ``x.matmul(M.T)``)."""
+        m = _plain_matrix(matrix, "mv")
+        return self.matmul(m.T)
+
+    def __matmul__(self, other: Any) -> CKKSTensor:
+        if isinstance(other, CKKSTensor):
+            return self.dot(other)
+        arr = _as_array(other)
+        return self.matmul(arr) if arr.ndim == 2 else self.dot(arr)
+
+    def __rmatmul__(self, other: Any) -> CKKSTensor:
+        arr = _as_array(other)
+        return self.mv(arr) if arr.ndim == 2 else self.dot(arr)
+
+    def polyval(self, coeffs: Any) -> CKKSTensor:
+        """Element-wise ``sum_i coeffs[i] * x**i`` (lowest degree first), rotation-free.
+
+        Uses ``floor(log2(degree)) + 1`` levels (degree after dropping zero leading terms);
+        degree 1 -> 1, 2-3 -> 2, 4-7 -> 3, 8-15 -> 4.
+        """
+        c = [float(v) for v in _as_array(coeffs).ravel()]
+        while c and c[-1] == 0.0:
+            c.pop()
+        if len(c) < 2 or not all(math.isfinite(v) for v in c):
+            raise ConfigurationError(
+                f"polyval needs finite coefficients of degree >= 1 (lowest first), got {coeffs!r}"
+            )
+        deg = len(c) - 1
+        need = polyval_depth(deg)
+        self._need_levels(need, f"polyval of degree {deg}")
+        with translate("polyval"):
+            chunks = [ch.polyval(c) for ch in self._chunks]
+        m, e = max(self._mag, 1.0), self._err
+        deriv = sum(abs(ci) * i * m ** (i - 1) for i, ci in enumerate(c))
+        mag = sum(abs(ci) * m**i for i, ci in enumerate(c))
+        err = deriv * e + self._rs(sum(abs(ci) for ci in c) * m**deg, need) * (deg + 1)
+        return self._new(chunks, self._shape, self._min_level(chunks), err, mag)
+
+    def conv2d_im2col(self, kernel: Any, windows: int) -> CKKSTensor:
+        """Convolution of an ``encrypt_im2col`` image with a plain ``kernel`` (kh x kw).
+
+        Returns the ``windows`` outputs (row-major over output positions); one level,
+        rotations. See :meth:`CKKSContext.encrypt_im2col` for the layout.
+        """
+        import numpy as np
+
+        self._need_galois("conv2d_im2col")
+        k = _plain_matrix(kernel, "conv2d_im2col")
+        if len(self._chunks) != 1 or windows <= 0 or k.size * windows > self._size:
+            raise ConfigurationError(
+                f"conv2d_im2col: kernel {k.shape} x {windows} windows does not match this "
+                "tensor; pass the (tensor, windows) pair from CKKSContext.encrypt_im2col"
+            )
+        self._need_levels(1, "conv2d_im2col")
+        with translate("conv2d_im2col"):
+            out = self._chunks[0].conv2d_im2col(k.tolist(), int(windows))
+        l1 = float(np.abs(k).sum())
+        l2 = float(np.sqrt((k**2).sum()))
+        err = self._err * l2 + self._rs(0, 1 + _log2(k.size * windows))
+        return self._new([out], (int(windows),), _level_of(out), err, self._mag * l1)
+
+    def block_sum(self, weights: Any, block: int) -> CKKSTensor:
+        """``out[r] = sum_i weights[i] * self[i * block + r]`` for ``r < block``.
+
+        A weighted sum of the tensor's consecutive blocks of ``block`` values: one level and
+        ``log2(size // block)`` rotations by multiples of ``block`` (one key switch each), however
+        many blocks. The tensor must fill exactly one ciphertext (``size == slots``), ``block``
+        must be a power of two and ``weights`` must hold ``size // block`` finite values.
+        """
+        import numpy as np
+
+        self._need_galois("block_sum")
+        w = _as_array(weights).ravel()
+        slots = self._ctx.slots
+        ok_block = isinstance(block, int) and not isinstance(block, bool) and 0 < block <= slots \
+            and not block & (block - 1)
+        nb = self._size // block if ok_block else 0
+        if len(self._chunks) != 1 or self._size != slots or not ok_block or w.size != nb:
+            raise ConfigurationError(
+                f"block_sum: needs a tensor filling one ciphertext ({slots} values, got "
+                f"{self._size}), a power-of-two block (got {block!r}) and one weight per block "
+                f"({nb} expected, got {w.size})"
+            )
+        if not np.isfinite(w).all() or float(np.abs(w).max()) >= self._ctx.params.max_abs_value:
+            raise ConfigurationError(
+                f"block_sum: weights must be finite and below {self._ctx.params.max_abs_value:g} "
+                "in magnitude"
+            )
+        self._need_levels(1, "block_sum")
+        with translate("block_sum"):
+            out = self._chunks[0].enc_matmul_plain(w.tolist(), block)
+        err = self._err * float(np.sqrt((w**2).sum())) + self._rs(0, 1 + _log2(nb))
+        return self._new([out], (block,), _level_of(out), err,
+                         self._mag * float(np.abs(w).sum()), padded=True)
+
+    # -- serialization -------------------------------------------------------------------------
+    def serialize(self) -> bytes:
+        """Envelope ``ckks.tensor``: shape, level, error bound and the ciphertexts (no keys)."""
+        return self._ctx._serialize_tensor(self)

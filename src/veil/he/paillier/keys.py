@@ -1,0 +1,500 @@
+"""Paillier encryption: keys, encrypted vectors and Veil's fast paths (interoperable with phe).
+
+Who learns what:
+
+* The **public key** holder (any party) can encrypt and compute on ciphertexts (add, subtract,
+  multiply by its own plaintexts, sum, dot). It learns nothing about encrypted values (semantic
+  security under DCR). It does see the public metadata that travels with every vector: shape,
+  fixed-point scale and the worst-case bound, which comes from the *declared* range ``max_abs``
+  (never from the data).
+* The **private key** holder decrypts and learns the decoded values of what it is sent. Results of
+  computations are re-randomized before :meth:`PaillierVector.serialize` by default, so their
+  randomness does not reveal the evaluator's plaintext operands (circuit privacy against the key
+  holder, as phe's ``obfuscate``).
+* Paillier does not authenticate: anyone with the public key can encrypt anything, and a party can
+  encrypt values outside the declared range. The range is checked when *we* encrypt; a malicious
+  encryptor needs zero-knowledge range proofs, which this module does not provide.
+
+Encryption uses DJN short-exponent randomness with a fixed-base table (see
+:mod:`veil.he.paillier.arith` and ``docs/security/paillier.md``): ciphertexts are ordinary
+Paillier ciphertexts with ``g = n + 1``, so phe decrypts them and Veil decrypts phe's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gmpy2
+import numpy as np
+from gmpy2 import mpz
+
+from veil.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    InsecureParametersError,
+    KeyMismatchError,
+    SerializationError,
+)
+from veil.he.encoding import (
+    DEFAULT_FLOAT_PRECISION,
+    DEFAULT_MAX_ABS,
+    FixedPointEncoding,
+    as_plain_array,
+    encode_array,
+    is_integer_array,
+)
+from veil.he.paillier import arith as pm
+from veil.he.paillier import wire
+from veil.he.paillier.packed import PackedPaillierVector, encrypt_packed
+from veil.he.paillier.vector import PaillierVector, object_array
+from veil.he.serialize import pack, unpack
+
+__all__ = [
+    "PaillierKeyPair",
+    "PaillierPublicKey",
+    "PaillierPrivateKey",
+    "PaillierVector",
+    "PackedPaillierVector",
+]
+
+# Build the fixed-base table (≈ 32k multiplications mod n² at 2048 bits) once a key has encrypted
+# this many values; fewer are cheaper with one plain exponentiation each.
+_TABLE_THRESHOLD = 48
+_KEY_MAX_BYTES = 1 << 20
+
+
+def import_phe() -> Any:
+    try:
+        import phe
+    except ImportError as exc:  # pragma: no cover - phe is a core dependency
+        raise BackendUnavailableError(
+            "phe is not installed; install it with `pip install phe==1.5.0 gmpy2`"
+        ) from exc
+    return phe
+
+
+def _check_workers(workers: int) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigurationError(
+            f"workers must be an int >= 1, got {workers!r}; workers=os.cpu_count() uses all cores"
+        )
+    return int(workers)
+
+
+def _check_modulus(n: Any, allow_insecure: bool, error: type[Exception], what: str) -> None:
+    problem = pm.modulus_problem(n, allow_insecure=allow_insecure)
+    if problem is not None:
+        reason, insecure_only = problem
+        raise (InsecureParametersError if insecure_only else error)(f"{what}: {reason}")
+
+
+class PaillierPublicKey:
+    """A Paillier public key ``n`` (``g = n + 1``); validated on construction and on load.
+
+    ``n`` must be odd, at least 2048 bits (or 64 with ``allow_insecure=True``), not a perfect
+    square, not prime and free of prime factors below 2^14.
+    """
+
+    def __init__(self, n: int, *, allow_insecure: bool = False) -> None:
+        _check_modulus(n, allow_insecure, ConfigurationError, "invalid Paillier public key")
+        self._setup(mpz(n))
+
+    @classmethod
+    def _trusted(cls, n: mpz) -> PaillierPublicKey:
+        """A key from an already validated modulus (key generation, worker processes)."""
+        self = cls.__new__(cls)
+        self._setup(mpz(n))
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        # only n travels (to this program's own worker processes); tables are rebuilt there
+        return (PaillierPublicKey._trusted, (int(self._n),))
+
+    def _setup(self, n: mpz) -> None:
+        self._n = n
+        self._n2 = n * n
+        self._half = (n - 1) // 2
+        self._width = (self._n2.bit_length() + 7) // 8
+        self._hash = wire.key_hash(n)
+        self._h_s: mpz | None = None
+        self._table: pm.FixedBaseTable | None = None
+        self._count = 0
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def n(self) -> int:
+        """The modulus."""
+        return int(self._n)
+
+    @property
+    def bits(self) -> int:
+        return self._n.bit_length()
+
+    @property
+    def max_plaintext(self) -> int:
+        """Largest ``|v|`` of a signed plaintext integer: ``(n − 1) // 2``."""
+        return int(self._half)
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hex id of the key (first 16 hex digits of its params hash)."""
+        return self._hash.hex()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PaillierPublicKey) and self._n == other._n
+
+    def __hash__(self) -> int:
+        return hash(("paillier", int(self._n)))
+
+    def __repr__(self) -> str:
+        return f"PaillierPublicKey(bits={self.bits}, fingerprint={self.fingerprint})"
+
+    # ----------------------------------------------------------------- encryption core
+    def _djn_base(self) -> mpz:
+        if self._h_s is None:
+            self._h_s = pm.djn_base(self._n)
+        return self._h_s
+
+    def _randomizers(
+        self, count: int, crt: pm.CrtKey | None, warm: bool = False, data: bytes | None = None
+    ) -> list[mpz]:
+        """``h_s^α mod n²`` for ``count`` fresh α (``data`` fixes the α bytes, for tests)."""
+        h_s = self._djn_base()
+        if crt is not None:
+            return crt.randomizers(h_s, count, data)
+        eb = pm.djn_exponent_bytes(self.bits)
+        self._count += count
+        if self._table is None and (warm or self._count >= _TABLE_THRESHOLD):
+            self._table = pm.FixedBaseTable(h_s, self._n2, eb)
+        if data is None:
+            data = os.urandom(eb * count)
+        chunks = [data[i * eb : (i + 1) * eb] for i in range(count)]
+        if self._table is not None:
+            return [self._table.pow(a) for a in chunks]
+        n2 = self._n2
+        return [gmpy2.powmod(h_s, int.from_bytes(a, "little"), n2) for a in chunks]
+
+    def _encrypt_residues(
+        self,
+        residues: list[int],
+        *,
+        crt: pm.CrtKey | None = None,
+        workers: int = 1,
+        warm: bool = False,
+    ) -> list[mpz]:
+        """``(1 + m·n) · h_s^α mod n²`` for each residue ``m`` in ``[0, n)``."""
+        from veil.he.paillier.parallel import PARALLEL_MIN, encrypt_residues_parallel
+
+        if workers > 1 and len(residues) >= PARALLEL_MIN:
+            return encrypt_residues_parallel(self, residues, crt, workers)
+        rs = self._randomizers(len(residues), crt, warm)
+        n, n2 = self._n, self._n2
+        return [(1 + m * n) * r % n2 for m, r in zip(residues, rs)]
+
+    def _encrypt(
+        self,
+        x: Any,
+        precision_bits: int | None,
+        max_abs: float | None,
+        workers: int,
+        crt: pm.CrtKey | None,
+        encoding: FixedPointEncoding | None = None,
+    ) -> PaillierVector:
+        workers = _check_workers(workers)
+        arr = as_plain_array(x)
+        integer = is_integer_array(arr)
+        if encoding is not None:
+            if not isinstance(encoding, FixedPointEncoding):
+                raise ConfigurationError(
+                    f"encoding must be a FixedPointEncoding, got {type(encoding).__name__}"
+                )
+            if precision_bits is not None or max_abs is not None:
+                raise ConfigurationError(
+                    "pass either encoding= or precision_bits=/max_abs=, not both"
+                )
+            enc = encoding
+        else:
+            if precision_bits is None:
+                precision_bits = 0 if integer else DEFAULT_FLOAT_PRECISION
+            enc = FixedPointEncoding(
+                precision_bits, DEFAULT_MAX_ABS if max_abs is None else max_abs
+            )
+        if enc.bound > self._half:
+            raise ConfigurationError(
+                f"max_abs={enc.max_abs!r} at precision_bits={enc.precision_bits} needs "
+                f"{enc.bound.bit_length()} bits, more than this {self.bits}-bit key holds; "
+                "lower them or use a larger key"
+            )
+        enc.check_range(arr)
+        n = self._n
+        residues = [v % n for v in encode_array(arr, enc.precision_bits)]
+        cs = self._encrypt_residues(residues, crt=crt, workers=workers)
+        return PaillierVector._make(
+            self,
+            object_array(cs, arr.shape),
+            scale=enc.precision_bits,
+            bound=enc.bound,
+            integer=integer,
+            encoding=enc,
+            fresh=True,
+        )
+
+    # ----------------------------------------------------------------- public API
+    def encrypt(
+        self,
+        x: Any,
+        *,
+        precision_bits: int | None = None,
+        max_abs: float | None = None,
+        encoding: FixedPointEncoding | None = None,
+        workers: int = 1,
+    ) -> PaillierVector:
+        """Encrypt an array (any shape) of ints or floats as a :class:`PaillierVector`.
+
+        ``precision_bits`` fractional bits (default: 0 for integer input, 32 for floats) and the
+        declared range ``|x| <= max_abs`` (default 2^63) define the :class:`FixedPointEncoding`
+        (or pass one as ``encoding=``); values outside the range raise
+        :class:`ConfigurationError`. ``workers > 1`` spreads batches of at least 2048 values over
+        that many processes.
+        """
+        return self._encrypt(x, precision_bits, max_abs, workers, None, encoding)
+
+    def encrypt_packed(
+        self,
+        x: Any,
+        *,
+        precision_bits: int,
+        max_addends: int,
+        max_abs: float = float(2**31),
+        workers: int = 1,
+    ) -> PackedPaillierVector:
+        """Encrypt many values per ciphertext for aggregation (:class:`PackedPaillierVector`)."""
+        return encrypt_packed(self, x, precision_bits, max_addends, max_abs, workers, None)
+
+    def serialize(self) -> bytes:
+        """Envelope of kind ``paillier.public_key`` (params hash = hash of n)."""
+        w = wire.Writer()
+        w.u8(wire.BODY_VERSION)
+        w.bigint(self._n)
+        return pack(wire.KIND_PUBLIC, w.bytes(), params_hash=self._hash)
+
+    @classmethod
+    def load(
+        cls, data: bytes, *, allow_insecure: bool = False, max_bytes: int = _KEY_MAX_BYTES
+    ) -> PaillierPublicKey:
+        """Load and validate a public key; malformed payloads raise :class:`SerializationError`."""
+        env = unpack(data, kind=wire.KIND_PUBLIC, max_bytes=max_bytes)
+        r = wire.Reader(env.body, "Paillier public key")
+        r.version()
+        n = r.bigint(pm.MAX_BITS // 8)
+        r.finish()
+        if env.params_hash != wire.key_hash(n):
+            raise SerializationError("Paillier public key payload: params hash does not match n")
+        _check_modulus(n, allow_insecure, SerializationError, "Paillier public key payload")
+        return cls._trusted(n)
+
+    def to_phe(self) -> Any:
+        """The same key as a ``phe.PaillierPublicKey``."""
+        return import_phe().PaillierPublicKey(int(self._n))
+
+    @classmethod
+    def from_phe(cls, public_key: Any, *, allow_insecure: bool = False) -> PaillierPublicKey:
+        """Wrap (and validate) a ``phe.PaillierPublicKey``."""
+        n = getattr(public_key, "n", None)
+        if n is None:
+            raise ConfigurationError(
+                f"expected a phe.PaillierPublicKey, got {type(public_key).__name__}"
+            )
+        return cls(n, allow_insecure=allow_insecure)
+
+
+class PaillierPrivateKey(pm.SecretNoPickle):
+    """The factors ``p, q`` of a public key; decrypts with CRT (mod p² and q²)."""
+
+    def __init__(self, public_key: PaillierPublicKey, p: int, q: int) -> None:
+        if not isinstance(public_key, PaillierPublicKey):
+            raise ConfigurationError(
+                f"public_key must be a PaillierPublicKey, got {type(public_key).__name__}"
+            )
+        if mpz(p) * mpz(q) != public_key._n:
+            raise KeyMismatchError(
+                f"p*q does not equal the public key's n (key {public_key.fingerprint}); pass "
+                "the factors of this key"
+            )
+        problem = pm.prime_pair_problem(p, q)
+        if problem is not None:
+            raise ConfigurationError(f"invalid Paillier private key: {problem}")
+        self._pk = public_key
+        self._crt = pm.CrtKey(p, q)
+
+    @property
+    def public_key(self) -> PaillierPublicKey:
+        return self._pk
+
+    def __repr__(self) -> str:
+        return f"PaillierPrivateKey(bits={self._pk.bits}, fingerprint={self._pk.fingerprint})"
+
+    def decrypt(
+        self, v: PaillierVector | PackedPaillierVector, *, workers: int = 1
+    ) -> np.ndarray:
+        """Decrypt and decode to a numpy array of the vector's shape (floats, or ints).
+
+        ``workers > 1`` spreads batches of at least 128 ciphertexts over that many processes.
+        """
+        workers = _check_workers(workers)
+        if not isinstance(v, (PaillierVector, PackedPaillierVector)):
+            raise ConfigurationError(
+                f"can only decrypt PaillierVector or PackedPaillierVector, got {type(v).__name__}"
+            )
+        if v.public_key != self._pk:
+            raise KeyMismatchError(
+                f"ciphertext is under key {v.public_key.fingerprint}, this private key is for "
+                f"{self._pk.fingerprint}; decrypt with the matching key"
+            )
+        return v._decrypt_with(self._crt, workers)
+
+    def serialize(self, *, expose_secret: bool = False) -> bytes:
+        """Envelope of kind ``paillier.private_key``; refuses unless ``expose_secret=True``.
+
+        The payload holds p and q in the clear: anyone who reads it can decrypt everything
+        encrypted under this key. Encrypt it at rest and in transit.
+        """
+        if expose_secret is not True:
+            raise ConfigurationError(
+                "refusing to serialize a private key: the payload reveals p and q to whoever "
+                "reads it; pass expose_secret=True if that is intended"
+            )
+        w = wire.Writer()
+        w.u8(wire.BODY_VERSION)
+        w.bigint(self._crt.p)
+        w.bigint(self._crt.q)
+        return pack(wire.KIND_PRIVATE, w.bytes(), params_hash=self._pk._hash)
+
+    @classmethod
+    def load(
+        cls, data: bytes, *, allow_insecure: bool = False, max_bytes: int = _KEY_MAX_BYTES
+    ) -> PaillierPrivateKey:
+        """Load a private key (its public key is rebuilt from p·q and checked)."""
+        env = unpack(data, kind=wire.KIND_PRIVATE, max_bytes=max_bytes)
+        r = wire.Reader(env.body, "Paillier private key")
+        r.version()
+        p = r.bigint(pm.MAX_BITS // 16 + 1)
+        q = r.bigint(pm.MAX_BITS // 16 + 1)
+        r.finish()
+        n = p * q
+        if env.params_hash != wire.key_hash(n):
+            raise SerializationError("Paillier private key payload: params hash does not match p*q")
+        _check_modulus(n, allow_insecure, SerializationError, "Paillier private key payload")
+        bad = pm.prime_pair_problem(p, q)
+        if bad is not None:
+            raise SerializationError(f"Paillier private key payload is invalid: {bad}")
+        self = cls.__new__(cls)
+        self._pk = PaillierPublicKey._trusted(n)
+        self._crt = pm.CrtKey(p, q)
+        return self
+
+    def to_phe(self) -> Any:
+        """The same key as a ``phe.PaillierPrivateKey`` (with its phe public key)."""
+        phe = import_phe()
+        return phe.PaillierPrivateKey(self._pk.to_phe(), int(self._crt.p), int(self._crt.q))
+
+    @classmethod
+    def from_phe(cls, private_key: Any, *, allow_insecure: bool = False) -> PaillierPrivateKey:
+        """Wrap a ``phe.PaillierPrivateKey``."""
+        try:
+            pub, p, q = private_key.public_key, private_key.p, private_key.q
+        except AttributeError as exc:
+            raise ConfigurationError(
+                f"expected a phe.PaillierPrivateKey, got {type(private_key).__name__}"
+            ) from exc
+        return cls(PaillierPublicKey.from_phe(pub, allow_insecure=allow_insecure), p, q)
+
+
+class PaillierKeyPair(pm.SecretNoPickle):
+    """A public and private key. The pair encrypts through the CRT fast path."""
+
+    __slots__ = ("public_key", "private_key")
+
+    def __init__(self, public_key: PaillierPublicKey, private_key: PaillierPrivateKey) -> None:
+        if private_key.public_key != public_key:
+            raise KeyMismatchError(
+                f"private key is for {private_key.public_key.fingerprint}, public key is "
+                f"{public_key.fingerprint}"
+            )
+        self.public_key = public_key
+        self.private_key = private_key
+
+    def __repr__(self) -> str:
+        pk = self.public_key
+        return f"PaillierKeyPair(bits={pk.bits}, fingerprint={pk.fingerprint})"
+
+    @classmethod
+    def generate(cls, bits: int = 3072, *, allow_insecure: bool = False) -> PaillierKeyPair:
+        """Fresh keys of ``bits`` bits from the OS CSPRNG (``secrets``) and gmpy2 Miller–Rabin.
+
+        3072 bits (128-bit security) by default; 2048 (112-bit) is accepted; below that raises
+        :class:`InsecureParametersError` unless ``allow_insecure=True`` (for tests; >= 128 bits).
+        """
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise ConfigurationError(f"bits must be an int, got {bits!r}; use bits=3072")
+        if not 128 <= bits <= pm.MAX_BITS:
+            raise ConfigurationError(f"bits={bits} is outside 128..{pm.MAX_BITS}; use 3072")
+        if bits < pm.MIN_SECURE_BITS and not allow_insecure:
+            raise InsecureParametersError(
+                f"a {bits}-bit Paillier key is below 112-bit security; use bits=3072 (128-bit) "
+                "or 2048, or pass allow_insecure=True for tests"
+            )
+        p, q = pm.generate_primes(bits)
+        pk = PaillierPublicKey._trusted(p * q)
+        sk = PaillierPrivateKey.__new__(PaillierPrivateKey)
+        sk._pk, sk._crt = pk, pm.CrtKey(p, q)
+        return cls(pk, sk)
+
+    def encrypt(
+        self,
+        x: Any,
+        *,
+        precision_bits: int | None = None,
+        max_abs: float | None = None,
+        encoding: FixedPointEncoding | None = None,
+        workers: int = 1,
+    ) -> PaillierVector:
+        """As :meth:`PaillierPublicKey.encrypt`, with randomness computed mod p² and q² (CRT)."""
+        crt = self.private_key._crt
+        return self.public_key._encrypt(x, precision_bits, max_abs, workers, crt, encoding)
+
+    def encrypt_packed(
+        self,
+        x: Any,
+        *,
+        precision_bits: int,
+        max_addends: int,
+        max_abs: float = float(2**31),
+        workers: int = 1,
+    ) -> PackedPaillierVector:
+        """As :meth:`PaillierPublicKey.encrypt_packed`, through the CRT path."""
+        crt = self.private_key._crt
+        return encrypt_packed(
+            self.public_key, x, precision_bits, max_addends, max_abs, workers, crt
+        )
+
+    def decrypt(
+        self, v: PaillierVector | PackedPaillierVector, *, workers: int = 1
+    ) -> np.ndarray:
+        """Decrypt with the private key (CRT); see :meth:`PaillierPrivateKey.decrypt`."""
+        return self.private_key.decrypt(v, workers=workers)
+
+    def to_phe(self) -> tuple[Any, Any]:
+        """``(phe.PaillierPublicKey, phe.PaillierPrivateKey)``."""
+        sk = self.private_key.to_phe()
+        return sk.public_key, sk
+
+    @classmethod
+    def from_phe(
+        cls, public_key: Any, private_key: Any, *, allow_insecure: bool = False
+    ) -> PaillierKeyPair:
+        """Wrap a phe key pair."""
+        sk = PaillierPrivateKey.from_phe(private_key, allow_insecure=allow_insecure)
+        pk = PaillierPublicKey.from_phe(public_key, allow_insecure=allow_insecure)
+        return cls(pk, sk)

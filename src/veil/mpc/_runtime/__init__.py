@@ -1,0 +1,7 @@
+"""Running parties: the local launcher, the party process, multi-host clusters, the monitor.
+
+Modules: ``launch`` (local sessions: forkserver, store, results), ``party`` (one party process from
+start to teardown), ``cluster`` (a party or dealer on its own host), ``monitor`` (liveness and
+failure reports), ``jobs`` (resolving the user's job), ``preload`` (the forkserver's imports),
+``selftest``.
+"""

@@ -1,0 +1,119 @@
+"""One party (or the dealer) of a session that spans several hosts, over TCP.
+
+``veil party --rank R --world-size N --master HOST:PORT --job module:function`` calls
+:func:`run_party` on each of N hosts. Party 0 hosts the session store at ``HOST:PORT`` (so
+``HOST`` must be party 0's address, reachable by every other host); gloo then connects every pair
+of processes directly. With the default dealer provider the dealer is one more process:
+
+* ``veil party --dealer --world-size N --master HOST:PORT`` on a host of its own (recommended:
+  the dealer must not collude with any party, see ``docs/security/mpc.md``), or
+* ``veil party --rank 0 --host-dealer ...``: party 0 starts the dealer as a child process on its
+  own host. Convenient, but whoever controls party 0's host can then read the dealer's memory,
+  which gives it every input (as ``provider="tfp"`` would).
+
+Nothing else needs to be set: ``RENDEZVOUS``, ``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``, the gloo timeout and network interface are derived here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from veil.errors import ConfigurationError
+from veil.mpc.providers import DEFAULT_TIMEOUT, make_config
+
+__all__ = ["run_party", "run_dealer"]
+
+
+def run_party(
+    job: Callable[..., Any],
+    *,
+    rank: int,
+    world_size: int,
+    master: str,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    provider: str = "dealer",
+    allow_party0_sees_inputs: bool = False,
+    device: str = "auto",
+    precision_bits: int = 16,
+    host_dealer: bool = False,
+    _fail_fast: Callable[[Any], None] | None = None,
+) -> Any:
+    """Run party ``rank`` of a multi-host session in this process; returns the job's result.
+
+    Raises :class:`~veil.errors.PartyFailure` naming the rank and phase if this or another
+    process fails (within ``timeout`` seconds plus a few for the diagnosis).
+    """
+    from veil.mpc._runtime.party import parse_master, run_process
+
+    config = make_config(world_size=world_size, provider=provider, timeout=timeout,
+                         allow_party0_sees_inputs=allow_party0_sees_inputs,
+                         precision_bits=precision_bits, device=device)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ConfigurationError(
+            f"rank must be in 0..{world_size - 1} for --world-size {world_size}, got {rank!r}")
+    parse_master(master)
+    from veil.mpc.device import resolve
+
+    resolve(config.device, rank=rank)  # an unknown device is refused before any connection
+    if host_dealer and (rank != 0 or not config.has_dealer):
+        raise ConfigurationError(
+            "host_dealer (--host-dealer) is only for party 0 with provider='dealer'; got "
+            f"rank={rank}, provider={provider!r}")
+    dealer = _start_local_dealer(master, config) if host_dealer else None
+    try:
+        return run_process(job, rank=rank, master=master, config=config, args=tuple(args),
+                           kwargs=kwargs, fail_fast=_fail_fast)
+    finally:
+        if dealer is not None:
+            from veil.mpc._runtime.launch import _kill_all
+
+            proc, conns = dealer
+            _kill_all([proc], graceful=True)
+            for c in conns:
+                c.close()
+
+
+def run_dealer(
+    *,
+    world_size: int,
+    master: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    _fail_fast: Callable[[Any], None] | None = None,
+) -> None:
+    """Run the dealer (CrypTen's TTP) of a multi-host session until party 0 ends it.
+
+    The dealer holds no inputs; it hands out correlated randomness and learns nothing about the
+    inputs unless it colludes with a party.
+    """
+    from veil.mpc._runtime.party import parse_master, run_process
+
+    config = make_config(world_size=world_size, provider="dealer", timeout=timeout)
+    parse_master(master)
+    run_process(None, rank=world_size, master=master, config=config, fail_fast=_fail_fast)
+
+
+def _start_local_dealer(master: str, config: Any) -> tuple[Any, list[Any]]:
+    """Fork the dealer from this party process before it opens any socket or thread pool.
+
+    torch and crypten are already imported here, so a fork starts the dealer at once (a
+    forkserver would import them a second time). The child dies with this process.
+    """
+    import multiprocessing
+
+    from veil.mpc._crypten.compat import import_crypten
+    from veil.mpc._runtime.launch import _child_main
+
+    import_crypten()
+    ctx = multiprocessing.get_context("fork")
+    out_r, out_w = ctx.Pipe(duplex=False)
+    life_r, life_w = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, daemon=True, name="veil-mpc-dealer",
+                       args=(config.world_size, master, config, None, (), out_w, life_r))
+    proc.start()
+    out_w.close()
+    life_r.close()
+    return proc, [out_r, life_w]
