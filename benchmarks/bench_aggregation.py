@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from veil.fl.aggregation import make_aggregator
+from veil.fl import make_aggregator
 
 
 def _updates(n: int, d: int) -> dict[int, np.ndarray]:

@@ -80,7 +80,7 @@ def bench_logreg() -> dict[str, Any]:
     base_t, base_y = _tenseal_tutorial(w, b, x[:BASELINE_SAMPLES].double().numpy())
     plan = models.plan(entry.model, (64,))
     ctx = he.CKKSContext.generate(plan.params, galois_keys=False)
-    compiled = models.compile(entry.model, ctx.public())
+    compiled = models.compile(entry.model, ctx.public(), plan)
     y, _, _, (t_enc, t_srv, t_dec) = _round_trip(ctx, compiled, plan, x)
     server, total = t_srv / BATCH, (t_enc + t_srv + t_dec) / BATCH
     return {
@@ -109,8 +109,7 @@ def _single(name: str, samples: int) -> dict[str, Any]:
     entry = zoo.load(name)
     plan = models.plan(entry.model, (1, 8, 8), layout="single")
     ctx = he.CKKSContext.generate(plan.params, galois_keys=True)
-    compiled = models.compile(entry.model, ctx.public(), input_shape=(1, 8, 8),
-                              layout="single")
+    compiled = models.compile(entry.model, ctx.public(), plan)
     parts, errs, agree, req, resp = [], [], 0, 0, 0
     for i in range(samples):
         x = entry.x_test[i]
@@ -148,7 +147,7 @@ def taps_accuracy(n: int = 360) -> dict[str, Any]:
     entry = zoo.load("digits-cnn-fast")
     plan = models.plan(entry.model, (1, 8, 8), layout="single")
     ctx = he.CKKSContext.generate(plan.params, galois_keys=True)
-    compiled = models.compile(entry.model, ctx.public(), input_shape=(1, 8, 8), layout="single")
+    compiled = models.compile(entry.model, ctx.public(), plan)
     with torch.no_grad():
         ref = entry.model(entry.x_test[:n]).numpy()
     t0 = time.perf_counter()
@@ -234,7 +233,7 @@ def accuracy_table(ckks_models: tuple[str, ...] = ("digits-logreg", "digits-mlp-
             net = models.fix(net, domain=(float(lo.min()) - 1, float(hi.max()) + 1), degree=4)
         plan = models.plan(net, e.input_shape)
         ctx = he.CKKSContext.generate(plan.params, galois_keys=False)
-        compiled = models.compile(net, ctx.public(), input_shape=e.input_shape)
+        compiled = models.compile(net, ctx.public(), plan)
         t0 = time.perf_counter()
         y = models.decrypt_output(ctx, compiled(models.encrypt_input(ctx, e.x_test, plan)))
         with torch.no_grad():

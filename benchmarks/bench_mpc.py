@@ -1,7 +1,7 @@
 """MPC per-operation cost: Veil (CSPRNG + accounting + safe messages) vs raw CrypTen.
 
 Both sides use CrypTen's dealer (TTP) provider and the same fork-based launcher; the only
-difference is whether ``veil.mpc._crypten.rng.install`` and ``veil.mpc.accounting.install`` ran.
+difference is whether ``veil.mpc._crypten.install`` ran.
 Each configuration (parties x implementation) is one long-lived multi-process session; inside it
 every
 operation on 10^5 elements is run once to warm up and then ``REPEATS`` times, each timed inside
@@ -209,7 +209,7 @@ def test_cuda_matmul_2048_speedup(benchmark) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - manual run
-    from veil.mpc._crypten.compat import import_crypten
+    from veil.mpc._crypten import import_crypten
 
     import_crypten()
     all_tables = {}

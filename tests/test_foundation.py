@@ -126,7 +126,7 @@ def test_only_the_owning_layer_imports_a_foundation(foundation: str, home: str) 
 
 def test_crypten_imports_on_current_torch_without_leaving_the_shim() -> None:
     out = _run_py(
-        "import sys; from veil.mpc._crypten.compat import import_crypten; c = import_crypten();"
+        "import sys; from veil.mpc._crypten import import_crypten; c = import_crypten();"
         " c.init(); x = c.cryptensor([1.0, 2.0]); print((x * x).get_plain_text().tolist(),"
         " 'torch.onnx._internal.registration' in sys.modules)"
     )
@@ -185,7 +185,7 @@ def test_cli_prints_veil_errors_with_brackets_verbatim(capsys: pytest.CaptureFix
 def test_fixed_point_decode_is_exact_for_negative_values() -> None:
     """CrypTen 0.4.1 decodes -7.99999 as -8.99998; Veil's compat layer fixes it."""
     out = _run_py(
-        "import torch; from veil.mpc._crypten.compat import import_crypten; import_crypten();"
+        "import torch; from veil.mpc._crypten import import_crypten; import_crypten();"
         " from crypten.encoder import FixedPointEncoder;"
         " e = FixedPointEncoder(precision_bits=16);"
         " t = torch.tensor([-65535344, -524287, -524288, -32768, -1, 0, 1, 163840]);"

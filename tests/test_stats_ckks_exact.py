@@ -22,6 +22,7 @@ from veil import stats
 from veil.errors import ConfigurationError
 from veil.protocols.stats import homomorphic as sh
 from veil.protocols.stats import spec as st
+from veil.protocols.stats.options import Options
 
 F = sh.CKKS_FRAC_BITS
 LIMB = 1 << sh.CKKS_LIMB_BITS
@@ -95,13 +96,13 @@ def test_rounding_limbs_refuses_values_far_from_an_integer() -> None:
 
 def test_parameters_keep_every_limb_sum_exact() -> None:
     """The stated bound: CKKS_MAX_TERMS vectors of limbs <= 2^4 plus the mask fit and round."""
-    from veil.he.lattice.ckks import _error_constants
+    from veil.he.lattice.ckks import error_constants
 
     params = sh._ckks_params()
     assert params.poly_modulus_degree == 8192 and params.scale_bits == 23
     mask_max = (LIMB + 1) * 2 ** (sh.CKKS_MASK_BITS - 1)
     assert sh.CKKS_MAX_TERMS * LIMB + mask_max < params.max_abs_value == 2.0**36
-    fresh, _ = _error_constants(params)
+    fresh, _ = error_constants(params)
     # worst-case error of the sum (data vectors plus the mask), vs 0.25 allowed
     assert (sh.CKKS_MAX_TERMS + 1) * fresh <= 0.125
     assert sh.CKKS_MAX_TERMS == 63
@@ -113,7 +114,7 @@ def test_parameters_keep_every_limb_sum_exact() -> None:
 def _run(owner_vectors: list[np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:
     holder = sh.KeyHolder("ckks")
     public = holder.public_message()
-    agg = sh.Aggregator("ckks", public)
+    agg = sh.SumAggregator("ckks", public)
     for v in owner_vectors:
         agg.add(sh.owner_message("ckks", public, v))
     if noise is not None:
@@ -141,7 +142,7 @@ def test_the_largest_aggregate_still_rounds_exactly() -> None:
     v = np.array([-BIGGEST, BIGGEST, 1 - 2.0**-24, -(2.0**-24), math.pi])
     holder = sh.KeyHolder("ckks")
     public = holder.public_message()
-    agg = sh.Aggregator("ckks", public)
+    agg = sh.SumAggregator("ckks", public)
     msg = sh.owner_message("ckks", public, v)
     for _ in range(sh.CKKS_MAX_TERMS):
         agg.add(msg)
@@ -216,7 +217,7 @@ def test_every_linear_statistic_matches_numpy_within_the_stated_bound(kind: str)
     data = _datasets(kind)
     kw = {"bins": BINS if kind == "mixed" else [-3e6, -1e6, 0.0, 1e6, 3e6]}
     res = stats.joint(data, LINEAR, backend="ckks", **kw)
-    spec = st.make_spec(LINEAR, res.columns, backend="ckks", bins=kw["bins"])
+    spec = st.make_spec(LINEAR, res.columns, Options(backend="ckks", bins=kw["bins"]))
     locals_ = [st.local_aggregates(x, spec) for x in data]
     model_total = _model(locals_)
     # 1. the release is exactly the integer model (no CKKS noise anywhere)
@@ -283,7 +284,7 @@ def _views(owner_vectors: list[np.ndarray], noise: np.ndarray | None,
     public = holder.public_message()
     out = []
     for _ in range(trials):
-        agg = sh.Aggregator("ckks", public)
+        agg = sh.SumAggregator("ckks", public)
         for v in owner_vectors:
             agg.add(sh.owner_message("ckks", public, v))
         if noise is not None:

@@ -16,6 +16,8 @@ import pytest
 
 from veil import mpc, stats
 from veil.protocols.stats import spec as st
+from veil.protocols.stats.options import Options
+from veil.protocols.stats.order import Target
 from veil.protocols.stats.rows import (
     FINE,
     MAX_PUBLIC_DEN,
@@ -25,7 +27,7 @@ from veil.protocols.stats.rows import (
 )
 from veil.protocols.stats.shares import PUBLIC_FANOUT, UNIT
 from veil.stats._party import party_release
-from veil.stats._release import make_release
+from veil.stats._release import Release
 
 BOUND = 2.0**-16  # documented error bound of interpolated outputs
 EXACT = ["median_low", "median_high", "min", "max"]
@@ -121,16 +123,15 @@ def test_extrapolated_exclusive_quantiles_still_match() -> None:
 
 # --- what is opened ---------------------------------------------------------------------------
 def _release(names: list[str]):
-    return make_release(names, ("x",), backend="mpc", bins=None, quantiles_n=4,
-                        method="exclusive", target=None, iterations=5, learning_rate=1.0,
-                        bounds=None, epsilon=None, delta=0.0, mechanism="laplace",
-                        min_cohort=1, ledger=None, audit=None)  # no cohort bit in the log
+    return Release(st.make_spec(names, ("x",), Options(
+        backend="mpc", bins=None, quantiles_n=4, method="exclusive", target=None, iterations=5,
+        learning_rate=1.0, bounds=None, epsilon=None, delta=0.0, mechanism="laplace",
+        min_cohort=1, ledger=None, dataset="d", audit=None)))  # no cohort bit in the log
 
 
 def _transcript_job(party, x, names):
     log: list[np.ndarray] = []
-    out = party_release(party, np.asarray(x).reshape(-1, 1), _release(names), dataset="d",
-                        transcript=log)
+    out = party_release(party, np.asarray(x).reshape(-1, 1), _release(names), transcript=log)
     return out, [v.tolist() for v in log]
 
 
@@ -193,12 +194,12 @@ def test_transcript_changes_when_the_median_changes() -> None:
 
 # --- plaintext helpers --------------------------------------------------------------------------
 def test_which_targets_the_public_search_takes() -> None:
-    assert public_search_supports(st.Target("median", 0, 3, 1, 2))
-    assert public_search_supports(st.Target("min", 0, 0, 0, 1))
-    assert public_search_supports(st.Target("quantiles", 0, 2, 4, 4))  # exact (num == den)
-    assert not public_search_supports(st.Target("quantiles", 0, 0, -3, 10))  # extrapolated
-    assert not public_search_supports(st.Target("quantiles", 0, 4, 11, 10))
-    assert not public_search_supports(st.Target("quantiles", 0, 4, 1, MAX_PUBLIC_DEN + 1))
+    assert public_search_supports(Target("median", 0, 3, 1, 2))
+    assert public_search_supports(Target("min", 0, 0, 0, 1))
+    assert public_search_supports(Target("quantiles", 0, 2, 4, 4))  # exact (num == den)
+    assert not public_search_supports(Target("quantiles", 0, 0, -3, 10))  # extrapolated
+    assert not public_search_supports(Target("quantiles", 0, 4, 11, 10))
+    assert not public_search_supports(Target("quantiles", 0, 4, 1, MAX_PUBLIC_DEN + 1))
 
 
 def test_local_view_counts_and_gaps() -> None:

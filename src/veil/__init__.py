@@ -6,10 +6,8 @@ tenseal and phe) are imported on first attribute access, e.g. ``veil.he`` or ``v
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from veil import errors
+from veil._lazy import lazy_face
 from veil.errors import VeilError
 
 __version__ = "0.1.0"
@@ -19,13 +17,5 @@ _SUBPACKAGES = ("he", "mpc", "privacy", "protocols", "stats", "models", "fl", "s
 __all__ = ["__version__", "errors", "VeilError", *_SUBPACKAGES]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES:
-        module = importlib.import_module(f"veil.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'veil' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_face(__name__, globals(), {}, submodules=_SUBPACKAGES,
+                                   listed=sorted(__all__))

@@ -31,7 +31,7 @@ CASES = {
     "bench peers": ("veil.bench.peers", "run_peers", ["bench", "peers", "--json", "J",
                                                       "--plot", "P"]),
     "serve": ("veil.serve.runner", "serve", ["serve"]),
-    "party": ("veil.mpc._runtime.cluster", "run_party",
+    "party": ("veil.mpc.host", "run_party",
               ["party", "--rank", "0", "--world-size", "2", "--master", "127.0.0.1:1",
                "--job", "selftest"]),
 }

@@ -40,7 +40,7 @@ def _one_line_error(stderr: str) -> str:
 def _import_seconds() -> float:
     """What starting a party costs on this machine right now (imports torch and crypten)."""
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "from veil.mpc._crypten.compat import import_crypten; "
+    subprocess.run([sys.executable, "-c", "from veil.mpc._crypten import import_crypten; "
                     "import_crypten()"], check=True, capture_output=True, timeout=300)
     return time.monotonic() - t0
 

@@ -310,6 +310,11 @@ def loaders() -> dict[str, Loader]:
                                   lambda v: [ckks.decrypt(t) for t in v.tensors]),
                              enveloped(tensor_inner)),
         "models.architecture": (program_to_json(prog), program_from_json, json_text),
+        "models.plan": (inference.PublicPlan(
+            "single", (1, 8, 8), 10, 3, ckks.params.describe(), True,
+            {"kind": "im2col", "kernel_size": [3, 3], "stride": 1, "padding": [1, 1]},
+            (("im2col", "conv", 64, 256, 1),)).serialize(), inference.PublicPlan.load,
+            enveloped()),
         "mpc.message": (mpc_messages.encode({"function": "additive", "device": None,
                                              "args": (torch.Size([2, 3]), torch.Size([3, 2]),
                                                       "matmul"), "kwargs": {}}),

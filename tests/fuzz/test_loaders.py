@@ -24,7 +24,7 @@ LOADERS = {
     "envelope", "load_json", "ckks.context", "ckks.context.secret", "ckks.tensor",
     "bfv.context", "bfv.tensor", "paillier.public_key", "paillier.private_key",
     "paillier.vector", "paillier.packed", "models.encrypted.frames", "models.encrypted",
-    "models.architecture", "mpc.message", "shamir.share",
+    "models.architecture", "models.plan", "mpc.message", "shamir.share",
     "secagg.advertise", "secagg.roster", "secagg.share_keys", "secagg.delivery", "secagg.masked",
     "secagg.survivors", "secagg.consistency", "secagg.unmask_request", "secagg.unmask",
 }

@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from veil.errors import ConfigurationError, DepthExhaustedError, KeyMismatchError, VeilError
 from veil.he.lattice.ckks import CKKSContext, CKKSTensor, flooding_sigma, linear_combination
-from veil.he.lattice.tensor import _level_of
+from veil.he.lattice.util import level_of
 from veil.he.params import CKKSParams
 
 TOL = 1e-5  # absolute, for values of magnitude <= ~100 at scale 2^40
@@ -36,7 +36,7 @@ def close(got: object, want: object, tol: float = TOL) -> None:
 
 
 def real_level(t: CKKSTensor) -> int:
-    return min(_level_of(c) for c in t._chunks)
+    return min(level_of(c) for c in t._chunks)
 
 
 # -- element-wise ops ---------------------------------------------------------------------------

@@ -169,7 +169,7 @@ class Recorder:
 
 def leaky_reduce_opening(party: Any, share: Any, to: Sequence[int], *, binary: bool = False) -> Any:
     """The old restricted opening (CrypTen's reduce), for the harness's negative control."""
-    from veil.mpc._crypten.compat import import_crypten
+    from veil.mpc._crypten import import_crypten
 
     comm = import_crypten().communicator
     if binary:

@@ -11,6 +11,7 @@ import pytest
 from veil import mpc
 from veil.protocols.stats import secret as stats_mpc
 from veil.protocols.stats import spec as st
+from veil.protocols.stats.options import LOGIT_ITERATIONS, Options
 
 
 def _cli_like(n: int = 240, seed: int = 0) -> np.ndarray:
@@ -33,15 +34,16 @@ def test_default_plain_fit_is_the_maximum_likelihood_estimate() -> None:
     x = _cli_like()
     fit = st.logistic_plain(x, st.make_spec(["logistic_regression"], ["age", "bmi", "y"]))
     want = _newton(x)
-    assert fit.iterations == st.LOGIT_ITERATIONS == 100 and fit.converged is True
+    assert fit.iterations == LOGIT_ITERATIONS == 100 and fit.converged is True
     assert np.allclose(np.append(fit.coef, fit.intercept), want, rtol=5e-3, atol=2e-3)
     short = st.logistic_plain(x, st.make_spec(["logistic_regression"], ["age", "bmi", "y"],
-                                              iterations=10))
+                                              Options(iterations=10)))
     assert short.converged is False  # too few steps: reported as not converged
 
 
 def _job(party, x, iterations):
-    spec = st.make_spec(["logistic_regression"], ["age", "bmi", "y"], iterations=iterations)
+    spec = st.make_spec(["logistic_regression"], ["age", "bmi", "y"],
+                        Options(iterations=iterations, min_cohort=1))
     return stats_mpc.run_release(party, x, spec)["logistic_regression"]
 
 
@@ -52,7 +54,7 @@ def test_mpc_fit_reports_convergence_and_matches_the_oracle(iterations, converge
     parts = [x[:60], x[60:]]
     res = mpc.run(_job, parties=2, per_party_args=[(p, iterations) for p in parts], timeout=600)
     plain = st.logistic_plain(x, st.make_spec(["logistic_regression"], ["age", "bmi", "y"],
-                                              iterations=iterations))
+                                              Options(iterations=iterations)))
     for fit in res:
         assert fit.iterations == iterations and fit.converged is converged
         assert plain.converged is converged
@@ -73,6 +75,6 @@ def test_default_step_converges_on_correlated_features(d, rho) -> None:
     y = rng.random(3000) < 1 / (1 + np.exp(-((f - 40) @ beta)))
     x = np.column_stack([f, y.astype(float)])
     cols = [f"f{i}" for i in range(d)] + ["y"]
-    fit = st.logistic_plain(x, st.make_spec(["logistic_regression"], cols, iterations=400))
+    fit = st.logistic_plain(x, st.make_spec(["logistic_regression"], cols, Options(iterations=400)))
     assert fit.converged is True
     assert np.allclose(np.append(fit.coef, fit.intercept), _newton(x), atol=1e-3)

@@ -13,17 +13,18 @@ from veil import mpc
 from veil.errors import PartyFailure, PolicyViolation
 from veil.protocols.stats import secret as stats_mpc
 from veil.protocols.stats import spec as st
+from veil.protocols.stats.options import Options
 
 ROWS = [9, 1, 5]
 
 
 def _job(party, k, to):
     x = np.arange(ROWS[party.rank], dtype=np.float64).reshape(-1, 1) + 10.0 * party.rank
-    spec = st.make_spec(["mean"], ["x"])
+    spec = st.make_spec(["mean"], ["x"], Options(to=to, min_cohort=k))
     charged: list[bool] = []
     log: list = []
     try:
-        out = stats_mpc.run_release(party, x, spec, to=to, min_cohort=k, transcript=log,
+        out = stats_mpc.run_release(party, x, spec, transcript=log,
                                     before_release=lambda: charged.append(True))
     except PolicyViolation as exc:
         return {"refused": str(exc), "charged": charged, "opened": len(log)}

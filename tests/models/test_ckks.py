@@ -20,8 +20,8 @@ def _run(net, ctx_params, x, layout, input_shape, *, galois=False):
     ctx = he.CKKSContext.generate(ctx_params or plan.params, galois_keys=galois)
     server_ctx = ctx.public()
     assert not server_ctx.has_secret_key
-    compiled = models.compile(net, server_ctx, input_shape=input_shape, layout=layout)
-    enc = models.encrypt_input(ctx, x, compiled.summary())
+    compiled = models.compile(net, server_ctx, plan)
+    enc = models.encrypt_input(ctx, x, compiled.public())
     return models.decrypt_output(ctx, compiled(enc)), ctx, compiled, enc
 
 
@@ -30,7 +30,7 @@ def test_logreg_batched_secure_defaults_agree_with_plaintext(zoo):
     plan = models.plan(entry.model, (64,))
     assert plan.depth == 1 and plan.params.security_bits >= 128 and not plan.galois_keys
     ctx = he.CKKSContext.generate(plan.params, galois_keys=False)
-    compiled = models.compile(entry.model, ctx.public())
+    compiled = models.compile(entry.model, ctx.public(), plan)
     x = entry.x_test
     y = models.decrypt_output(ctx, compiled(models.encrypt_input(ctx, x, plan)))
     want = entry.model(x).detach().numpy()
@@ -109,7 +109,7 @@ def test_cnn_poly_single_sample_im2col_and_second_conv(zoo):
     assert plan.input_encoding["kind"] == "im2col"
     assert [s.kind for s in plan.stages] == ["im2col", "poly", "affine", "poly", "affine"]
     ctx = he.CKKSContext.generate(plan.params, galois_keys=True)
-    compiled = models.compile(entry.model, ctx.public(), input_shape=(1, 8, 8), layout="single")
+    compiled = models.compile(entry.model, ctx.public(), plan)
     for i in range(1):
         x = entry.x_test[i]
         y = models.decrypt_output(ctx, compiled(models.encrypt_input(ctx, x, plan)))
@@ -122,7 +122,7 @@ def test_plan_depth_table_and_parameters(zoo):
     assert [s.kind for s in plan.stages] == ["affine", "poly", "affine", "poly", "affine"]
     assert [s.depth for s in plan.stages] == [1, 2, 1, 2, 1] and plan.depth == 7
     assert plan.params.depth >= 7 and plan.params.security_bits >= 128
-    assert "AvgPool2d" in plan.table() and plan.summary()["depth"] == 7
+    assert "AvgPool2d" in plan.table() and plan.public().depth == 7
 
 
 def test_too_deep_model_names_the_layer():
@@ -145,9 +145,10 @@ def test_compile_checks_context_before_running(zoo):
     net = zoo.load("digits-mlp-poly").model
     small = he.CKKSContext.generate(he.CKKSParams.default(), galois_keys=False)
     with pytest.raises(DepthExhaustedError, match=r"runs out at #2 1 \(PolyActivation\)"):
-        models.compile(net, small.public())
+        models.compile(net, small.public(), models.plan(net, (64,)))
+    logreg = zoo.load("digits-logreg").model
     with pytest.raises(ConfigurationError, match="Galois"):
-        models.compile(zoo.load("digits-logreg").model, small.public(), layout="single")
+        models.compile(logreg, small.public(), models.plan(logreg, (64,), layout="single"))
     with pytest.raises(ConfigurationError, match="layout"):
         models.plan(net, (64,), layout="diagonal")
     with pytest.raises(ConfigurationError, match="input_shape"):

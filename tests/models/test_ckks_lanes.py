@@ -16,12 +16,12 @@ from veil.models.ckks.lanes import encode_taps
 def _ctx_and_model(net, shape):
     plan = models.plan(net, shape, layout="single")
     ctx = he.CKKSContext.generate(plan.params, galois_keys=True)
-    compiled = models.compile(net, ctx.public(), input_shape=shape, layout="single")
+    compiled = models.compile(net, ctx.public(), plan)
     return plan, ctx, compiled
 
 
 def _predict(ctx, compiled, x):
-    enc = models.encrypt_input(ctx, x, compiled.summary())
+    enc = models.encrypt_input(ctx, x, compiled.public())
     return models.decrypt_output(ctx, compiled(enc))
 
 
@@ -32,7 +32,7 @@ def test_zoo_fast_cnn_uses_taps_layout_and_matches_plaintext(zoo):
     assert plan.input_encoding["kind"] == "taps" and plan.input_encoding["taps"] == 9
     assert plan.depth == 5 and plan.params.poly_modulus_degree == 8192
     assert plan.params.security_bits >= 128
-    assert compiled.summary()["input_encoding"] == plan.input_encoding
+    assert compiled.public().input_encoding == plan.input_encoding
     for i in range(4):
         x = entry.x_test[i]
         y = _predict(ctx, compiled, x)

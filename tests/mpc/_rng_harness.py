@@ -1,8 +1,8 @@
 """A minimal fork-based launcher for the randomness/accounting tests and benchmarks.
 
 It runs ``fn(crypten, rank, *args)`` in ``world`` party processes (plus CrypTen's dealer process
-for ``provider="TTP"``), with Veil's patches (``veil.mpc._crypten.rng`` /
-``veil.mpc.accounting``) or without them (``veil=False``: raw CrypTen, the baseline). The session's
+for ``provider="TTP"``), with Veil's patches (``veil.mpc._crypten.install``: CSPRNG, messages,
+accounting) or without them (``veil=False``: raw CrypTen, the baseline). The session's
 own launcher is
 ``veil.mpc.run``; this one exists so that the patches can be tested in isolation and compared
 against raw CrypTen in the same harness.
@@ -23,27 +23,23 @@ def _child(fn, rank, world, rendezvous, provider, veil, before_init, q, args):
     os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank),
                        "RENDEZVOUS": f"file://{rendezvous}", "DISTRIBUTED_BACKEND": "gloo"})
     try:
-        from veil.mpc._crypten.compat import import_crypten
+        from veil.mpc._crypten import import_crypten, install
 
         crypten = import_crypten()
         crypten.config.cfg.mpc.provider = provider
-        if veil:
-            from veil.mpc import accounting
-            from veil.mpc._crypten import rng
         if rank == world:  # the dealer
             if veil:
-                rng.install(crypten)
-                accounting.install(crypten)
+                install(crypten)
             crypten.mpc.provider.TTPServer()
             q.put((rank, "ok", None))
             return
         if veil and before_init:
-            rng.install(crypten)
-            accounting.install(crypten)
+            install(crypten)
         crypten.init()
         if veil:
-            rng.install(crypten)
-            accounting.install(crypten)
+            from veil.mpc import accounting
+
+            install(crypten)
             accounting.reset()
         result = fn(crypten, rank, *args)
         crypten.uninit()

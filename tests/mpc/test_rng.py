@@ -197,7 +197,9 @@ def _patched_job(crypten, rank):
         out["dealer_stream"] = isinstance(client.generator, r._StreamView)
         out["dealer_draw"] = client.generator.stream.random_bytes(16)
     # 4. install() again is a no-op: same streams, nothing re-agreed
-    r.install(crypten)
+    from veil.mpc._crypten import install
+
+    install(crypten)
     out["idempotent"] = all(crypten.generators[k][cpu] is v for k, v in gens.items())
     return out
 
@@ -225,7 +227,7 @@ def test_crypten_draws_only_from_secure_streams(world: int, provider: str,
     x = torch.tensor([1.5, -2.0, 3.25, 0.5])
     y = torch.tensor([2.0, 4.0, -1.0, 8.0])
     # CrypTen's own decoder floors negative values wrongly (off by up to -1);
-    # veil.mpc._crypten.compat replaces it, so the tolerance is the fixed-point truncation error
+    # Veil's installer replaces it, so the tolerance is the fixed-point truncation error
     # only. A desynchronized
     # stream would be off by ~2^47 instead.
     tol = 0.02

@@ -47,7 +47,7 @@ def test_sessions_draw_from_secure_streams(parties: int, provider: str) -> None:
     kwargs = {"allow_party0_sees_inputs": True} if provider == "tfp" else {}
     res = mpc.run(secure_streams_job, parties=parties, provider=provider, timeout=60, **kwargs)
     x, y = torch.tensor([1.5, -2.0, 0.25]), torch.tensor([2.0, 3.0, -4.0])
-    tol = 0.02  # exact decode of negatives: veil.mpc._crypten.compat fixes CrypTen's decoder
+    tol = 0.02  # exact decode of negatives: Veil's import-stage patch fixes CrypTen's decoder
     for r in res:
         assert r["views"] and r.get("dealer", True)
         torch.testing.assert_close(r["mul"], x * y, atol=tol, rtol=0.01)

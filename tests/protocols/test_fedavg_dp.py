@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 
 from veil.errors import AggregationAborted, ConfigurationError
-from veil.fl.fedavg import DPConfig, FedAvgConfig, train_fedavg
-from veil.privacy.federated import (
-    RDPAccountant,
-    gaussian,
-    rdp_to_epsilon,
-    sampled_gaussian_rdp,
-)
+from veil.fl import FedAvgConfig, FederatedDP, train_fedavg
+from veil.privacy.accountant import RDPAccountant, rdp_to_epsilon, sampled_gaussian_rdp
+from veil.privacy.mechanisms import sample_gaussian
 
 
 # -- accountant ---------------------------------------------------------------------------------
@@ -63,7 +59,7 @@ def test_sampled_gaussian_rdp_laws() -> None:
 
 
 def test_csprng_gaussian_moments_and_normality() -> None:
-    z = gaussian(200_001, std=3.0)
+    z = sample_gaussian(200_001, std=3.0)
     assert z.shape == (200_001,)
     assert abs(z.mean()) < 0.05 and abs(z.std() - 3.0) < 0.05
     # Kolmogorov-Smirnov distance to N(0, 9); critical value at alpha=1e-4 is ~ 2.2/sqrt(n)
@@ -71,7 +67,7 @@ def test_csprng_gaussian_moments_and_normality() -> None:
     cdf = np.array([_phi(x) for x in xs[::20]])
     ks = np.max(np.abs(cdf - (np.arange(0, len(xs), 20) + 1) / len(xs)))
     assert ks < 2.2 / math.sqrt(len(xs)) + 1e-4
-    assert not np.array_equal(gaussian(8), gaussian(8))
+    assert not np.array_equal(sample_gaussian(8), sample_gaussian(8))
 
 
 # -- federated averaging ----------------------------------------------------------------------
@@ -106,7 +102,7 @@ def test_dp_fedavg_accounts_and_stays_within_noise_of_plain() -> None:
     plain = train_fedavg(FedAvgConfig(aggregation="plain", **base))
     # Digits has ~1,400 training rows over 8 clients: meaningful epsilon needs far more clients,
     # so this checks the mechanism (clip + distributed noise + accounting) at low noise.
-    dp = DPConfig(l2_clip=3.0, noise_multiplier=0.05, delta=1e-5)
+    dp = FederatedDP(l2_clip=3.0, noise_multiplier=0.05, delta=1e-5)
     private = train_fedavg(FedAvgConfig(dp=dp, **base))
     acc = RDPAccountant(0.05)
     acc.step(8)
@@ -117,7 +113,7 @@ def test_dp_fedavg_accounts_and_stays_within_noise_of_plain() -> None:
 
 
 def test_client_sampling_uses_fewer_clients_and_less_budget() -> None:
-    dp = DPConfig(l2_clip=1.0, noise_multiplier=1.0, sample_rate=0.5)
+    dp = FederatedDP(l2_clip=1.0, noise_multiplier=1.0, sample_rate=0.5)
     # Poisson sampling from secrets: P(fewer than 2 or all 16 sampled) is below 1e-3 per run.
     res = train_fedavg(FedAvgConfig(num_clients=16, rounds=2, processes=False, dp=dp))
     full = RDPAccountant(1.0)
@@ -130,7 +126,7 @@ def test_fedavg_rejects_bad_configuration() -> None:
     with pytest.raises(ConfigurationError, match="aggregation"):
         FedAvgConfig(aggregation="homomorphic")
     with pytest.raises(ConfigurationError, match="DP"):
-        DPConfig(l2_clip=1.0, noise_multiplier=0.0)
+        FederatedDP(l2_clip=1.0, noise_multiplier=0.0)
 
 
 def test_client_process_failures_name_the_client_and_phase() -> None:

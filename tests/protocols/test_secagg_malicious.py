@@ -20,7 +20,7 @@ from veil.protocols.secagg import (
     SecAggServer,
     generate_identities,
 )
-from veil.protocols.secagg.common import _pair_info, _ring_mask, _x25519
+from veil.protocols.secagg.common import pair_info, ring_mask, x25519
 from veil.protocols.secagg.messages import (
     ConsistencySignature,
     MaskedInput,
@@ -99,12 +99,12 @@ def _unmask_target(r: _Round, y: np.ndarray, seed: bytes, mask_keys: dict[int, b
     acc -= expand(seed, cfg.masked_length, ring_bits=cfg.ring_bits,
                   domain=b"veil-secagg-self" + rid)
     for v, raw in mask_keys.items():
-        pair = hkdf(_x25519(X25519PrivateKey.from_private_bytes(raw), entries[TARGET][2]),
-                    salt=rid, info=_pair_info(b"veil-secagg-pair", TARGET, v))
+        pair = hkdf(x25519(X25519PrivateKey.from_private_bytes(raw), entries[TARGET][2]),
+                    salt=rid, info=pair_info(b"veil-secagg-pair", TARGET, v))
         mask = expand(pair, cfg.masked_length, ring_bits=cfg.ring_bits,
                       domain=b"veil-secagg-pair" + rid)
         acc = acc - mask if TARGET < v else acc + mask
-    return _ring_mask(acc, cfg.ring_bits)[:-1]
+    return ring_mask(acc, cfg.ring_bits)[:-1]
 
 
 def test_the_attack_would_recover_the_update_given_both_kinds_of_share() -> None:
@@ -281,17 +281,17 @@ def test_fedavg_clients_ignore_the_servers_threshold_and_dp_header(monkeypatch) 
     changes nothing a client enforces: it uses its own configuration."""
     import json
 
-    from veil.fl import fedavg
+    from veil.fl import FederatedDP, fedavg
 
     stds: list[float] = []
-    real = fedavg.gaussian
+    real = fedavg.sample_gaussian
 
     def record(size: int, *, std: float) -> np.ndarray:
         stds.append(std)
         return real(size, std=std)
 
-    monkeypatch.setattr(fedavg, "gaussian", record)
-    dp = fedavg.DPConfig(l2_clip=1.0, noise_multiplier=1.0)
+    monkeypatch.setattr(fedavg, "sample_gaussian", record)
+    dp = FederatedDP(l2_clip=1.0, noise_multiplier=1.0)
     cfg = fedavg.FedAvgConfig(num_clients=5, rounds=1, processes=False, dp=dp)
     keys, directory = fedavg.identities(5)
     worker = fedavg._ClientWorker(2, cfg, keys[2], directory)

@@ -76,11 +76,12 @@ PLANS = [((2048, (27, 27), 20), False), ((4096, (40, 20, 40), 20), True),
          ((8192, (60, 40, 60), 40), False), ((8192, (60, 40, 60), 40), True)]
 
 
-def _plan(params, galois: bool) -> dict:
+def _plan(params, galois: bool):
     from veil import he
+    from veil.protocols.inference import PublicPlan
 
     p = he.CKKSParams(*params)
-    return {"params": p.describe(), "galois_keys": galois}
+    return PublicPlan("batched", (64,), 10, 1, p.describe(), galois, {"kind": "features"})
 
 
 @pytest.mark.parametrize("params, galois", PLANS)

@@ -113,12 +113,16 @@ def test_check_rows() -> None:
 
 
 def test_request_limit_follows_the_model() -> None:
+    from veil.protocols.inference import PublicPlan
     from veil.serve.config import MiB
 
-    small = {"layout": "batched", "input_shape": [64],
-             "params": {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 60]}}
-    big = {"layout": "batched", "input_shape": [1, 8, 8],
-           "params": {"poly_modulus_degree": 16384, "coeff_mod_bit_sizes": [60] + [40] * 5 + [60]}}
+    def plan(shape: tuple[int, ...], n: int, bits: list[int]) -> PublicPlan:
+        params = {"scheme": "ckks", "poly_modulus_degree": n, "coeff_mod_bit_sizes": bits,
+                  "scale_bits": 40}
+        return PublicPlan("batched", shape, 10, 1, params, False, {"kind": "features"})
+
+    small = plan((64,), 8192, [60, 40, 60])
+    big = plan((1, 8, 8), 16384, [60] + [40] * 5 + [60])
     assert ServerConfig().request_limit(small) == 32 * MiB
     assert ServerConfig().request_limit(big) == int(1.25 * 64 * 2 * 16384 * 6 * 8) + MiB
     assert ServerConfig(max_request_bytes=5).request_limit(big) == 5
@@ -196,5 +200,5 @@ def test_zoo_batched_models_use_the_smallest_ring_their_inputs_allow() -> None:
 
     info = load_evaluator("zoo:digits-mlp").info
     assert info.domain == (0.0, 1.0) and not info.galois_keys
-    assert info.plan["params"]["poly_modulus_degree"] == 8192
-    assert info.plan["params"]["scale_bits"] == 28  # the most precision N = 8192 holds
+    assert info.plan.params["poly_modulus_degree"] == 8192
+    assert info.plan.params["scale_bits"] == 28  # the most precision N = 8192 holds

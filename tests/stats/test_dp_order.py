@@ -22,8 +22,10 @@ from veil.errors import ConfigurationError, UnsupportedOperationError
 from veil.privacy import BudgetLedger
 from veil.privacy import mechanisms as mech
 from veil.protocols.stats import dp_order as dpo
+from veil.protocols.stats.options import Options
+from veil.protocols.stats.spec import make_spec
 from veil.stats._party import party_release
-from veil.stats._release import make_release
+from veil.stats._release import Release
 
 K = 8.0
 LO, HI = 0.0, 100.0
@@ -36,7 +38,7 @@ def _release(names, epsilon=2.0, mechanism="laplace", delta=0.0, columns=("x",),
                 iterations=5, learning_rate=1.0, bounds=(LO, HI), epsilon=epsilon, delta=delta,
                 mechanism=mechanism, min_cohort=10, ledger=None, audit=None)
     opts.update(kw)
-    return make_release(names, columns, **opts)
+    return Release(make_spec(names, columns, Options(**opts)))
 
 
 def _uniform(sizes, seed=5):
@@ -215,7 +217,7 @@ def test_mpc_dp_release_of_linear_and_order_statistics_is_accurate_and_charged_o
 def _transcript_job(party, x, names, epsilon):
     log: list[np.ndarray] = []
     out = party_release(party, np.asarray(x).reshape(-1, 1),
-                        _release(names, epsilon=epsilon, min_cohort=5), dataset="d",
+                        _release(names, epsilon=epsilon, min_cohort=5, dataset="d"),
                         transcript=log)
     return out, [v.tolist() for v in log]
 
@@ -249,7 +251,7 @@ def _predraw_job(party, x, interface):
     from veil.protocols.stats import secret as stats_mpc
     from veil.protocols.stats import spec as st
 
-    spec = st.make_spec(["median", "max"], ["x"], bounds=[(LO, HI)], dp=True)
+    spec = st.make_spec(["median", "max"], ["x"], Options(epsilon=1.0, bounds=(LO, HI)))
     size = sum(n for _, n in st.layout(spec))
     seen: list[int] = []
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from veil import mpc
-from veil.protocols.stats.shares import _open, inv_sqrt
+from veil.protocols.stats.shares import inv_sqrt, open_to_all
 
 VALUES = [4.0**-8, 0.001, 0.3, 1.0, 3.99, 4.0, 17.0, 1234.5, 65536.0, 3.0e6, 4.0**15 * 3.9]
 
@@ -14,7 +14,7 @@ VALUES = [4.0**-8, 0.001, 0.3, 1.0, 3.99, 4.0, 17.0, 1234.5, 65536.0, 3.0e6, 4.0
 def _job(party):
     v = party.share(torch.tensor(VALUES, dtype=torch.float64) if party.rank == 0 else None,
                     src=0, shape=(len(VALUES),))
-    return _open(party, inv_sqrt(v))
+    return open_to_all(party, inv_sqrt(v))
 
 
 def test_inv_sqrt_matches_numpy_across_its_range():
@@ -29,9 +29,10 @@ def test_inv_sqrt_matches_numpy_across_its_range():
 
 def _corr_job(party, x):
     from veil.protocols.stats import spec as st
+    from veil.protocols.stats.options import Options
     from veil.protocols.stats.secret import run_release
 
-    spec = st.make_spec(["correlation"], ["a", "b", "c"])
+    spec = st.make_spec(["correlation"], ["a", "b", "c"], Options(min_cohort=1))
     return run_release(party, np.asarray(x), spec)["correlation"]
 
 

@@ -15,8 +15,10 @@ import pytest
 
 from veil import mpc, stats
 from veil.errors import PartyFailure
+from veil.protocols.stats.options import Options
+from veil.protocols.stats.spec import make_spec
 from veil.stats._party import party_release
-from veil.stats._release import make_release
+from veil.stats._release import Release
 
 
 def _release(names: list[str], **kw: object):
@@ -24,13 +26,13 @@ def _release(names: list[str], **kw: object):
                 iterations=5, learning_rate=1.0, bounds=None, epsilon=None, delta=0.0,
                 mechanism="laplace", min_cohort=1, ledger=None, audit=None)
     opts.update(kw)
-    return make_release(names, ("x",), **opts)
+    return Release(make_spec(names, ("x",), Options(**opts)))
 
 
 def _transcript_job(party, x, names, to):
     log: list[np.ndarray] = []
-    out = party_release(party, np.asarray(x).reshape(-1, 1), _release(names), dataset="d",
-                        to=to, transcript=log)
+    out = party_release(party, np.asarray(x).reshape(-1, 1),
+                        _release(names, dataset="d", to=to), transcript=log)
     return out, [v.tolist() for v in log]
 
 

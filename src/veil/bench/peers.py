@@ -130,7 +130,7 @@ def _veil_mpc_job(party: Any, n: int, repeats: int) -> dict[str, float]:
 
 
 def _raw_crypten_times(n: int, repeats: int, parties: int) -> dict[str, float]:
-    from veil.mpc._crypten.compat import import_crypten
+    from veil.mpc import import_crypten
 
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"   # the same dealer provider Veil uses by default

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     exits with 2, any other ``VeilError`` and a failed file operation with 1, an interrupt
     (Ctrl-C) with 130.
     """
-    from veil.mpc._runtime.launch import honour_sigint
+    from veil.mpc.host import honour_sigint
 
     honour_sigint()  # SIGINT stops the run even if this process started with it ignored
     try:

@@ -136,7 +136,7 @@ def _encrypted_prediction(table: Any) -> float:
     plan = models.plan(net, input_shape=(64,))
     ctx = he.CKKSContext.generate(plan.params)                          # client
     server = models.compile(net, he.CKKSContext.load(ctx.public().serialize()),
-                            input_shape=(64,))                          # server: public only
+                            plan)                                       # server: public only
     logits = models.decrypt_output(ctx, server(models.encrypt_input(ctx, x, plan)))
     took = time.perf_counter() - t0
     with torch.no_grad():

@@ -35,7 +35,7 @@ from veil.errors import ConfigurationError
 # Short names for jobs shipped with Veil; extend as subsystems add party jobs.
 JOB_ALIASES: dict[str, str] = {
     "demo": "veil.cli.demo:_joint_sum_mean_job",
-    "selftest": "veil.mpc._runtime.selftest:job",
+    "selftest": "veil.mpc.selftest:job",
     "stats": "veil.stats._party:job",
 }
 _JOB_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -152,8 +152,12 @@ def register(app: typer.Typer) -> None:
         # torch's C++ logs (a warning per connection retry, with stack frames) would bury the
         # one-line report; our messages carry the causes. Set before torch is imported.
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
-        from veil.mpc._runtime.cluster import run_dealer, run_party
-        from veil.mpc._runtime.party import exit_on_interrupt, print_failure_and_exit
+        from veil.mpc.host import (
+            exit_on_interrupt,
+            print_failure_and_exit,
+            run_dealer,
+            run_party,
+        )
 
         exit_on_interrupt(130)  # Ctrl-C ends the party at once, even inside a C++ wait
 

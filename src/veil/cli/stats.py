@@ -180,7 +180,7 @@ def _read_csvs(paths: list[Path], delimiter: str) -> list[Any]:
     """Read CSVs with a non-default delimiter here (the API reads comma-separated files)."""
     import pandas as pd
 
-    from veil.stats._data import MAX_CSV_BYTES
+    from veil.stats import MAX_CSV_BYTES
 
     frames = []
     for i, path in enumerate(paths):
@@ -217,6 +217,29 @@ def _check_paths(data: list[Path], names: list[str], ledger: Path | None,
             raise ConfigurationError(f"{flag} {path}: not a regular file")
         if path is not None and not path.parent.is_dir():
             raise ConfigurationError(f"{flag} {path}: directory {path.parent} does not exist")
+
+
+def _delimiter(text: str) -> str:
+    delimiter = "\t" if text == "\\t" else text
+    if len(delimiter) != 1:
+        raise ConfigurationError(f"--delimiter must be one character, got {delimiter!r}")
+    return delimiter
+
+
+def _open_audit(audit: Path | None, key_file: Path | None) -> Any:
+    """The audit log of ``--audit`` (keyed by ``--audit-key-file``), checked before the
+    release, not after it; ``None`` without ``--audit``."""
+    from veil.cli.audit import read_key_file
+    from veil.privacy import AuditLog
+
+    if key_file is not None and audit is None:
+        raise ConfigurationError("--audit-key-file needs --audit")
+    if audit is None:
+        return None
+    key = read_key_file(key_file, "--audit-key-file") if key_file else None
+    log = AuditLog(audit, key=key)
+    log.check()
+    return log
 
 
 def register(app: typer.Typer) -> None:
@@ -270,21 +293,12 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from veil import stats as vstats
-        from veil.cli.audit import read_key_file
-        from veil.privacy import AuditLog, BudgetLedger
+        from veil.privacy import BudgetLedger
 
         names = [n.strip() for n in dataset_name or []]
         _check_paths(data, names, ledger, audit)
-        delimiter = "\t" if delimiter == "\\t" else delimiter
-        if len(delimiter) != 1:
-            raise ConfigurationError(f"--delimiter must be one character, got {delimiter!r}")
-        if audit_key_file is not None and audit is None:
-            raise ConfigurationError("--audit-key-file needs --audit")
-        audit_log = None
-        if audit is not None:
-            key = read_key_file(audit_key_file, "--audit-key-file") if audit_key_file else None
-            audit_log = AuditLog(audit, key=key)
-            audit_log.check()  # before the release, not after it
+        delimiter = _delimiter(delimiter)
+        audit_log = _open_audit(audit, audit_key_file)
         edges = parse_bins(bins)
         sources: list[Any] = ([str(p) for p in data] if delimiter == "," else
                               _read_csvs(data, delimiter))

@@ -26,111 +26,26 @@ submits.
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from veil.errors import AggregationAborted, ConfigurationError
+from veil.fl.base import (
+    AggregationResult,
+    AggregationStats,
+    Aggregator,
+    check_dropouts,
+    check_updates,
+)
 from veil.protocols.secagg import (
-    PHASES,
     SecAggClient,
     SecAggConfig,
     SecAggServer,
+    drive_round,
     generate_identities,
 )
 
-__all__ = [  # PaillierAggregator and CKKSAggregator also resolve here, lazily
-    "AggregationStats",
-    "AggregationResult",
-    "Aggregator",
-    "MaskingAggregator",
-    "make_aggregator",
-    "secure_sum",
-    "BACKENDS",
-]
-
-
-@dataclass(frozen=True)
-class AggregationStats:
-    """Cost of one aggregation. Seconds are wall-clock in this process (the simulation runs
-    every party in turn); bytes are wire bytes, averaged over clients that took part."""
-
-    client_seconds: float  # mean per client, all of its steps
-    server_seconds: float  # everything the server (and key holder, if any) did per round
-    bytes_sent_per_client: float
-    bytes_received_per_client: float
-    plain_bytes: int  # the update as float32, what plain FedAvg would send
-    setup_seconds: float = 0.0  # one-off key generation by a key holder (HE backends)
-    key_holder_seconds: float = 0.0  # part of server_seconds: the key holder's decryption
-
-    @property
-    def expansion(self) -> float:
-        """Bytes a client sends relative to sending its plain float32 update."""
-        return self.bytes_sent_per_client / self.plain_bytes
-
-
-@dataclass(frozen=True)
-class AggregationResult:
-    """The aggregate of the survivors' updates and what it cost."""
-
-    backend: str
-    total: Any  # float64 vector: sum of the survivors' clipped (and quantized) updates
-    survivors: tuple[int, ...]
-    clipped: int  # values clipped, summed over survivors (individual counts stay hidden)
-    stats: AggregationStats
-    quantized_total: Any = None  # exact integer sum (masking / paillier backends)
-    dropped: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-    @property
-    def mean(self) -> Any:
-        return self.total / len(self.survivors)
-
-
-def _check_updates(updates: Mapping[int, Any], num_clients: int, length: int) -> dict[int, Any]:
-    import numpy as np
-
-    if set(updates) != set(range(num_clients)):
-        raise ConfigurationError(
-            f"updates must map every client id 0..{num_clients - 1} to a vector; got ids "
-            f"{sorted(updates)[:10]}"
-        )
-    out = {}
-    for cid, vec in updates.items():
-        arr = np.asarray(vec, dtype=np.float64).reshape(-1)
-        if arr.size != length:
-            raise ConfigurationError(f"client {cid}'s update has {arr.size} values, expected "
-                                     f"{length}")
-        out[cid] = arr
-    return out
-
-
-def _check_dropouts(dropouts: Mapping[str, Collection[int]] | None,
-                    num_clients: int) -> dict[str, set[int]]:
-    drops = {p: set() for p in PHASES}
-    for phase, ids in (dropouts or {}).items():
-        if phase not in drops:
-            raise ConfigurationError(f"unknown dropout phase {phase!r}; use one of {PHASES}")
-        bad = [c for c in ids if not 0 <= c < num_clients]
-        if bad:
-            raise ConfigurationError(f"dropout ids {bad} are not clients of this round")
-        drops[phase] = set(ids)
-    return drops
-
-
-class Aggregator(ABC):
-    """Sums one vector per client; ``aggregate`` simulates every party in this process."""
-
-    backend: ClassVar[str]
-    num_clients: int
-    vector_length: int
-    clip: float
-    threshold: int
-
-    @abstractmethod
-    def aggregate(self, updates: Mapping[int, Any], *,
-                  dropouts: Mapping[str, Collection[int]] | None = None) -> AggregationResult:
-        """Aggregate ``updates`` ({client id: vector}) with the given dropouts."""
+__all__ = ["MaskingAggregator", "make_aggregator", "secure_sum", "BACKENDS"]
 
 
 class MaskingAggregator(Aggregator):
@@ -154,8 +69,8 @@ class MaskingAggregator(Aggregator):
     def aggregate(self, updates: Mapping[int, Any], *,
                   dropouts: Mapping[str, Collection[int]] | None = None) -> AggregationResult:
         cfg = self.config
-        vecs = _check_updates(updates, cfg.num_clients, cfg.vector_length)
-        drops = _check_dropouts(dropouts, cfg.num_clients)
+        vecs = check_updates(updates, cfg.num_clients, cfg.vector_length)
+        drops = check_dropouts(dropouts, cfg.num_clients)
         for v in vecs.values():  # reject bad input before any party does work
             cfg.quantizer.quantize(v)
         client_t = dict.fromkeys(vecs, 0.0)
@@ -178,41 +93,23 @@ class MaskingAggregator(Aggregator):
             return out
 
         server = on_server(lambda: SecAggServer(cfg, directory=self.directory))
-        alive = sorted(vecs)
         clients = {c: SecAggClient(c, cfg, round_id=server.round_id,
                                    server_public_key=server.public_key,
                                    identity_key=self._identities[c], directory=self.directory)
-                   for c in alive}
+                   for c in sorted(vecs)}
 
-        def step(phase: str) -> list[int]:
-            return [c for c in alive if c not in drops[phase]]
+        def send(cid: int, phase: str, payload: Any) -> bytes:
+            client = clients[cid]
+            if phase == "advertise":
+                return on_client(cid, client.advertise)
+            recv[cid] += len(payload)
+            if phase == "masked":
+                return on_client(cid, client.masked_input, vecs[cid], payload)
+            step = {"share": client.share_keys, "consistency": client.consistency,
+                    "unmask": client.unmask}[phase]
+            return on_client(cid, step, payload)
 
-        alive = step("advertise")
-        for c in alive:
-            on_server(server.receive_advertise, on_client(c, clients[c].advertise))
-        roster = on_server(server.close_advertise)
-        alive = step("share")
-        for c in alive:
-            recv[c] += len(roster)
-            on_server(server.receive_shares, on_client(c, clients[c].share_keys, roster))
-        deliveries = on_server(server.close_shares)
-        alive = step("masked")
-        for c in alive:
-            recv[c] += len(deliveries[c])
-            msg = on_client(c, clients[c].masked_input, vecs[c], deliveries[c])
-            on_server(server.receive_masked, msg)
-        survivors = on_server(server.close_masked)
-        alive = step("consistency")
-        for c in alive:
-            recv[c] += len(survivors)
-            on_server(server.receive_consistency,
-                      on_client(c, clients[c].consistency, survivors))
-        request = on_server(server.close_consistency)
-        alive = step("unmask")
-        for c in alive:
-            recv[c] += len(request)
-            on_server(server.receive_unmask, on_client(c, clients[c].unmask, request))
-        res = on_server(server.finish)
+        res = drive_round(server, sorted(vecs), send, dropouts=drops, call=on_server)
         took_part = [c for c in vecs if sent[c]]
         stats = AggregationStats(
             client_seconds=sum(client_t[c] for c in took_part) / len(took_part),
@@ -256,14 +153,3 @@ def secure_sum(updates: Mapping[int, Any], *, clip: float, backend: str = "maski
     agg = make_aggregator(backend, num_clients=len(updates), vector_length=length, clip=clip,
                           threshold=threshold, **options)
     return agg.aggregate(updates, dropouts=dropouts)
-
-
-def __getattr__(name: str) -> Any:
-    """``PaillierAggregator`` / ``CKKSAggregator`` load on first use (they pull in ``veil.he``)."""
-    for target in BACKENDS.values():
-        module, attr = target.split(":")
-        if attr == name and module != __name__:
-            import importlib
-
-            return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

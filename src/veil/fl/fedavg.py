@@ -1,22 +1,22 @@
 """Federated averaging over simulated clients with secure aggregation (and optional DP).
 
 Each client is a separate process (``processes=True``, the default) holding its own shard of
-scikit-learn's digits data set; only wire bytes cross the process boundary (no pickle of
-messages). Every round the server sends the global model, each sampled client trains locally and
-sends its model *delta* through secure aggregation (:mod:`veil.protocols.secagg`), and the server
-adds the mean delta to the global model.
+scikit-learn's digits data set (:mod:`veil.fl.digits`); only wire bytes cross the process
+boundary (no pickle of messages). Every round the server sends the global model, each sampled
+client trains locally and sends its model *delta* through secure aggregation
+(:mod:`veil.protocols.secagg`), and the server adds the mean delta to the global model.
 
 What is revealed to whom: the server learns, per round, the sum of the surviving clients'
 (clipped, quantized, optionally noised) deltas, the total clip count, and who dropped; clients
-learn only the global models. With ``dp`` set, every client clips its delta to L2 norm
-``l2_clip`` and adds Gaussian noise of standard deviation
+learn only the global models. With ``dp`` (a :class:`~veil.privacy.FederatedDP`) set, every
+client clips its delta to L2 norm ``l2_clip`` and adds Gaussian noise of standard deviation
 ``noise_multiplier * l2_clip / sqrt(t - 1)`` (t = the SecAgg threshold), so in any aggregate of
 at least t survivors the *other* clients' noise alone has standard deviation at least
 ``noise_multiplier * l2_clip`` (against the server; colluding clients can subtract their own
 noise, which lowers the effective multiplier proportionally): client-level
-(epsilon, delta)-DP for the released models, accounted with RDP (:mod:`._secagg_dp`). Poisson
-client sampling (``sample_rate < 1``) uses ``secrets``; amplification by sampling assumes the
-server cannot see who was sampled beyond the aggregate (see docs/security/aggregation.md).
+(epsilon, delta)-DP for the released models, accounted with RDP (:mod:`veil.privacy.accountant`).
+Poisson client sampling (``sample_rate < 1``) uses ``secrets``; amplification by sampling assumes
+the server cannot see who was sampled beyond the aggregate (see docs/security/aggregation.md).
 
 Clients do not trust the server: each takes its SecAgg threshold, clip range, ring size and DP
 parameters from its own :class:`FedAvgConfig` (given at process start), never from the server's
@@ -32,7 +32,6 @@ material); torch's global generator is never seeded.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import struct
 from collections.abc import Collection, Mapping
@@ -40,36 +39,27 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from veil.errors import AggregationAborted, ConfigurationError, PartyFailure, SerializationError
+from veil.fl.digits import accuracy, load_digits_split, make_model
 from veil.fl.rounds import client_participants, identities, round_params
-from veil.privacy.federated import RDPAccountant, gaussian
+from veil.privacy import FederatedDP, sample_gaussian
+from veil.protocols.secagg import (
+    PHASES,
+    IdentityDirectory,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+    drive_round,
+)
 
-__all__ = ["DPConfig", "FedAvgConfig", "RoundRecord", "FedAvgResult", "train_fedavg",
-           "make_model", "load_digits_split", "RDPAccountant", "gaussian"]
+__all__ = ["FedAvgConfig", "RoundRecord", "FedAvgResult", "train_fedavg"]
 
 _OK, _ERR = 0, 1
 _OP_TRAIN, _OP_SHARE, _OP_MASKED, _OP_UNMASK, _OP_STOP, _OP_CONSISTENCY = 1, 2, 3, 4, 5, 6
 _PHASE_OF_OP = {_OP_TRAIN: "advertise", _OP_SHARE: "share", _OP_MASKED: "masked",
                 _OP_CONSISTENCY: "consistency", _OP_UNMASK: "unmask"}
+_OP_OF_PHASE = {phase: op for op, phase in _PHASE_OF_OP.items()}
 _U32 = struct.Struct(">I")
 _MAX_FRAME = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class DPConfig:
-    """Client-level DP: L2 clipping of each delta and distributed Gaussian noise."""
-
-    l2_clip: float
-    noise_multiplier: float
-    delta: float = 1e-5
-    sample_rate: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (self.l2_clip > 0 and self.noise_multiplier > 0 and 0 < self.delta < 1
-                and 0 < self.sample_rate <= 1):
-            raise ConfigurationError(
-                f"invalid DP parameters {self}; need l2_clip > 0, noise_multiplier > 0, "
-                "0 < delta < 1 and 0 < sample_rate <= 1"
-            )
 
 
 @dataclass(frozen=True)
@@ -88,7 +78,7 @@ class FedAvgConfig:
     clip: float = 1.0
     threshold: int = 0
     ring_bits: int = 32
-    dp: DPConfig | None = None
+    dp: FederatedDP | None = None
     seed: int = 0
     processes: bool = True
     timeout_s: float = 120.0
@@ -106,6 +96,9 @@ class FedAvgConfig:
 
 @dataclass(frozen=True)
 class RoundRecord:
+    """One round: who was sampled, whose delta is in the aggregate, the total clip count, the
+    global model's test accuracy after the round and the DP epsilon spent so far (or None)."""
+
     round: int
     participants: tuple[int, ...]
     survivors: tuple[int, ...]
@@ -116,48 +109,14 @@ class RoundRecord:
 
 @dataclass(frozen=True)
 class FedAvgResult:
+    """The trained global model, its final test accuracy, every round's record and, with DP,
+    the total (epsilon, delta)."""
+
     model: Any
     accuracy: float
     history: list[RoundRecord] = field(default_factory=list)
     epsilon: float | None = None
     delta: float | None = None
-
-
-def make_model(hidden: int, seed: int) -> Any:
-    """64 -> hidden -> 10 MLP initialised from a local generator seeded with ``seed``."""
-    import torch
-    from torch import nn
-
-    gen = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    with torch.no_grad():
-        for layer in (model[0], model[2]):
-            bound = 1.0 / math.sqrt(layer.in_features)
-            layer.weight.uniform_(-bound, bound, generator=gen)
-            layer.bias.uniform_(-bound, bound, generator=gen)
-    return model
-
-
-def load_digits_split(num_clients: int, seed: int) -> tuple[list[tuple[Any, Any]], Any, Any]:
-    """Client shards and a held-out test set of sklearn's digits (scaled to [0, 1])."""
-    import torch
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32)
-    y = torch.tensor(y, dtype=torch.long)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_test = len(y) // 5
-    test, train = perm[:n_test], perm[n_test:]
-    shards = [(x[idx], y[idx]) for idx in train.tensor_split(num_clients)]
-    return shards, x[test], y[test]
-
-
-def _accuracy(model: Any, x: Any, y: Any) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
 
 
 class _ClientWorker:
@@ -167,8 +126,6 @@ class _ClientWorker:
                  directory: Mapping[int, bytes]) -> None:
         import torch
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        from veil.protocols.secagg import IdentityDirectory
 
         torch.set_num_threads(1)
         self.cid, self.cfg = cid, cfg
@@ -201,8 +158,6 @@ class _ClientWorker:
         import numpy as np
         import torch
         from torch.nn.utils import parameters_to_vector, vector_to_parameters
-
-        from veil.protocols.secagg import SecAggClient, SecAggConfig
 
         head_len = _U32.unpack_from(payload)[0]
         if head_len > 4096:
@@ -240,8 +195,7 @@ class _ClientWorker:
             norm = float(np.linalg.norm(delta))
             delta = delta * min(1.0, dp.l2_clip / max(norm, 1e-12))
             # t - 1 others always survive with the target client: their noise alone suffices
-            std = dp.noise_multiplier * dp.l2_clip / math.sqrt(max(1, threshold - 1))
-            delta = delta + gaussian(delta.size, std=std)
+            delta = delta + sample_gaussian(delta.size, std=dp.noise_std(threshold))
         self.delta = delta
         if self.cfg.aggregation == "plain":
             return delta.astype("<f4").tobytes()
@@ -267,7 +221,7 @@ def _client_main(cid: int, cfg_dict: dict[str, Any], conn: Any, identity: bytes,
     ``cfg_dict``, ``identity`` and ``directory`` are its configuration, set at start."""
     cfg_dict = dict(cfg_dict)
     if cfg_dict.get("dp") is not None:
-        cfg_dict["dp"] = DPConfig(**cfg_dict["dp"])
+        cfg_dict["dp"] = FederatedDP(**cfg_dict["dp"])
     worker = None
     try:
         worker = _ClientWorker(cid, FedAvgConfig(**cfg_dict), identity, directory)
@@ -358,8 +312,6 @@ def train_fedavg(config: FedAvgConfig, *,
     import torch
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-    from veil.protocols.secagg import PHASES, SecAggConfig, SecAggServer
-
     cfg = config
     for rnd, spec in (dropouts or {}).items():
         if not 0 <= rnd < cfg.rounds or not set(spec) <= set(PHASES):
@@ -369,7 +321,7 @@ def train_fedavg(config: FedAvgConfig, *,
     model = make_model(cfg.hidden, cfg.seed)
     size = sum(p.numel() for p in model.parameters())
     dp = cfg.dp
-    accountant = RDPAccountant(dp.noise_multiplier, dp.sample_rate) if dp else None
+    accountant = dp.accountant() if dp else None
     ctx = None
     if cfg.processes:
         # forkserver: torch is imported once in the (single-threaded) server process and each
@@ -396,8 +348,8 @@ def train_fedavg(config: FedAvgConfig, *,
                 participants = list(range(cfg.num_clients))
             m = len(participants)
             drops = {p: set((dropouts or {}).get(rnd, {}).get(p, ())) for p in PHASES}
-            total, survivors, clipped = _run_round(
-                cfg, rnd, model, size, participants, drops, endpoints, SecAggConfig, SecAggServer)
+            total, survivors, clipped = _run_round(cfg, rnd, model, size, participants, drops,
+                                                   endpoints)
             if survivors:
                 with torch.no_grad():
                     vec = parameters_to_vector(model.parameters()).double()
@@ -407,7 +359,7 @@ def train_fedavg(config: FedAvgConfig, *,
                 accountant.step()
             eps = accountant.epsilon(dp.delta) if accountant is not None else None
             history.append(RoundRecord(rnd, tuple(participants[:m]), survivors, clipped,
-                                       _accuracy(model, x_test, y_test), eps))
+                                       accuracy(model, x_test, y_test), eps))
     finally:
         for ep in endpoints:
             ep.close()
@@ -416,8 +368,8 @@ def train_fedavg(config: FedAvgConfig, *,
 
 
 def _run_round(cfg: FedAvgConfig, rnd: int, model: Any, size: int, participants: list[int],
-               drops: dict[str, set[int]], endpoints: list[_Endpoint], config_cls: Any,
-               server_cls: Any) -> tuple[Any, tuple[int, ...], int]:
+               drops: dict[str, set[int]], endpoints: list[_Endpoint]
+               ) -> tuple[Any, tuple[int, ...], int]:
     """One aggregation round; returns (sum of deltas, survivors, clip count)."""
     import numpy as np
     from torch.nn.utils import parameters_to_vector
@@ -435,7 +387,7 @@ def _run_round(cfg: FedAvgConfig, rnd: int, model: Any, size: int, participants:
     # those from their own configuration.
     head: dict[str, Any] = {"round": rnd, "participants": list(participants)}
     if cfg.aggregation == "masking":
-        server = server_cls(config_cls(m, size, clip, threshold, cfg.ring_bits))
+        server = SecAggServer(SecAggConfig(m, size, clip, threshold, cfg.ring_bits))
         head.update(round_id=server.round_id.hex(), server_key=server.public_key.hex())
     hb = json.dumps(head).encode()
     alive = [c for c in participants if c not in drops["advertise"]]
@@ -452,24 +404,11 @@ def _run_round(cfg: FedAvgConfig, rnd: int, model: Any, size: int, participants:
                 raise SerializationError(f"client {c} sent {len(replies[c])} bytes")
             total += np.frombuffer(replies[c], dtype="<f4")
         return total, tuple(alive), 0
-    for c in alive:
-        server.receive_advertise(replies[c])
-    roster = server.close_advertise()
-    alive = [c for c in alive if c not in drops["share"]]
-    for c in alive:
-        server.receive_shares(endpoints[c].request(_OP_SHARE, roster))
-    deliveries = server.close_shares()
-    alive = [c for c in alive if c not in drops["masked"]]
-    for c in alive:
-        server.receive_masked(endpoints[c].request(_OP_MASKED,
-                                                   deliveries[participants.index(c)]))
-    survivor_list = server.close_masked()
-    alive = [c for c in alive if c not in drops["consistency"]]
-    for c in alive:
-        server.receive_consistency(endpoints[c].request(_OP_CONSISTENCY, survivor_list))
-    request = server.close_consistency()
-    alive = [c for c in alive if c not in drops["unmask"]]
-    for c in alive:
-        server.receive_unmask(endpoints[c].request(_OP_UNMASK, request))
-    res = server.finish()
+
+    def send(c: int, phase: str, payload: Any) -> bytes:
+        if phase == "advertise":
+            return replies[c]
+        return endpoints[c].request(_OP_OF_PHASE[phase], payload)
+
+    res = drive_round(server, alive, send, dropouts=drops, index=participants.index)
     return res.total, tuple(participants[i] for i in res.survivors), res.clipped

@@ -10,8 +10,8 @@ What is revealed to whom: the server sees ciphertexts only; the key holder sees 
 collude they can decrypt individual updates: unlike masking, these backends need a key holder
 trusted not to collude (or a threshold-decryption setup, which Veil does not provide).
 
-Paillier quantizes with the same :class:`~._secagg_quant.Quantizer` as masking (so its sum is the
-exact integer sum of the quantized updates) and packs many values per ciphertext
+Paillier quantizes with the same :class:`~veil.protocols.secagg.quant.Quantizer` as masking (so
+its sum is the exact integer sum of the quantized updates) and packs many values per ciphertext
 (``encrypt_packed``). CKKS encrypts the clipped floats and decrypts with noise flooding
 (``shared=True``), so its sum is approximate.
 """
@@ -24,12 +24,12 @@ from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 from veil.errors import AggregationAborted, ConfigurationError, InsecureParametersError
-from veil.fl.aggregation import (
+from veil.fl.base import (
     AggregationResult,
     AggregationStats,
     Aggregator,
-    _check_dropouts,
-    _check_updates,
+    check_dropouts,
+    check_updates,
 )
 from veil.protocols.secagg.quant import Quantizer
 
@@ -56,8 +56,8 @@ class _HEAggregator(Aggregator):
 
     def aggregate(self, updates: Mapping[int, Any], *,
                   dropouts: Mapping[str, Collection[int]] | None = None) -> AggregationResult:
-        vecs = _check_updates(updates, self.num_clients, self.vector_length)
-        drops = _check_dropouts(dropouts, self.num_clients)
+        vecs = check_updates(updates, self.num_clients, self.vector_length)
+        drops = check_dropouts(dropouts, self.num_clients)
         silent = set().union(*drops.values())
         encoded = {c: self._encode(v) for c, v in vecs.items()}  # validates all input first
         t0 = time.perf_counter()

@@ -6,37 +6,19 @@ needs them is used. This package is the only part of Veil that imports tenseal a
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from veil._lazy import lazy_face
 
-# public name -> submodule that defines it
-_EXPORTS: dict[str, str] = {
-    "CKKSParams": "params",
-    "BFVParams": "params",
-    "CKKSContext": "lattice.ckks",
-    "CKKSTensor": "lattice.ckks",
-    "linear_combination": "lattice.ckks",
-    "BFVContext": "lattice.bfv",
-    "BFVTensor": "lattice.bfv",
-    "PaillierKeyPair": "paillier",
-    "PaillierPublicKey": "paillier",
-    "PaillierPrivateKey": "paillier",
-    "PaillierVector": "paillier",
-    "PackedPaillierVector": "paillier",
-    "FixedPointEncoding": "encoding",
+# module -> the public names it defines
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "params": ("CKKSParams", "BFVParams"),
+    "lattice.ckks": ("CKKSContext", "CKKSTensor", "linear_combination"),
+    "lattice.bfv": ("BFVContext", "BFVTensor"),
+    "paillier": ("PaillierKeyPair", "PaillierPublicKey", "PaillierPrivateKey", "PaillierVector",
+                 "PackedPaillierVector"),
+    "encoding": ("FixedPointEncoding",),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'veil.he' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"veil.he.{module_name}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_face(__name__, globals(), _EXPORTS, listed=__all__)

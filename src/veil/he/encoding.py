@@ -67,11 +67,8 @@ def is_integer_array(arr: np.ndarray) -> bool:
     return arr.dtype.kind in "iuO"
 
 
-def encode_array(arr: np.ndarray, precision_bits: int, *, what: str = "input") -> list[int]:
-    """Signed integers ``round(x · 2^precision_bits)`` of ``arr`` (flattened, C order)."""
-    if is_integer_array(arr):
-        return [int(v) << precision_bits for v in arr.ravel().tolist()]
-    flat = arr.ravel()
+def check_finite(flat: np.ndarray, what: str) -> None:
+    """Raise :class:`ConfigurationError` naming the first NaN or infinity of ``flat``."""
     finite = np.isfinite(flat)
     if not finite.all():
         bad = int(np.argmin(finite))
@@ -79,6 +76,14 @@ def encode_array(arr: np.ndarray, precision_bits: int, *, what: str = "input") -
             f"{what} holds a non-finite value {float(flat[bad])!r} at flat index {bad}; "
             "NaN and infinity cannot be encrypted"
         )
+
+
+def encode_array(arr: np.ndarray, precision_bits: int, *, what: str = "input") -> list[int]:
+    """Signed integers ``round(x · 2^precision_bits)`` of ``arr`` (flattened, C order)."""
+    if is_integer_array(arr):
+        return [int(v) << precision_bits for v in arr.ravel().tolist()]
+    flat = arr.ravel()
+    check_finite(flat, what)
     with np.errstate(over="ignore"):
         scaled = np.ldexp(flat, precision_bits)
     if np.isfinite(scaled).all():
@@ -166,13 +171,7 @@ class FixedPointEncoding:
             worst = vals[big]
             too_big = abs(worst) > self.max_abs
         else:
-            finite = np.isfinite(flat)
-            if not finite.all():
-                bad = int(np.argmin(finite))
-                raise ConfigurationError(
-                    f"{what} holds a non-finite value {float(flat[bad])!r} at flat index {bad}; "
-                    "NaN and infinity cannot be encrypted"
-                )
+            check_finite(flat, what)
             big = int(np.argmax(np.abs(flat)))
             worst = float(flat[big])
             too_big = abs(worst) > self.max_abs

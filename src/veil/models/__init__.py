@@ -11,8 +11,11 @@ CKKS (the client holds the secret key; the server the model and a public context
     net_he = models.fix(net, relu="poly", domain=(-6, 6))      # copy; net_he.veil_changes
     plan = models.plan(net_he, input_shape=(64,))              # depth, slots, parameters
     ctx = he.CKKSContext.generate(plan.params, galois_keys=False)           # client
-    enc = models.compile(net_he, ctx.public())                 # server: public context only
+    enc = models.compile(net_he, ctx.public(), plan)           # server: public context only
     y = models.decrypt_output(ctx, enc(models.encrypt_input(ctx, x, plan)))  # (n, classes)
+
+``plan.public()`` is the :class:`PublicPlan` a server publishes (typed, versioned JSON via
+``to_dict``/``from_dict``); a client encrypts with it as with the plan.
 
 Your own model for ``veil serve --model model.pt``: ``models.save(net, "model.pt",
 input_shape=(64,), domain=(0, 1))`` (architecture JSON + weights; read back with
@@ -25,51 +28,25 @@ Names are imported lazily: ``import veil.models`` loads neither torch nor any cr
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from veil._lazy import lazy_face
 
-_EXPORTS: dict[str, str] = {
-    "validate": "convert",
-    "to_program": "convert",
-    "Issue": "convert",
-    "register_module": "convert",
-    "fix": "ckks.fix",
-    "activation_ranges": "ckks.fix",
-    "approximate": "approx",
-    "PolyApprox": "approx",
-    "PolyActivation": "approx",
-    "plan": "ckks.plan",
-    "Plan": "ckks.plan",
-    "compile": "ckks.infer",
-    "CompiledModel": "ckks.infer",
-    "EncryptedValues": "ckks.infer",
-    "encrypt_input": "ckks.infer",
-    "decrypt_output": "ckks.infer",
-    "mpc_inference": "mpc_infer",
-    "mpc_forward": "mpc_infer",
-    "architecture": "mpc_infer",
-    "Program": "ir",
-    "save": "zoo",
-    "load_saved": "zoo",
+# module -> the public names it defines
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "convert": ("validate", "to_program", "Issue", "register_module"),
+    "ckks.fix": ("fix", "activation_ranges"),
+    "approx": ("approximate", "PolyApprox", "PolyActivation"),
+    "ckks.plan": ("plan", "Plan", "PublicPlan"),
+    "ckks.infer": ("compile", "CompiledModel", "EncryptedValues", "encrypt_input",
+                   "decrypt_output"),
+    "mpc_infer": ("mpc_inference", "mpc_forward", "architecture"),
+    "ir": ("Program",),
+    "zoo": ("save", "load_saved"),
 }
 _SUBMODULES = ("zoo", "approx", "convert", "ckks", "mpc_infer",
                "ir")
 
-__all__ = sorted([*_EXPORTS, "zoo"])
+__all__ = sorted([*(name for names in _EXPORTS.values() for name in names), "zoo"])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        module = importlib.import_module(f"veil.models.{name}")
-        globals()[name] = module
-        return module
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'veil.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"veil.models.{module_name}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_face(__name__, globals(), _EXPORTS, submodules=_SUBMODULES,
+                                   listed=__all__)

@@ -276,7 +276,9 @@ def _ndim(out: tuple[int, ...] | None) -> int:
 _SHAPE_QUERIES = {"size", "dim", operator.getitem, getattr}
 
 
-class _Tracer(torch.fx.Tracer):
+class Tracer(torch.fx.Tracer):
+    """torch.fx tracer keeping Veil's registered layers as leaves (shared with ``ckks.fix``)."""
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return type(m) in _MODULES or super().is_leaf_module(m, qualname)
 
@@ -286,7 +288,7 @@ def _trace(net: nn.Module) -> torch.fx.GraphModule:
         raise ConfigurationError(f"expected a torch.nn.Module, got {type(net).__name__}")
     net = copy.deepcopy(net).eval()
     try:
-        graph = _Tracer().trace(net)
+        graph = Tracer().trace(net)
     except Exception as exc:  # fx raises many types for untraceable code
         raise UnsupportedLayerError(
             f"{type(net).__name__} could not be traced by torch.fx ({type(exc).__name__}: {exc}); "

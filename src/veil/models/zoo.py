@@ -211,7 +211,7 @@ def save(net: nn.Module, path: str | os.PathLike, *, input_shape: Any,
     ``net`` must be convertible for CKKS: apply ``models.fix(net)`` first to replace ReLU and
     max-pooling by HE-friendly layers.
     """
-    from veil.models.ckks.plan import as_program
+    from veil.models.ckks.stages import as_program
     from veil.models.mpc_infer import program_to_json
 
     if not isinstance(net, nn.Module):

@@ -12,6 +12,13 @@
 
 Trust model (details in docs/security/mpc.md): semi-honest parties; with the default
 ``provider="dealer"`` a separate dealer process holding no inputs supplies the Beaver triples.
+
+Every change Veil makes to CrypTen, torch and the standard library (CSPRNG, pickle-free
+messages, accounting, the decoder fix) is one ordered table, ``veil.mpc._crypten.PATCHES``,
+applied once per party process by ``veil.mpc._crypten.install``. ``import_crypten()`` returns
+CrypTen as Veil patches it at import (for benchmarks against raw CrypTen);
+:mod:`veil.mpc.host` holds what ``veil party`` needs, :mod:`veil.mpc.accounting` the traffic
+counters.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ __all__ = [
     "stack",
     "where",
     "is_shared",
+    "import_crypten",
 ]
 
 _LAZY = {
@@ -46,6 +54,7 @@ _LAZY = {
     "stack": ("veil.mpc.tensor", "stack"),
     "where": ("veil.mpc.tensor", "where"),
     "is_shared": ("veil.mpc.tensor", "is_shared"),
+    "import_crypten": ("veil.mpc._crypten", "import_crypten"),
 }
 
 

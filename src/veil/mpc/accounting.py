@@ -1,9 +1,10 @@
 """Always-on communication accounting: bytes and rounds per party, per operation, per session.
 
 CrypTen counts communication only in verbose mode (and then counts 8 bytes per element whatever
-the dtype, and ``world_size`` peers even for the two-member dealer group). :func:`install` wraps
-the methods of CrypTen's ``DistributedCommunicator`` with a few integer additions each, so the
-counts are always available and cheap.
+the dtype, and ``world_size`` peers even for the two-member dealer group). Veil's installer
+(``veil.mpc._crypten.install``) wraps the methods of CrypTen's ``DistributedCommunicator`` with
+:func:`wrap_call` (a few integer additions each) and the MPC tensor operations with
+:func:`wrap_op`, so the counts are always available and cheap.
 
 The model (what one party counts; ``n`` = payload bytes of the tensor, ``p`` = members of the
 group the call runs in):
@@ -48,18 +49,18 @@ or a block opened with :func:`operation`. Counters are per process (each party c
 from __future__ import annotations
 
 import functools
-import inspect
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from veil.errors import ConfigurationError
 
-__all__ = ["install", "is_installed", "stats", "reset", "operation", "record", "TRACKED_OPS",
-           "gloo_reduce_bytes", "gloo_broadcast_messages"]
+__all__ = ["is_installed", "stats", "reset", "operation", "record", "TRACKED_OPS",
+           "TENSOR_CALLS", "OPERATORS", "wrap_call", "wrap_op", "gloo_reduce_bytes",
+           "gloo_broadcast_messages"]
 
-_TENSOR_CALLS = (
+# CrypTen communicator methods whose traffic is counted.
+TENSOR_CALLS = (
     "send", "recv", "isend", "irecv", "broadcast", "all_reduce", "all_gather", "reduce",
     "gather", "scatter", "barrier",
 )
@@ -72,10 +73,11 @@ TRACKED_OPS = (
     "polynomial", "inv_sqrt", "cos", "sin",
 )
 # Python operators look methods up on the class directly, bypassing CrypTen's dispatch.
-_OPERATORS = {
+# (MPCTensor has no ``__pow__`` of its own: ``x ** k`` reaches ``pow`` through its dispatch.)
+OPERATORS = {
     "__add__": "add", "__radd__": "add", "__sub__": "sub", "__rsub__": "sub", "__mul__": "mul",
-    "__rmul__": "mul", "__matmul__": "matmul", "__truediv__": "div", "__pow__": "pow",
-    "__abs__": "abs", "__lt__": "lt", "__le__": "le", "__gt__": "gt", "__ge__": "ge",
+    "__rmul__": "mul", "__matmul__": "matmul", "__truediv__": "div", "__abs__": "abs",
+    "__lt__": "lt", "__le__": "le", "__gt__": "gt", "__ge__": "ge",
 }
 
 
@@ -105,12 +107,10 @@ class _Ledger:
 
 
 _ledger = _Ledger()
-_lock = threading.Lock()
-_installed: dict[str, Any] = {"crypten": None}
 
 
 def is_installed(crypten: Any) -> bool:
-    """Whether :func:`install` has wrapped this process's CrypTen communicator."""
+    """Whether Veil's installer has wrapped this process's CrypTen communicator."""
     cls = crypten.communicator.DistributedCommunicator
     return bool(getattr(cls, "_veil_accounting", False))
 
@@ -242,7 +242,9 @@ def gloo_reduce_bytes(nbytes: int, element_size: int, p: int, rank: int,
     return sent, received
 
 
-def _wrap_call(name: str, fn: Any) -> Any:
+def wrap_call(name: str, fn: Any) -> Any:
+    """``fn`` (the communicator method ``name``) counting its bytes and rounds."""
+
     @functools.wraps(fn)
     def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = fn(self, *args, **kwargs)
@@ -255,7 +257,9 @@ def _wrap_call(name: str, fn: Any) -> Any:
     return counted
 
 
-def _wrap_op(name: str, fn: Any) -> Any:
+def wrap_op(name: str, fn: Any) -> Any:
+    """``fn`` (an MPC tensor operation) attributing the communication inside it to ``name``."""
+
     @functools.wraps(fn)
     def tracked(*args: Any, **kwargs: Any) -> Any:
         stack = _ledger.stack
@@ -296,33 +300,6 @@ def operation(name: str) -> Iterator[None]:
         yield
     finally:
         stack.pop()
-
-
-def install(crypten: Any) -> None:
-    """Wrap CrypTen's communicator (and MPC tensor ops) for always-on accounting. Idempotent.
-
-    Also installs Veil's pickle-free object messages (:mod:`veil.mpc._crypten.messages`), which
-    report their exact sizes here.
-    """
-    from veil.mpc._crypten import messages as _messages
-
-    _messages.install(crypten)
-    with _lock:
-        cls = crypten.communicator.DistributedCommunicator
-        if getattr(cls, "_veil_accounting", False):
-            return
-        for name in _TENSOR_CALLS:
-            setattr(cls, name, _wrap_call(name, getattr(cls, name)))
-        mpc_cls = crypten.mpc.MPCTensor
-        for attr, name in [*((n, n) for n in TRACKED_OPS), *_OPERATORS.items()]:
-            try:
-                fn = inspect.getattr_static(mpc_cls, attr)
-            except AttributeError:
-                continue
-            if inspect.isfunction(fn):
-                setattr(mpc_cls, attr, _wrap_op(name, fn))
-        cls._veil_accounting = True
-        _installed["crypten"] = crypten
 
 
 def _op_dict(v: list[int]) -> dict[str, int]:

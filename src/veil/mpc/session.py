@@ -89,16 +89,9 @@ class Party:
 
     def comm_stats(self) -> dict[str, Any]:
         """This party's traffic so far: ``bytes_sent``, ``bytes_received``, ``rounds``, ..."""
-        try:
-            from veil.mpc import accounting
-        except ModuleNotFoundError as exc:
-            if exc.name != "veil.mpc.accounting":
-                raise
-        else:
-            return dict(accounting.stats())
-        raw = self._crypten.comm.get().get_communication_stats()
-        return {"bytes_sent": int(raw["bytes"]), "bytes_received": None,
-                "rounds": int(raw["rounds"])}
+        from veil.mpc import accounting
+
+        return dict(accounting.stats())
 
     @property
     def crypten(self) -> Any:

@@ -29,14 +29,14 @@ MAX_ELEMENTS = 1 << 28  # per shared tensor: 2 GiB of 64-bit shares per party
 
 
 def _crypten() -> Any:
-    from veil.mpc._crypten.compat import import_crypten
+    from veil.mpc._crypten import import_crypten
 
     return import_crypten()
 
 
 def is_shared(x: Any) -> bool:
     """True when ``x`` is a secret-shared tensor (a CrypTen MPCTensor)."""
-    from veil.mpc._crypten.compat import import_crypten
+    from veil.mpc._crypten import import_crypten
 
     return isinstance(x, import_crypten().mpc.MPCTensor)
 

@@ -1,109 +1,50 @@
-"""Differential privacy for federated averaging under secure aggregation.
+"""Client-level differential privacy of federated averaging (:func:`veil.fl.train_fedavg`).
 
-* :func:`gaussian` draws standard normal samples from the OS CSPRNG (``os.urandom``) with the
-  Box-Muller transform on 53-bit uniforms.
-* :class:`RDPAccountant` tracks Renyi DP of the (Poisson-subsampled) Gaussian mechanism and
-  converts it to (epsilon, delta).
+:class:`FederatedDP` declares it: every client clips its model delta to L2 norm ``l2_clip`` and
+adds Gaussian noise (:func:`~veil.privacy.mechanisms.sample_gaussian`) of standard deviation
+:meth:`FederatedDP.noise_std` ``= noise_multiplier * l2_clip / sqrt(t - 1)`` (t = the secure
+aggregation threshold), so in any aggregate of at least t survivors the *other* clients' noise
+alone has standard deviation at least ``noise_multiplier * l2_clip``. Clients take part with
+probability ``sample_rate`` (Poisson sampling); the budget spent is tracked by
+:meth:`FederatedDP.accountant` (:class:`~veil.privacy.accountant.RDPAccountant`) at ``delta``.
 
-Floating-point caveat: the samples are IEEE doubles computed with ``log``/``sqrt``/``cos``; their
-low-order bits are not exactly Gaussian, and floating-point noise added to floating-point values
-can in principle leak through the pattern of representable results (Mironov, CCS 2012). Here the
-noisy update is then quantized to a grid whose step (about 2 * clip / 2**32 * num_clients) is far
-coarser than the float64 spacing of the noise, which removes the low-order bits before anything
-leaves the client; a discrete Gaussian on the integer grid would remove the caveat entirely.
-
-Accounting (Mironov 2017; Mironov, Talwar, Zhang 2019): with sampling rate q and noise multiplier
-sigma, for integer orders alpha >= 2
-
-    RDP(alpha) = 1/(alpha-1) * log sum_{k=0}^{alpha} C(alpha,k) (1-q)^(alpha-k) q^k
-                 * exp((k^2 - k) / (2 sigma^2))
-
-which equals alpha / (2 sigma^2) at q = 1. Rounds compose additively; the conversion to
-(epsilon, delta) is Canonne, Kamath, Steinke 2020 (Prop. 12):
-epsilon = min_alpha RDP(alpha) + log((alpha-1)/alpha) - (log delta + log alpha) / (alpha - 1).
+Not to be confused with :class:`veil.privacy.DPConfig`, one differentially private statistics
+release (epsilon, delta, mechanism, bounds).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from veil.errors import ConfigurationError
+from veil.privacy.accountant import RDPAccountant
 
-__all__ = ["gaussian", "sampled_gaussian_rdp", "rdp_to_epsilon", "RDPAccountant", "ORDERS"]
-
-ORDERS: tuple[int, ...] = (*range(2, 65), 80, 96, 128, 160, 192, 256, 384, 512, 1024)
-
-
-def gaussian(count: int, *, std: float = 1.0) -> Any:
-    """``count`` samples of N(0, std**2) from ``os.urandom`` (Box-Muller), as float64."""
-    import numpy as np
-
-    if count < 0 or not (math.isfinite(std) and std >= 0):
-        raise ConfigurationError(f"need count >= 0 and a finite std >= 0, got {count}, {std}")
-    pairs = (count + 1) // 2
-    raw = np.frombuffer(os.urandom(16 * pairs), dtype="<u8").reshape(2, pairs)
-    # 53-bit uniforms in (0, 1]: never 0, so log() is finite.
-    u = ((raw >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
-    radius = np.sqrt(-2.0 * np.log(u[0]))
-    angle = 2.0 * math.pi * u[1]
-    z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
-    return z * std
+__all__ = ["FederatedDP"]
 
 
-def _logsumexp(values: list[float]) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
+@dataclass(frozen=True)
+class FederatedDP:
+    """Client-level DP: L2 clipping of each delta and distributed Gaussian noise."""
 
-
-def sampled_gaussian_rdp(q: float, noise_multiplier: float, order: int) -> float:
-    """RDP at integer ``order`` of one step of the Poisson-subsampled Gaussian mechanism."""
-    if not 0 < q <= 1:
-        raise ConfigurationError(f"sampling rate must be in (0, 1], got {q}")
-    if not noise_multiplier > 0:
-        raise ConfigurationError(f"noise multiplier must be positive, got {noise_multiplier}")
-    a, s2 = int(order), noise_multiplier**2
-    if q == 1.0:
-        return a / (2 * s2)
-    terms = [
-        math.lgamma(a + 1) - math.lgamma(k + 1) - math.lgamma(a - k + 1)
-        + k * math.log(q) + (a - k) * math.log1p(-q) + (k * k - k) / (2 * s2)
-        for k in range(a + 1)
-    ]
-    return _logsumexp(terms) / (a - 1)
-
-
-def rdp_to_epsilon(rdp: dict[int, float], delta: float) -> tuple[float, int]:
-    """Smallest epsilon (and the order achieving it) for the RDP curve ``rdp`` at ``delta``."""
-    if not 0 < delta < 1:
-        raise ConfigurationError(f"delta must be in (0, 1), got {delta}")
-    best = (math.inf, 0)
-    for a, r in rdp.items():
-        eps = r + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1)
-        best = min(best, (max(eps, 0.0), a))
-    return best
-
-
-@dataclass
-class RDPAccountant:
-    """Accumulates RDP over rounds of the subsampled Gaussian mechanism."""
-
+    l2_clip: float
     noise_multiplier: float
+    delta: float = 1e-5
     sample_rate: float = 1.0
-    rounds: int = 0
-    _per_round: dict[int, float] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._per_round = {a: sampled_gaussian_rdp(self.sample_rate, self.noise_multiplier, a)
-                           for a in ORDERS}
+        if not (self.l2_clip > 0 and self.noise_multiplier > 0 and 0 < self.delta < 1
+                and 0 < self.sample_rate <= 1):
+            raise ConfigurationError(
+                f"invalid DP parameters {self}; need l2_clip > 0, noise_multiplier > 0, "
+                "0 < delta < 1 and 0 < sample_rate <= 1"
+            )
 
-    def step(self, count: int = 1) -> None:
-        self.rounds += count
+    def noise_std(self, threshold: int) -> float:
+        """Standard deviation of one client's noise when ``threshold`` clients must survive:
+        the t - 1 others that always survive with any target client carry enough noise."""
+        return self.noise_multiplier * self.l2_clip / math.sqrt(max(1, threshold - 1))
 
-    def epsilon(self, delta: float) -> float:
-        if self.rounds == 0:
-            return 0.0
-        total = {a: self.rounds * r for a, r in self._per_round.items()}
-        return rdp_to_epsilon(total, delta)[0]
+    def accountant(self) -> RDPAccountant:
+        """A fresh accountant for this mechanism (no rounds spent yet)."""
+        return RDPAccountant(self.noise_multiplier, self.sample_rate)

@@ -1,9 +1,10 @@
-"""Differential-privacy noise: exact discrete Laplace and discrete Gaussian samplers.
+"""Differential-privacy noise, all from the operating system's CSPRNG: exact discrete Laplace and
+discrete Gaussian samplers (statistics releases) and a float Gaussian (federated averaging).
 
-Noise is drawn with :mod:`secrets` (the operating system's CSPRNG) using only exact integer and
-rational arithmetic (Canonne, Kamath and Steinke, "The Discrete Gaussian for Differential
-Privacy", NeurIPS 2020, Algorithms 1-3). No floating-point sampling happens anywhere, so the
-attacks on textbook floating-point Laplace samplers (Mironov 2012) do not apply: a released value
+The discrete samplers draw with :mod:`secrets` using only exact integer and rational arithmetic
+(Canonne, Kamath and Steinke, "The Discrete Gaussian for Differential Privacy", NeurIPS 2020,
+Algorithms 1-3). No floating-point sampling happens in them, so the attacks on textbook
+floating-point Laplace samplers (Mironov 2012) do not apply: a released value
 is ``integer / 2**frac_bits`` where both the statistic and the noise are integers in units of
 ``2**-frac_bits`` (the fixed-point grid of the backend), and the sensitivity is rounded *up* to
 that grid (plus one unit for the rounding of the statistic itself).
@@ -19,16 +20,27 @@ Calibration:
 * Gaussian, ``(epsilon, delta)``-DP via zero-concentrated DP: the discrete Gaussian with variance
   parameter ``σ²`` is ``Δ₂² / (2σ²)``-zCDP (CKS20, Thm. 4), and ``ρ``-zCDP implies
   ``(ρ + 2·sqrt(ρ·ln(1/δ)), δ)``-DP (Bun and Steinke 2016); :func:`rho_for` inverts that bound.
+
+:func:`sample_gaussian` draws float64 N(0, std²) vectors from ``os.urandom`` with the Box-Muller
+transform on 53-bit uniforms, for the client-side noise of federated averaging
+(:class:`~veil.privacy.federated.FederatedDP`). Floating-point caveat: the samples are IEEE
+doubles computed with ``log``/``sqrt``/``cos``; their low-order bits are not exactly Gaussian, and
+floating-point noise added to floating-point values can in principle leak through the pattern of
+representable results (Mironov, CCS 2012). There the noisy update is then quantized to a grid
+whose step (about 2 * clip / 2**32 * num_clients) is far coarser than the float64 spacing of the
+noise, which removes the low-order bits before anything leaves the client; a discrete Gaussian on
+the integer grid would remove the caveat entirely. numpy is imported on first use only.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 from veil.errors import ConfigurationError
 
@@ -41,6 +53,7 @@ __all__ = [
     "gaussian_sigma2",
     "rho_for",
     "sample_noise",
+    "sample_gaussian",
 ]
 
 Mechanism = Literal["laplace", "gaussian"]
@@ -163,3 +176,19 @@ def sample_noise(groups: Sequence[NoiseGroup]) -> list[int]:
         draw = sample_discrete_laplace if g.mechanism == "laplace" else sample_discrete_gaussian
         out.extend(draw(g.scale) for _ in range(g.size))
     return out
+
+
+def sample_gaussian(count: int, *, std: float = 1.0) -> Any:
+    """``count`` samples of N(0, std**2) from ``os.urandom`` (Box-Muller), as float64."""
+    import numpy as np
+
+    if count < 0 or not (math.isfinite(std) and std >= 0):
+        raise ConfigurationError(f"need count >= 0 and a finite std >= 0, got {count}, {std}")
+    pairs = (count + 1) // 2
+    raw = np.frombuffer(os.urandom(16 * pairs), dtype="<u8").reshape(2, pairs)
+    # 53-bit uniforms in (0, 1]: never 0, so log() is finite.
+    u = ((raw >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
+    radius = np.sqrt(-2.0 * np.log(u[0]))
+    angle = 2.0 * math.pi * u[1]
+    z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
+    return z * std

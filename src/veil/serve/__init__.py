@@ -19,32 +19,19 @@ Names are imported lazily (``import veil.serve`` does not load FastAPI, numpy or
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from veil._lazy import lazy_face
 
-_EXPORTS: dict[str, str] = {
-    "Client": "client",
-    "create_app": "app",
-    "serve": "runner",
-    "ServerConfig": "config",
-    "Evaluator": "evaluator",
-    "LinearEvaluator": "evaluator",
-    "CompiledEvaluator": "evaluator",
-    "ModelInfo": "evaluator",
-    "load_evaluator": "evaluator",
+# module -> the public names it defines
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "client": ("Client",),
+    "app": ("create_app",),
+    "runner": ("serve",),
+    "config": ("ServerConfig",),
+    "evaluator": ("Evaluator", "LinearEvaluator", "CompiledEvaluator", "ModelInfo",
+                  "load_evaluator"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'veil.serve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"veil.serve.{module_name}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_face(__name__, globals(), _EXPORTS, listed=__all__)

@@ -31,6 +31,7 @@ from veil.errors import (
     UnsupportedOperationError,
     VeilError,
 )
+from veil.protocols.inference import PublicPlan
 from veil.serve.evaluator import ModelInfo, check_domain, check_rows, params_from_description
 
 __all__ = ["Client"]
@@ -188,14 +189,11 @@ class Client:
                 data = self._json("/model", "model description")
                 try:
                     domain = data.get("input_domain")
-                    info = ModelInfo(str(data["name"]), dict(data["plan"]),
+                    info = ModelInfo(str(data["name"]), PublicPlan.from_dict(data["plan"]),
                                      str(data.get("description", "")),
                                      None if domain is None else check_domain(domain))
-                    params = params_from_description(info.plan["params"],
+                    params = params_from_description(info.plan.params,
                                                      allow_insecure=self.allow_insecure)
-                    if info.layout not in ("batched", "single") or info.output_size < 1 or \
-                            not info.input_shape:
-                        raise SerializationError(f"unsupported plan {info.plan!r:.200}")
                     int(data["limits"]["max_request_bytes"])
                     int(data["limits"]["max_context_bytes"])
                 except (KeyError, TypeError, ValueError) as exc:

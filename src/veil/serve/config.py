@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from veil.errors import ConfigurationError
+from veil.protocols.inference import PublicPlan
 
 __all__ = ["ServerConfig", "MiB"]
 
@@ -96,7 +97,7 @@ class ServerConfig:
         if self.store_dir is not None and not isinstance(self.store_dir, Path):
             object.__setattr__(self, "store_dir", Path(self.store_dir))
 
-    def request_limit(self, plan: dict) -> int:
+    def request_limit(self, plan: PublicPlan) -> int:
         """``max_request_bytes``, or when unset the size of one full request for this model.
 
         A fresh ciphertext takes at most ``2 * N * (primes - 1) * 8`` bytes; a ``batched``
@@ -105,12 +106,12 @@ class ServerConfig:
         """
         if self.max_request_bytes is not None:
             return self.max_request_bytes
-        params = plan["params"]
+        params = plan.params
         ct = 2 * params["poly_modulus_degree"] * (len(params["coeff_mod_bit_sizes"]) - 1) * 8
         count = 1
-        for d in plan["input_shape"]:
+        for d in plan.input_shape:
             count *= int(d)
-        if plan["layout"] != "batched":
+        if plan.layout != "batched":
             count = 4
         return max(32 * MiB, int(1.25 * count * ct) + MiB)
 

@@ -5,9 +5,9 @@ every worker process. It never holds a secret key: ``bind(public_ctx)`` compiles
 uploaded public context and returns a function from the request's ciphertexts to the result's.
 
 Inputs and outputs travel as ``models.encrypted`` messages (:mod:`veil.protocols.inference`, the
-format of :class:`veil.models.EncryptedValues`), and the public description is a
-:class:`veil.models.Plan` summary, so a ``veil.serve`` client and ``veil.models`` agree on the
-two layouts:
+format of :class:`veil.models.EncryptedValues`), and the public description holds a
+:class:`veil.protocols.inference.PublicPlan` (``Plan.public()``: typed and versioned), so a
+``veil.serve`` client and ``veil.models`` agree on the two layouts:
 
 ``batched``
     one ciphertext per input feature, holding that feature of up to ``slots`` rows (one row per
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from veil.errors import ConfigurationError, KeyMismatchError, SerializationError
+from veil.protocols.inference import PublicPlan
 
 __all__ = [
     "ModelInfo",
@@ -52,40 +53,41 @@ BoundModel = Callable[[Sequence[Any], int, int], list[Any]]
 class ModelInfo:
     """Public description of a served model (``GET /model``): architecture sizes, no weights.
 
-    ``plan`` is a :meth:`veil.models.Plan.summary` dict: layout, input shape and encoding,
-    output size, depth, CKKS parameters (``describe()`` form) and whether Galois keys are needed.
+    ``plan`` is the model's :class:`~veil.protocols.inference.PublicPlan` (``Plan.public()``):
+    layout, input shape and encoding, output size, depth, CKKS parameters (``describe()`` form)
+    and whether Galois keys are needed.
     """
 
     name: str
-    plan: dict[str, Any]
+    plan: PublicPlan
     description: str = ""
     domain: tuple[float, float] | None = None  # declared input range (clients check it)
 
     @property
     def layout(self) -> str:
-        return str(self.plan["layout"])
+        return self.plan.layout
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(v) for v in self.plan["input_shape"])
+        return self.plan.input_shape
 
     @property
     def output_size(self) -> int:
-        return int(self.plan["output_size"])
+        return self.plan.output_size
 
     @property
     def galois_keys(self) -> bool:
-        return bool(self.plan["galois_keys"])
+        return self.plan.galois_keys
 
     @property
     def params(self) -> Any:
         """The ``veil.he.CKKSParams`` to generate the client's context with (128-bit checked)."""
-        return params_from_description(self.plan["params"])
+        return params_from_description(self.plan.params)
 
     def to_json(self) -> dict[str, Any]:
         domain = None if self.domain is None else [float(v) for v in self.domain]
-        return {"name": self.name, "description": self.description, "plan": self.plan,
-                "input_domain": domain}
+        return {"name": self.name, "description": self.description,
+                "plan": self.plan.to_dict(), "input_domain": domain}
 
 
 class Evaluator(Protocol):
@@ -153,10 +155,9 @@ class LinearEvaluator:
             raise ConfigurationError("linear model weights contain NaN or inf; retrain the model")
         self.weight, self.bias = weight, bias
         params = CKKSParams.for_depth(1) if params is None else params
-        plan = {"layout": "batched", "input_shape": [weight.shape[0]],
-                "output_size": weight.shape[1], "depth": 1, "params": params.describe(),
-                "galois_keys": False, "input_encoding": {"kind": "features"},
-                "stages": [["affine", "linear", weight.shape[0], weight.shape[1], 1]]}
+        plan = PublicPlan("batched", (int(weight.shape[0]),), int(weight.shape[1]), 1,
+                          params.describe(), False, {"kind": "features"},
+                          (("affine", "linear", int(weight.shape[0]), int(weight.shape[1]), 1),))
         self._info = ModelInfo(name, plan, description, check_domain(domain))
 
     @property
@@ -166,7 +167,7 @@ class LinearEvaluator:
     def bind(self, ctx: Any) -> BoundModel:
         from veil.he.lattice.ckks import linear_combination
 
-        _check_params(ctx, self._info.plan["params"])
+        _check_params(ctx, self._info.plan.params)
         weight_t = self.weight.T.copy()  # (outputs, features): one output per row
         features = self.weight.shape[0]
 
@@ -197,9 +198,9 @@ class CompiledEvaluator:
         from veil import models
 
         self.net, self.input_shape, self.layout = net, tuple(input_shape), layout
-        plan = models.plan(net, self.input_shape, layout=layout, precision_bits=precision_bits,
-                           integer_bits=integer_bits)
-        self._info = ModelInfo(name, plan.summary(), description, check_domain(domain))
+        self.plan = models.plan(net, self.input_shape, layout=layout,
+                                precision_bits=precision_bits, integer_bits=integer_bits)
+        self._info = ModelInfo(name, self.plan.public(), description, check_domain(domain))
 
     @property
     def info(self) -> ModelInfo:
@@ -208,9 +209,8 @@ class CompiledEvaluator:
     def bind(self, ctx: Any) -> BoundModel:
         from veil import models
 
-        _check_params(ctx, self._info.plan["params"])
-        compiled = models.compile(self.net, ctx, input_shape=self.input_shape,
-                                  layout=self.layout)
+        _check_params(ctx, self._info.plan.params)
+        compiled = models.compile(self.net, ctx, self.plan)
 
         def run(cts: Sequence[Any], n_samples: int, windows: int) -> list[Any]:
             enc = models.EncryptedValues(self.layout, n_samples, list(cts), windows)

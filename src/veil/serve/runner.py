@@ -7,7 +7,7 @@ from typing import Any
 from veil.errors import ConfigurationError
 from veil.serve.config import ServerConfig
 
-__all__ = ["serve", "check_store_dir", "docs_page"]
+__all__ = ["serve", "check_store_dir"]
 
 
 def check_store_dir(path: Any, name: str = "ServerConfig.store_dir") -> None:
@@ -54,18 +54,3 @@ def serve(model: Any = "linear:digits", *, host: str = "127.0.0.1", port: int = 
         limit_concurrency=cfg.max_in_flight * 4 + 64,
         timeout_keep_alive=5, timeout_graceful_shutdown=10,
     )
-
-
-def docs_page(schema: dict[str, Any]) -> str:
-    """A self-contained HTML list of the endpoints (no external URL: works offline)."""
-    import html
-
-    rows = "".join(
-        f"<tr><td><code>{html.escape(m.upper())}</code></td><td><code>{html.escape(path)}</code>"
-        f"</td><td>{html.escape(str(op.get('summary', '')))}: "
-        f"{html.escape(str(op.get('description', '')).strip())}</td></tr>"
-        for path, ops in schema.get("paths", {}).items() for m, op in ops.items())
-    title = html.escape(str(schema.get("info", {}).get("title", "")))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-            f"<body><h1>{title}</h1><p>OpenAPI schema: <a href='/openapi.json'>/openapi.json"
-            f"</a></p><table border='1' cellpadding='4'>{rows}</table></body></html>")

@@ -24,9 +24,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from veil.errors import ConfigurationError, SerializationError
+from veil.protocols.inference import PublicPlan
 
 __all__ = ["ContextStore", "Upload", "context_size_limit", "check_context_header"]
 
@@ -35,23 +35,19 @@ _SECRET_KIND = "ckks.context.secret"
 _SLACK_BYTES = 64 * 1024
 
 
-def context_size_limit(plan: dict[str, Any]) -> int:
+def context_size_limit(plan: PublicPlan) -> int:
     """The most bytes a serialized public context for a model with this ``plan`` can take.
 
     With ``N`` the ring degree, ``K`` the number of primes and ``G = 2 log2(N/2)`` the Galois
     elements of SEAL's default rotation set, a key-switching key is ``K - 1`` ciphertexts of
     ``2 N K`` 8-byte words; the context holds the public key (one such ciphertext), the
-    relinearization key and, only if ``plan["galois_keys"]``, ``G`` Galois keys. The bound is
+    relinearization key and, only if ``plan.galois_keys``, ``G`` Galois keys. The bound is
     that size plus 2 % and 64 KiB (SEAL's headers; contexts serialize compressed, below it).
     """
-    try:
-        params = plan["params"]
-        n = int(params["poly_modulus_degree"])
-        k = len(params["coeff_mod_bit_sizes"])
-        galois = bool(plan["galois_keys"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigurationError(f"model plan lacks CKKS parameters or galois_keys ({exc})") \
-            from exc
+    params = plan.params
+    n = int(params["poly_modulus_degree"])
+    k = len(params["coeff_mod_bit_sizes"])
+    galois = plan.galois_keys
     if n < 2 or n & (n - 1) or k < 2:
         raise ConfigurationError(f"model plan has invalid CKKS parameters {params!r:.200}")
     g = 2 * ((n // 2).bit_length() - 1) if galois else 0
@@ -59,7 +55,7 @@ def context_size_limit(plan: dict[str, Any]) -> int:
     return int(words * 8 * 1.02) + _SLACK_BYTES
 
 
-def check_context_header(prefix: bytes, plan: dict[str, Any]) -> None:
+def check_context_header(prefix: bytes, plan: PublicPlan) -> None:
     """Check the start of an uploaded context against the model's ``plan``, before TenSEAL.
 
     ``prefix`` is the first bytes of the upload (the envelope head and the framed JSON header
@@ -90,7 +86,7 @@ def check_context_header(prefix: bytes, plan: dict[str, Any]) -> None:
         raise SerializationError(f"{kind}: truncated before its header") from exc
     if not isinstance(header, dict):
         raise SerializationError(f"{kind}: header is not an object")
-    want, galois = plan["params"], bool(plan["galois_keys"])
+    want, galois = plan.params, plan.galois_keys
     if header.get("params") != want:
         raise ConfigurationError(
             f"context parameters {header.get('params')!r:.200} differ from the model's {want}; "

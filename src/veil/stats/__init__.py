@@ -9,12 +9,16 @@
 Backends: ``"mpc"`` (everything), ``"paillier"`` and ``"ckks"`` (linear statistics: count, sum,
 mean, (p)variance, (p)stdev, covariance, correlation, histogram, linear_regression). Release
 controls (minimum cohort, differential privacy, budget ledger, audit log) come from
-:mod:`veil.privacy`.
+:mod:`veil.privacy`. Every keyword argument of these functions is a field of one frozen
+:class:`Options` (validated once, then passed unchanged to the kernels). CSV files are read up to
+:data:`MAX_CSV_BYTES` bytes.
 """
 
 from __future__ import annotations
 
+from veil.protocols.stats.options import Options
 from veil.protocols.stats.spec import BACKENDS, SUPPORT, Regression
+from veil.stats._data import MAX_CSV_BYTES
 from veil.stats.api import (
     correlation,
     count,
@@ -43,8 +47,8 @@ min = minimum
 max = maximum
 
 __all__ = [
-    "BACKENDS", "SUPPORT", "Regression", "JointResult", "joint", "describe", "count", "sum",
-    "mean", "variance", "pvariance", "stdev", "pstdev", "covariance", "correlation",
-    "histogram", "median", "median_low", "median_high", "quantiles", "min", "max", "minimum",
-    "maximum", "linear_regression", "logistic_regression",
+    "BACKENDS", "SUPPORT", "MAX_CSV_BYTES", "Options", "Regression", "JointResult", "joint",
+    "describe", "count", "sum", "mean", "variance", "pvariance", "stdev", "pstdev", "covariance",
+    "correlation", "histogram", "median", "median_low", "median_high", "quantiles", "min", "max",
+    "minimum", "maximum", "linear_regression", "logistic_regression",
 ]

@@ -1,10 +1,11 @@
-"""Code that runs inside each MPC party process (SPMD): the in-job API and the CLI job."""
+"""Code that runs one release of one table: plain data (the oracle, or a curator's DP
+release), or this party's rows inside an MPC job (SPMD); plus the ``veil party`` stats job."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from veil.errors import ConfigurationError, VeilError
 from veil.privacy import AuditLog, BudgetLedger
 from veil.protocols.stats import secret as stats_mpc
 from veil.protocols.stats import spec as st
-from veil.stats._data import load_table
-from veil.stats._release import Release, noise_in_units
+from veil.protocols.stats.options import Options
+from veil.stats._data import fingerprint, load_table
+from veil.stats._release import Release, noise_in_units, plain_release, to_plain
 
-__all__ = ["party_release", "joint_job", "job", "parse_job_args"]
+__all__ = ["describe_table", "party_release", "joint_job", "job", "parse_job_args", "JobArgs"]
 
 
 def _local_code(x: np.ndarray, release: Release, dataset: str) -> tuple[int, Exception | None]:
@@ -32,10 +34,39 @@ def _local_code(x: np.ndarray, release: Release, dataset: str) -> tuple[int, Exc
     return 0, None
 
 
-def party_release(party: Any, x: np.ndarray, release: Release, *, dataset: str,
-                  to: Sequence[int] | None = None, error: Exception | None = None,
-                  transcript: list | None = None) -> dict | None:
-    """Run one release in this party; ``x`` is this party's validated rows."""
+def describe_table(data: Any, stats: Sequence[str] | str, *, party: Any,
+                   columns: Sequence[str] | None, options: Options) -> dict[str, Any] | None:
+    """:func:`veil.stats.describe` once its keywords are one :class:`Options`: plain data
+    (``party`` None) or this party's rows in an MPC job; ``None`` on parties outside ``to``."""
+    error: Exception | None = None
+    try:
+        x, cols, was_1d = load_table(data, columns, party=None if party is None else party.rank)
+    except ConfigurationError as exc:
+        if party is None:
+            raise
+        error, was_1d = exc, False
+        cols = tuple(columns) if columns is not None else ("x",)
+        x = np.zeros((0, len(cols)))
+    release = Release(st.make_spec(stats, cols, options))
+    if release.ledger is not None:
+        if not isinstance(options.dataset, str) or not options.dataset:
+            raise ConfigurationError(
+                "a ledger charges a declared dataset name, never a path or a position: pass "
+                f"dataset='...' (a stable name for this data), got {options.dataset!r}")
+        if error is None:
+            release = replace(release, fingerprint=fingerprint(data, x))
+    if party is None:
+        return to_plain(plain_release(x, release, options.dataset or "local"), was_1d)
+    out = party_release(party, x, release, error=error)
+    return None if out is None else to_plain(out, was_1d)
+
+
+def party_release(party: Any, x: np.ndarray, release: Release, *,
+                  error: Exception | None = None, transcript: list | None = None) -> dict | None:
+    """Run one release in this party; ``x`` is this party's validated rows. The ledger and
+    audit log charge ``release.options.dataset`` (``"local"`` when not named); the results
+    go to ``release.options.to``."""
+    dataset = release.options.dataset or "local"
     code, mine = (4, error) if error is not None else _local_code(x, release, dataset)
     frac_bits = stats_mpc.block_frac_bits(release.spec) if release.dp is not None else None
     noise = None
@@ -47,9 +78,9 @@ def party_release(party: Any, x: np.ndarray, release: Release, *, dataset: str,
     x = np.zeros((0, release.spec.d)) if mine is not None else x
     try:
         out = stats_mpc.run_release(
-            party, x, release.spec, code=code, to=to, noise=noise, dp_frac_bits=frac_bits,
+            party, x, release.spec, code=code, noise=noise, dp_frac_bits=frac_bits,
             check_rows=release.check_rows, before_release=lambda: release.charge(dataset),
-            transcript=transcript, dp_order_noise=draw, min_cohort=release.policy.min_cohort)
+            transcript=transcript, dp_order_noise=draw)
     except ConfigurationError:
         if mine is not None:
             raise mine from None
@@ -60,36 +91,31 @@ def party_release(party: Any, x: np.ndarray, release: Release, *, dataset: str,
     return out
 
 
-def joint_job(party: Any, source: Any, columns: Sequence[str], release: Release,
-              dataset: str) -> dict[str, Any]:
+def joint_job(party: Any, source: Any, columns: Sequence[str],
+              release: Release) -> dict[str, Any]:
     """Job used by :func:`veil.stats.joint` (backend 'mpc'): loads this party's own data."""
     t0 = time.perf_counter()
     x, _cols, _ = load_table(source, columns, party=party.rank)
-    values = party_release(party, x, release, dataset=dataset)
+    values = party_release(party, x, release)
     return {"values": values, "comm": party.comm_stats(), "seconds": time.perf_counter() - t0}
 
 
 @dataclass(frozen=True)
-class JobOptions:
-    """The stats job's ``--arg key=value`` strings, parsed and checked."""
+class JobArgs:
+    """The stats job's ``--arg key=value`` strings, parsed and checked: the data, the
+    statistics and the release :class:`Options`."""
 
     source: str
     columns: list[str]
     stats: list[str]
-    min_cohort: int
-    epsilon: float | None
-    delta: float
-    bounds: tuple[float, float] | None
-    ledger: BudgetLedger | None
-    dataset: str | None
-    audit: AuditLog | None
+    options: Options
 
 
 def parse_job_args(source: str, columns: str, stats: str, min_cohort: int | str = 10,
                    epsilon: float | str | None = None, bounds: str | None = None,
                    delta: float | str = 0.0, ledger: str | None = None,
                    dataset_name: str | None = None, budget: float | str = 1.0,
-                   budget_delta: float | str = 0.0, audit: str | None = None) -> JobOptions:
+                   budget_delta: float | str = 0.0, audit: str | None = None) -> JobArgs:
     """Check the stats job's arguments on this host, before any party joins the session.
 
     Each message names the ``--arg`` to fix; it stays on this host (nothing is sent yet).
@@ -128,12 +154,11 @@ def parse_job_args(source: str, columns: str, stats: str, min_cohort: int | str 
     log = AuditLog(audit) if audit else None
     if log is not None:
         log.check()  # before the release, not after it
-    return JobOptions(
-        source=str(path), columns=cols, stats=names,
+    return JobArgs(source=str(path), columns=cols, stats=names, options=Options(
         min_cohort=number("min_cohort", min_cohort, int),
         epsilon=None if epsilon in (None, "") else number("epsilon", epsilon),
         delta=number("delta", delta), bounds=lo_hi, ledger=book,
-        dataset=dataset_name or None, audit=log)
+        dataset=dataset_name or None, audit=log))
 
 
 def job(party: Any, source: str, columns: str, stats: str, min_cohort: int | str = 10,
@@ -152,13 +177,9 @@ def job(party: Any, source: str, columns: str, stats: str, min_cohort: int | str
     from the command line and are converted by :func:`parse_job_args` (which ``veil party``
     also runs before joining, see :data:`job`'s ``preflight``).
     """
-    from veil import stats as api
-
-    o = parse_job_args(source, columns, stats, min_cohort, epsilon, bounds, delta, ledger,
+    a = parse_job_args(source, columns, stats, min_cohort, epsilon, bounds, delta, ledger,
                        dataset_name, budget, budget_delta, audit)
-    out = api.describe(o.source, o.stats, party=party, columns=o.columns,
-                       min_cohort=o.min_cohort, epsilon=o.epsilon, delta=o.delta,
-                       bounds=o.bounds, ledger=o.ledger, dataset=o.dataset, audit=o.audit)
+    out = describe_table(a.source, a.stats, party=party, columns=a.columns, options=a.options)
     return None if out is None else {k: _plain(v) for k, v in out.items()}
 
 

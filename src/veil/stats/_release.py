@@ -1,14 +1,16 @@
-"""Release options shared by the in-job API and the joint driver: policy, DP, ledger, audit."""
+"""Release controls shared by the in-job API and the joint driver, read from the release's one
+:class:`~veil.protocols.stats.options.Options`: policy, DP, ledger, audit; and the plain-data
+(curator) release."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from veil.errors import ConfigurationError, PolicyViolation
+from veil.errors import PolicyViolation
 from veil.privacy import AuditLog, BudgetLedger, DPConfig, ReleasePolicy
 from veil.privacy.dp import Block
 from veil.privacy.mechanisms import (
@@ -20,23 +22,48 @@ from veil.privacy.mechanisms import (
 )
 from veil.protocols.stats import dp_order
 from veil.protocols.stats import spec as st
+from veil.protocols.stats.options import Options
 
-__all__ = ["Release", "make_release", "noise_in_units", "to_plain"]
+__all__ = ["Release", "plain_release", "noise_in_units", "to_plain", "PLAIN_FRAC_BITS"]
+
+PLAIN_FRAC_BITS = 32
 
 
 @dataclass(frozen=True)
 class Release:
-    """A validated request: what to compute and under which release controls.
+    """A validated request (``spec``, which carries the release's
+    :class:`~veil.protocols.stats.options.Options`) and its release controls.
 
     ``fingerprint``: content fingerprint of this party's dataset (in-job releases), used with
     the dataset's declared name to key the ledger."""
 
     spec: st.Spec
-    policy: ReleasePolicy
-    dp: DPConfig | None
-    ledger: BudgetLedger | None
-    audit: AuditLog | None
     fingerprint: str | None = None
+
+    @property
+    def options(self) -> Options:
+        return self.spec.options
+
+    @property
+    def policy(self) -> ReleasePolicy:
+        return self.spec.options.policy
+
+    @property
+    def dp(self) -> DPConfig | None:
+        return self.spec.options.dp
+
+    @property
+    def ledger(self) -> BudgetLedger | None:
+        return self.spec.options.ledger
+
+    @property
+    def audit(self) -> AuditLog | None:
+        return self.spec.options.audit
+
+    def for_party(self, dataset: str) -> Release:
+        """The release one MPC party of :func:`veil.stats.joint` runs: its own dataset name,
+        without the driver's ledger and audit log (:meth:`Options.for_party`)."""
+        return Release(replace(self.spec, options=self.spec.options.for_party(dataset)))
 
     @property
     def what(self) -> str:
@@ -148,65 +175,34 @@ def _split_budget(g: NoiseGroup, k: int) -> NoiseGroup:
     return NoiseGroup(g.name, g.size, g.mechanism, g.scale * k)
 
 
-def make_release(
-    stats: Sequence[str] | str,
-    columns: Sequence[str],
-    *,
-    backend: str,
-    bins: Sequence[float] | None,
-    quantiles_n: int,
-    method: str,
-    target: str | None,
-    iterations: int,
-    learning_rate: float | None,
-    bounds: tuple[float, float] | Mapping[str, tuple[float, float]] | None,
-    epsilon: float | None,
-    delta: float,
-    mechanism: str,
-    min_cohort: int,
-    ledger: BudgetLedger | None,
-    audit: AuditLog | None,
-) -> Release:
-    # numpy scalars become Python numbers, so messages show ``5``, not ``np.int64(5)``
-    quantiles_n, target, iterations, learning_rate, epsilon, delta, min_cohort = (
-        _py(v) for v in (quantiles_n, target, iterations, learning_rate, epsilon, delta,
-                         min_cohort))
-    if bins is not None and not isinstance(bins, str):
-        try:
-            bins = [_py(b) for b in bins]
-        except TypeError:
-            pass  # make_spec names the problem
-    if isinstance(bounds, tuple | list):
-        bounds = tuple(_py(b) for b in bounds)
-    elif isinstance(bounds, Mapping):
-        bounds = {k: tuple(_py(b) for b in v) if isinstance(v, tuple | list) else v
-                  for k, v in bounds.items()}
-    dp = None
-    per_col: list[tuple[float, float]] | None = None
-    if epsilon is not None:
-        if bounds is None:
-            raise ConfigurationError(
-                "a differentially private release needs declared bounds: bounds=(low, high) or "
-                "bounds={column: (low, high)}; values are clipped to them")
-        dp = DPConfig(epsilon=epsilon, bounds=bounds, delta=delta, mechanism=mechanism)
-        per_col = dp.bounds_for(columns)
-    elif bounds is not None:
-        per_col = DPConfig(epsilon=1.0, bounds=bounds).bounds_for(columns)
-    spec = st.make_spec(stats, columns, backend=backend, bins=bins, quantile_n=quantiles_n,
-                        quantile_method=method, target=target, iterations=iterations,
-                        learning_rate=learning_rate, bounds=per_col, dp=dp is not None)
-    if ledger is not None and not isinstance(ledger, BudgetLedger):
-        raise ConfigurationError(f"ledger must be a BudgetLedger, got {type(ledger).__name__}")
-    if audit is not None and not isinstance(audit, AuditLog):
-        raise ConfigurationError(f"audit must be an AuditLog, got {type(audit).__name__}")
-    return Release(spec, ReleasePolicy(min_cohort=min_cohort), dp, ledger, audit)
-
-
-def _py(value: Any) -> Any:
-    """A numpy scalar (or 0-d array) as the equivalent Python object; anything else unchanged."""
-    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
-        return value.item()
-    return value
+def plain_release(x: np.ndarray, release: Release, dataset: str) -> dict[str, Any]:
+    """Local (central) release: the oracle, or a DP release by a curator holding all rows."""
+    spec = release.spec
+    if release.dp is None:
+        release.check_rows(x.shape[0])  # the recipient of a curator's release holds no rows
+        release.check_budget(dataset)
+        release.charge(dataset)  # with a ledger: records the exact release
+        out = st.plain_results(x, spec)
+        release.log(parties=1, backend="plain", rows=x.shape[0], datasets=[dataset])
+        return out
+    release.check_budget(dataset)
+    total = st.local_aggregates(x, spec)
+    ints = [round(float(v) * 2.0**PLAIN_FRAC_BITS) for v in total]
+    noise = noise_in_units(release.groups(PLAIN_FRAC_BITS))
+    release.charge(dataset)
+    try:
+        noisy = np.array([(a + b) * 2.0**-PLAIN_FRAC_BITS for a, b in zip(ints, noise)])
+        release.check_rows(float(noisy[0]))
+        out = st.finalize_linear(spec, noisy)
+        targets = dp_order.dp_targets(spec)
+        if targets:  # the same noisy binary search as the MPC backend, with one "party"
+            groups = release.order_groups()
+            out.update(dp_order.plain_search(x, spec, targets, lambda: noise_in_units(groups)))
+    except Exception as exc:  # charged, then refused: the audit log still says so
+        release.log_failure(exc, parties=1, backend="plain", datasets=[dataset])
+        raise
+    release.log(parties=1, backend="plain", rows=None, datasets=[dataset])
+    return out
 
 
 def noise_in_units(groups: Sequence[NoiseGroup]) -> list[int]:

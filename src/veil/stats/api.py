@@ -16,18 +16,13 @@ What is revealed, and to whom, is stated per backend in :mod:`veil.protocols.sta
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
-from veil.errors import ConfigurationError, UnsupportedOperationError
+from veil.errors import UnsupportedOperationError
 from veil.privacy import AuditLog, BudgetLedger
 from veil.privacy.policy import DEFAULT_MIN_COHORT
-from veil.protocols.stats import dp_order
-from veil.protocols.stats import spec as st
-from veil.stats._data import fingerprint, load_table
-from veil.stats._release import Release, make_release, noise_in_units, to_plain
+from veil.protocols.stats.options import LOGIT_ITERATIONS, Options
+from veil.stats._party import describe_table
 
 __all__ = [
     "describe", "count", "sum_", "mean", "variance", "pvariance", "stdev", "pstdev",
@@ -36,7 +31,6 @@ __all__ = [
 ]
 
 Bounds = tuple[float, float] | Mapping[str, tuple[float, float]]
-PLAIN_FRAC_BITS = 32
 
 
 def describe(
@@ -51,7 +45,7 @@ def describe(
     quantiles_n: int = 4,
     method: str = "exclusive",
     target: str | None = None,
-    iterations: int = st.LOGIT_ITERATIONS,
+    iterations: int = LOGIT_ITERATIONS,
     learning_rate: float | None = None,
     bounds: Bounds | None = None,
     epsilon: float | None = None,
@@ -95,64 +89,12 @@ def describe(
         raise UnsupportedOperationError(
             f"inside an MPC job only backend='mpc' runs; for {backend!r} use "
             "veil.stats.joint(datasets, ..., backend=...)")
-    error: Exception | None = None
-    try:
-        x, cols, was_1d = load_table(data, columns, party=None if party is None else party.rank)
-    except ConfigurationError as exc:
-        if party is None:
-            raise
-        error, was_1d = exc, False
-        cols = tuple(columns) if columns is not None else ("x",)
-        x = np.zeros((0, len(cols)))
-    release = make_release(
-        stats, cols, backend=backend, bins=bins, quantiles_n=quantiles_n, method=method,
-        target=target, iterations=iterations, learning_rate=learning_rate, bounds=bounds,
-        epsilon=epsilon, delta=delta, mechanism=mechanism, min_cohort=min_cohort, ledger=ledger,
+    options = Options(
+        backend=backend, to=to, bins=bins, quantiles_n=quantiles_n, method=method, target=target,
+        iterations=iterations, learning_rate=learning_rate, bounds=bounds, epsilon=epsilon,
+        delta=delta, mechanism=mechanism, min_cohort=min_cohort, ledger=ledger, dataset=dataset,
         audit=audit)
-    if release.ledger is not None:
-        if not isinstance(dataset, str) or not dataset:
-            raise ConfigurationError(
-                "a ledger charges a declared dataset name, never a path or a position: pass "
-                f"dataset='...' (a stable name for this data), got {dataset!r}")
-        if error is None:
-            release = replace(release, fingerprint=fingerprint(data, x))
-    name = dataset or "local"
-    if party is None:
-        return to_plain(_plain_release(x, release, name), was_1d)
-    from veil.stats._party import party_release
-
-    out = party_release(party, x, release, dataset=name, to=to, error=error)
-    return None if out is None else to_plain(out, was_1d)
-
-
-def _plain_release(x: np.ndarray, release: Release, dataset: str) -> dict[str, Any]:
-    """Local (central) release: the oracle, or a DP release by a curator holding all rows."""
-    spec = release.spec
-    if release.dp is None:
-        release.check_rows(x.shape[0])  # the recipient of a curator's release holds no rows
-        release.check_budget(dataset)
-        release.charge(dataset)  # with a ledger: records the exact release
-        out = st.plain_results(x, spec)
-        release.log(parties=1, backend="plain", rows=x.shape[0], datasets=[dataset])
-        return out
-    release.check_budget(dataset)
-    total = st.local_aggregates(x, spec)
-    ints = [round(float(v) * 2.0**PLAIN_FRAC_BITS) for v in total]
-    noise = noise_in_units(release.groups(PLAIN_FRAC_BITS))
-    release.charge(dataset)
-    try:
-        noisy = np.array([(a + b) * 2.0**-PLAIN_FRAC_BITS for a, b in zip(ints, noise)])
-        release.check_rows(float(noisy[0]))
-        out = st.finalize_linear(spec, noisy)
-        targets = dp_order.dp_targets(spec)
-        if targets:  # the same noisy binary search as the MPC backend, with one "party"
-            groups = release.order_groups()
-            out.update(dp_order.plain_search(x, spec, targets, lambda: noise_in_units(groups)))
-    except Exception as exc:  # charged, then refused: the audit log still says so
-        release.log_failure(exc, parties=1, backend="plain", datasets=[dataset])
-        raise
-    release.log(parties=1, backend="plain", rows=None, datasets=[dataset])
-    return out
+    return describe_table(data, stats, party=party, columns=columns, options=options)
 
 
 def _one(name: str, data: Any, kwargs: dict[str, Any]) -> Any:
@@ -254,7 +196,7 @@ def linear_regression(data: Any, *, target: str | None = None, **kwargs: Any) ->
 
 
 def logistic_regression(data: Any, *, target: str | None = None,
-                        iterations: int = st.LOGIT_ITERATIONS,
+                        iterations: int = LOGIT_ITERATIONS,
                         learning_rate: float | None = None, **kwargs: Any) -> Any:
     """Logistic regression trained jointly (mpc only): full-batch gradient descent on shares
     over standardised features; reveals only the final coefficients and intercept."""

@@ -24,8 +24,9 @@ from veil.errors import ConfigurationError, PolicyViolation
 from veil.privacy import AuditLog, BudgetLedger
 from veil.privacy.policy import DEFAULT_MIN_COHORT
 from veil.protocols.stats import spec as st
+from veil.protocols.stats.options import LOGIT_ITERATIONS, Options
 from veil.stats._data import check_distinct, validate_datasets
-from veil.stats._release import Release, make_release, noise_in_units, to_plain
+from veil.stats._release import Release, noise_in_units, to_plain
 
 __all__ = ["JointResult", "joint"]
 
@@ -58,7 +59,7 @@ def joint(
     quantiles_n: int = 4,
     method: str = "exclusive",
     target: str | None = None,
-    iterations: int = st.LOGIT_ITERATIONS,
+    iterations: int = LOGIT_ITERATIONS,
     learning_rate: float | None = None,
     bounds: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None,
     epsilon: float | None = None,
@@ -93,14 +94,23 @@ def joint(
     ``flood`` has no effect and is kept for compatibility: Paillier decrypts exactly, and the
     CKKS release is exact-rounded (see ``veil.protocols.stats.homomorphic``).
     """
+    options = Options(
+        backend=backend, bins=bins, quantiles_n=quantiles_n, method=method, target=target,
+        iterations=iterations, learning_rate=learning_rate, bounds=bounds, epsilon=epsilon,
+        delta=delta, mechanism=mechanism, min_cohort=min_cohort, ledger=ledger,
+        dataset_names=dataset_names, audit=audit, timeout=timeout, paillier_bits=paillier_bits,
+        allow_insecure=allow_insecure, flood=flood)
+    return run_joint(datasets, stats, columns, options)
+
+
+def run_joint(datasets: Sequence[Any], stats: Sequence[str] | str,
+              columns: Sequence[str] | None, options: Options) -> JointResult:
+    """:func:`joint` once its keywords are one :class:`Options`."""
     tables, cols, was_1d = validate_datasets(datasets, columns)
-    release = make_release(
-        stats, cols, backend=backend, bins=bins, quantiles_n=quantiles_n, method=method,
-        target=target, iterations=iterations, learning_rate=learning_rate, bounds=bounds,
-        epsilon=epsilon, delta=delta, mechanism=mechanism, min_cohort=min_cohort, ledger=ledger,
-        audit=audit)
+    release = Release(st.make_spec(stats, cols, options))
     prints = check_distinct(datasets, tables)
-    names = _names(datasets, dataset_names, len(tables), ledger is not None)
+    names = _names(datasets, options.dataset_names, len(tables), options.ledger is not None)
+    backend = options.backend
     if backend == "mpc":
         _check_mpc_range(tables, release)
         if release.dp is None:  # the rule the parties check on shares, here before they start
@@ -121,11 +131,10 @@ def joint(
     try:
         if backend == "mpc":
             values, nbytes, messages, inner_seconds = _run_mpc(datasets, tables, cols, release,
-                                                               names, timeout, charge)
+                                                               names, charge)
         else:
             charge()
-            values, nbytes, messages = _run_he(tables, release, backend, paillier_bits,
-                                               allow_insecure, flood)
+            values, nbytes, messages = _run_he(tables, release)
     except Exception as exc:
         if charged:  # charged, then refused or failed: the audit log still records it
             release.log_failure(exc, parties=len(tables), backend=backend, datasets=names)
@@ -175,7 +184,7 @@ def _check_mpc_range(tables: Sequence[np.ndarray], release: Release) -> None:
 
 
 def _run_mpc(datasets: Sequence[Any], tables: list[np.ndarray], cols: tuple[str, ...],
-             release: Release, names: list[str], timeout: float,
+             release: Release, names: list[str],
              charge: Callable[[], None]) -> tuple[dict, int, list, float]:
     from veil import mpc
 
@@ -184,13 +193,12 @@ def _run_mpc(datasets: Sequence[Any], tables: list[np.ndarray], cols: tuple[str,
     # paths travel as paths (each party reads its own file); arrays as the validated table
     sources = [src if isinstance(src, (str, os.PathLike)) else tab
                for src, tab in zip(datasets, tables)]
-    # the ledger and audit log are the driver's: parties get a copy without them
-    inner = Release(release.spec, release.policy, release.dp, None, None)
+    # the ledger and audit log are the driver's: each party gets a copy without them
     charge()
     results = mpc.run(_policy_job, parties=len(tables), args=(),
-                      per_party_args=[(src, list(cols), inner, name)
+                      per_party_args=[(src, list(cols), release.for_party(name))
                                       for src, name in zip(sources, names)],
-                      timeout=timeout)
+                      timeout=release.options.timeout)
     refused = [r["refused"] for r in results if "refused" in r]
     if refused:  # every party stops together on the (shared) policy bit
         raise PolicyViolation(refused[0])
@@ -201,34 +209,35 @@ def _run_mpc(datasets: Sequence[Any], tables: list[np.ndarray], cols: tuple[str,
     return results[0]["values"], sum(m[3] for m in messages), messages, inner
 
 
-def _policy_job(party: Any, source: Any, columns: Sequence[str], release: Release,
-                dataset: str) -> dict[str, Any]:
+def _policy_job(party: Any, source: Any, columns: Sequence[str],
+                release: Release) -> dict[str, Any]:
     """:func:`veil.stats._party.joint_job`, with a policy refusal (which every party reaches
     together: it rests on values opened to all) returned as such instead of a party failure."""
     from veil.stats._party import joint_job
 
     try:
-        return joint_job(party, source, columns, release, dataset)
+        return joint_job(party, source, columns, release)
     except PolicyViolation as exc:
         return {"refused": str(exc)}
 
 
-def _run_he(tables: list[np.ndarray], release: Release, backend: str, bits: int,
-            allow_insecure: bool, flood: bool) -> tuple[dict, int, list]:
+def _run_he(tables: list[np.ndarray], release: Release) -> tuple[dict, int, list]:
     """Owners -> aggregator -> key holder. The row counts travel in their own ciphertext; the
     key holder decrypts it first, the cohort rule is checked for every recipient (the key
     holder, holding no rows, and each owner, told the count), and only then are the values
     decrypted."""
     from veil.protocols.stats import homomorphic as stats_he
 
-    spec = release.spec
+    spec, o = release.spec, release.options
+    backend, allow_insecure = o.backend, o.allow_insecure
     labels = _labels(spec)
     wire = stats_he.Wire()
-    holder = stats_he.KeyHolder(backend, paillier_bits=bits, allow_insecure=allow_insecure)
+    holder = stats_he.KeyHolder(backend, paillier_bits=o.paillier_bits,
+                                allow_insecure=allow_insecure)
     public = holder.public_message()
     pub_agg = wire.send("key holder", "aggregator", "public key", public)
-    counts = stats_he.Aggregator(backend, pub_agg, allow_insecure=allow_insecure)
-    values = stats_he.Aggregator(backend, pub_agg, allow_insecure=allow_insecure)
+    counts = stats_he.SumAggregator(backend, pub_agg, allow_insecure=allow_insecure)
+    values = stats_he.SumAggregator(backend, pub_agg, allow_insecure=allow_insecure)
     has_values = False
     for i, x in enumerate(tables):
         pub = wire.send("key holder", f"owner{i}", "public key", public)
@@ -260,7 +269,7 @@ def _run_he(tables: list[np.ndarray], release: Release, backend: str, bits: int,
     rest = np.zeros(0)
     if has_values:
         rest = holder.open(wire.send("aggregator", "key holder", "aggregate",
-                                     values.result_message()), flood=flood)
+                                     values.result_message()), flood=o.flood)
     total = np.concatenate([[n], rest])
     return st.finalize_linear(spec, total), wire.total_bytes, wire.messages
 

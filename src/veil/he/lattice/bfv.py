@@ -28,18 +28,15 @@ from veil.errors import (
     SerializationError,
 )
 from veil.he import serialize as envelope
+from veil.he.lattice.base import SealContext, SealTensor
 from veil.he.lattice.native import (
-    SealContext,
     as_plain_vector,
-    check_header_field,
     coeff_bit_sizes,
     cpp,
-    frame,
     is_transparent_error,
     new_native_context,
     to_array,
     translate,
-    unframe,
 )
 from veil.he.params import BFVParams
 
@@ -55,6 +52,9 @@ class BFVContext(SealContext):
 
     __slots__ = ()
 
+    scheme = "BFV"
+    kind_public = KIND_PUBLIC
+    kind_secret = KIND_SECRET
     _params: BFVParams
 
     @classmethod
@@ -105,47 +105,23 @@ class BFVContext(SealContext):
                     )
             parts = [c.decrypt(self._sk) for c in t._chunks]
         out = np.fromiter((v for p in parts for v in p), dtype=np.int64, count=t.size)
-        out = out.reshape(t.shape)
-        if t._torch:
-            import torch
-
-            return torch.from_numpy(out)
-        return out
-
-    def serialize(self, *, include_secret_key: bool = False) -> bytes:
-        """Envelope of this context; the secret key only with ``include_secret_key=True``."""
-        if include_secret_key and not self.has_secret_key:
-            raise ConfigurationError("include_secret_key=True but this context has no secret key")
-        secret = bool(include_secret_key)
-        with translate("serializing the BFV context"):
-            native = self._native if secret or not self.has_secret_key else self.public()._native
-            blob = native.serialize(True, secret, True, True)
-        header = {"key_id": self._key_id, "params": self._params.describe(),
-                  "galois": self.has_galois_keys}
-        return envelope.pack(KIND_SECRET if secret else KIND_PUBLIC, frame(header, [blob]),
-                             params_hash=self._params_hash)
+        return self._user_output(out, t)
 
     @classmethod
-    def load(cls, data: bytes, *, max_bytes: int = envelope.DEFAULT_MAX_BYTES) -> BFVContext:
-        env = envelope.unpack(data, kind=(KIND_PUBLIC, KIND_SECRET), max_bytes=max_bytes)
-        what = env.kind
-        header, blobs = unframe(env.body, what)
-        key_id = check_header_field(header, "key_id", str, what)
-        desc = check_header_field(header, "params", dict, what)
-        galois = check_header_field(header, "galois", bool, what)
-        if len(key_id) != 32 or len(blobs) != 1:
-            raise SerializationError(f"{what}: malformed key id or blob count")
+    def params_from(cls, desc: dict[str, Any], what: str) -> BFVParams:
         try:
             if desc.get("scheme") != "bfv" or len(desc) != 4:
                 raise ConfigurationError("not a BFV parameter description")
-            p = BFVParams(desc["poly_modulus_degree"], desc["plain_modulus"],
-                          tuple(desc["coeff_mod_bit_sizes"]))
+            return BFVParams(desc["poly_modulus_degree"], desc["plain_modulus"],
+                             tuple(desc["coeff_mod_bit_sizes"]))
         except (ConfigurationError, KeyError, TypeError) as exc:
             raise SerializationError(f"{what}: invalid parameters ({exc})") from exc
-        if envelope.params_digest(p.describe()) != env.params_hash:
-            raise SerializationError(f"{what}: parameter hash does not match the header")
+
+    @classmethod
+    def check_native(cls, native: Any, params: BFVParams, *, secret: bool, galois: bool,
+                     what: str) -> None:
+        p = params
         try:
-            native = cpp().TenSEALContext.deserialize(blobs[0])
             sc = native.seal_context()
             key = sc.key_context_data()
             ok = (str(key.parms().scheme()).endswith("BFV")
@@ -155,30 +131,19 @@ class BFVContext(SealContext):
                   and coeff_bit_sizes(native) == list(p.coeff_mod_bit_sizes)
                   and native.has_public_key() and native.has_relin_keys()
                   and bool(native.has_galois_keys()) == galois
-                  and bool(native.has_secret_key()) == (env.kind == KIND_SECRET))
+                  and bool(native.has_secret_key()) == secret)
         except Exception as exc:
             raise SerializationError(f"{what}: TenSEAL could not parse the context ({exc})") \
                 from exc
         if not ok:
             raise SerializationError(f"{what}: TenSEAL context does not match its header")
-        return cls(native, p, key_id)
 
     def load_tensor(self, data: bytes, *,
                     max_bytes: int = envelope.DEFAULT_MAX_BYTES) -> BFVTensor:
         """Load a ``bfv.tensor`` made under this context's parameters and key."""
         what = KIND_TENSOR
-        env = envelope.unpack(data, kind=KIND_TENSOR, params_hash=self._params_hash,
-                              max_bytes=max_bytes)
-        header, blobs = unframe(env.body, what)
-        key_id = check_header_field(header, "key_id", str, what)
-        shape = check_header_field(header, "shape", list, what)
-        muls = check_header_field(header, "muls", int, what)
-        torch_flag = check_header_field(header, "torch", bool, what)
-        if key_id != self._key_id:
-            raise KeyMismatchError(
-                f"this tensor was made under key {key_id[:8]}…, not this context's key "
-                f"{self._key_id[:8]}…; load it with the context that encrypted it"
-            )
+        (shape, muls, torch_flag), blobs = self._open_tensor(
+            data, KIND_TENSOR, (("shape", list), ("muls", int), ("torch", bool)), max_bytes)
         if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape) \
                 or len(shape) > 32 or not 0 <= muls <= self._params.depth:
             raise SerializationError(f"{what}: invalid shape or multiplication count")
@@ -206,7 +171,7 @@ class BFVContext(SealContext):
         return BFVTensor(self, chunks, tuple(shape), muls=muls, torch=torch_flag)
 
 
-class BFVTensor:
+class BFVTensor(SealTensor):
     """An encrypted integer tensor (values mod ``t``); create with ``BFVContext.encrypt``."""
 
     __slots__ = ("_ctx", "_chunks", "_shape", "_size", "_muls", "_torch")
@@ -217,18 +182,6 @@ class BFVTensor:
         self._ctx, self._chunks, self._shape = ctx, chunks, shape
         self._size = math.prod(shape)
         self._muls, self._torch = muls, torch
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def context(self) -> BFVContext:
-        return self._ctx
 
     @property
     def multiplications(self) -> int:
@@ -367,9 +320,6 @@ class BFVTensor:
             return self._new([self._total(parts)], (), muls)
 
     def serialize(self) -> bytes:
-        ctx = self._ctx
-        with translate("serializing a BFV tensor"):
-            blobs = [c.serialize() for c in self._chunks]
-        header = {"key_id": ctx.key_id, "shape": list(self._shape), "muls": self._muls,
-                  "torch": self._torch}
-        return envelope.pack(KIND_TENSOR, frame(header, blobs), params_hash=ctx.params_hash)
+        header = {"shape": list(self._shape), "muls": self._muls, "torch": self._torch}
+        return self._ctx._pack_tensor(KIND_TENSOR, self._chunks, header,
+                                      "serializing a BFV tensor")

@@ -23,22 +23,20 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from veil.errors import ConfigurationError, KeyMismatchError, SerializationError, VeilError
+from veil.errors import ConfigurationError, SerializationError, VeilError
 from veil.he import serialize as envelope
+from veil.he.lattice.base import SealContext
 from veil.he.lattice.native import (
-    SealContext,
-    check_header_field,
     coeff_bit_sizes,
     cpp,
     csprng_gaussian,
-    frame,
     is_torch,
     new_native_context,
     to_array,
     translate,
-    unframe,
 )
 from veil.he.lattice.tensor import CKKSTensor, polyval_depth
+from veil.he.lattice.util import level_of
 from veil.he.params import CKKSParams
 
 __all__ = ["CKKSContext", "CKKSTensor", "linear_combination", "polyval_depth",
@@ -50,7 +48,7 @@ KIND_TENSOR = "ckks.tensor"
 _SIGMA_E = 3.2  # SEAL's error standard deviation
 
 
-def _error_constants(params: CKKSParams) -> tuple[float, float]:
+def error_constants(params: CKKSParams) -> tuple[float, float]:
     """(fresh encryption bound, rescale rounding bound) per slot, in value units.
 
     Average-case model (Costache, Curtis, Hales, Murphy, Ogilvie, Player 2020): SEAL encrypts
@@ -82,11 +80,14 @@ class CKKSContext(SealContext):
 
     __slots__ = ("_clean_err", "_rescale_err", "_rel")
 
+    scheme = "CKKS"
+    kind_public = KIND_PUBLIC
+    kind_secret = KIND_SECRET
     _params: CKKSParams
 
     def __init__(self, native: Any, params: CKKSParams, key_id: str) -> None:
         super().__init__(native, params, key_id)
-        self._clean_err, self._rescale_err = _error_constants(params)
+        self._clean_err, self._rescale_err = error_constants(params)
         self._rel = params.rescale_relative_error
 
     # -- construction ------------------------------------------------------------------------
@@ -220,53 +221,43 @@ class CKKSContext(SealContext):
             if not math.isfinite(bound) or bound <= 0:
                 raise ConfigurationError(f"error_bound must be a positive float, got {bound!r}")
             out += csprng_gaussian(t.size, flooding_sigma(bound, t.size, statistical_security))
-        out = out.reshape(t.shape)
-        if t._torch:
-            import torch
-
-            return torch.from_numpy(out)
-        return out
+        return self._user_output(out, t)
 
     # -- serialization ---------------------------------------------------------------------------
-    def serialize(self, *, include_secret_key: bool = False) -> bytes:
-        """Envelope of this context. Public by default (no secret-key bytes at all);
-        ``include_secret_key=True`` is needed to serialize a secret context's key."""
-        secret = bool(include_secret_key) and self.has_secret_key
-        if include_secret_key and not self.has_secret_key:
-            raise ConfigurationError("include_secret_key=True but this context has no secret key")
-        with translate("serializing the CKKS context"):
-            native = self._native if secret or not self.has_secret_key else self.public()._native
-            blob = native.serialize(True, secret, True, True)
-        header = {"key_id": self._key_id, "params": self._params.describe(),
-                  "galois": self.has_galois_keys}
-        return envelope.pack(KIND_SECRET if secret else KIND_PUBLIC, frame(header, [blob]),
-                             params_hash=self._params_hash)
+    @classmethod
+    def params_from(cls, desc: dict[str, Any], what: str) -> CKKSParams:
+        try:
+            if desc.get("scheme") != "ckks" or set(desc) != {"scheme", "poly_modulus_degree",
+                                                             "coeff_mod_bit_sizes", "scale_bits"}:
+                raise ConfigurationError("not a CKKS parameter description")
+            return CKKSParams(desc["poly_modulus_degree"], tuple(desc["coeff_mod_bit_sizes"]),
+                              desc["scale_bits"])
+        except (VeilError, TypeError) as exc:
+            raise SerializationError(f"{what}: invalid parameters in header ({exc})") from exc
 
     @classmethod
-    def load(cls, data: bytes, *, max_bytes: int = envelope.DEFAULT_MAX_BYTES,
-             params: CKKSParams | None = None) -> CKKSContext:
-        """Load a context; pass ``params`` to insist on specific parameters."""
-        env = envelope.unpack(data, kind=(KIND_PUBLIC, KIND_SECRET), max_bytes=max_bytes,
-                              params_hash=None if params is None else
-                              envelope.params_digest(params.describe()))
-        what = env.kind
-        header, blobs = unframe(env.body, what)
-        key_id = check_header_field(header, "key_id", str, what)
-        desc = check_header_field(header, "params", dict, what)
-        galois = check_header_field(header, "galois", bool, what)
-        if len(key_id) != 32 or len(blobs) != 1:
-            raise SerializationError(f"{what}: malformed key id or blob count")
-        p = _params_from(desc, what)
-        if envelope.params_digest(p.describe()) != env.params_hash:
-            raise SerializationError(f"{what}: parameter hash does not match the header")
+    def check_native(cls, native: Any, params: CKKSParams, *, secret: bool, galois: bool,
+                     what: str) -> None:
+        p = params
         try:
-            native = cpp().TenSEALContext.deserialize(blobs[0])
-        except Exception as exc:  # TenSEAL raises ValueError/RuntimeError/TypeError here
+            sc = native.seal_context()
+            first, key = sc.first_context_data(), sc.key_context_data()
+            ok = (str(first.parms().scheme()).endswith("CKKS")
+                  and first.parms().poly_modulus_degree() == p.poly_modulus_degree
+                  and key.total_coeff_modulus_bit_count() == p.total_bits
+                  and key.chain_index() == len(p.coeff_mod_bit_sizes) - 1
+                  and coeff_bit_sizes(native) == list(p.coeff_mod_bit_sizes)
+                  and native.global_scale == 2.0**p.scale_bits
+                  and native.has_public_key() and native.has_relin_keys()
+                  and bool(native.has_galois_keys()) == galois
+                  and bool(native.has_secret_key()) == secret)
+        except Exception as exc:
+            raise SerializationError(f"{what}: inconsistent TenSEAL context ({exc})") from exc
+        if not ok:
             raise SerializationError(
-                f"{what}: TenSEAL could not parse the context ({exc})") from exc
-        _check_native_context(native, p, secret=env.kind == KIND_SECRET, galois=galois,
-                              what=what)
-        return cls(native, p, key_id)
+                f"{what}: the TenSEAL context does not match its declared parameters/keys "
+                f"({p.describe()}, secret={secret}, galois={galois})"
+            )
 
     def load_tensor(self, data: bytes, *,
                     max_bytes: int = envelope.DEFAULT_MAX_BYTES) -> CKKSTensor:
@@ -279,64 +270,19 @@ class CKKSContext(SealContext):
         return _load_tensor(self, data, max_bytes)
 
     def _serialize_tensor(self, t: CKKSTensor) -> bytes:
-        with translate("serializing a CKKS tensor"):
-            blobs = [c.serialize() for c in t._chunks]
-        header = {"key_id": self._key_id, "shape": list(t.shape), "level": t.levels_left,
-                  "err": t._err, "mag": t._mag, "torch": t._torch, "padded": t._padded}
-        return envelope.pack(KIND_TENSOR, frame(header, blobs), params_hash=self._params_hash)
+        header = {"shape": list(t.shape), "level": t.levels_left, "err": t._err, "mag": t._mag,
+                  "torch": t._torch, "padded": t._padded}
+        return self._pack_tensor(KIND_TENSOR, t._chunks, header, "serializing a CKKS tensor")
 
 
-def _params_from(desc: dict[str, Any], what: str) -> CKKSParams:
-    try:
-        if desc.get("scheme") != "ckks" or set(desc) != {"scheme", "poly_modulus_degree",
-                                                         "coeff_mod_bit_sizes", "scale_bits"}:
-            raise ConfigurationError("not a CKKS parameter description")
-        return CKKSParams(desc["poly_modulus_degree"], tuple(desc["coeff_mod_bit_sizes"]),
-                          desc["scale_bits"])
-    except (VeilError, TypeError) as exc:
-        raise SerializationError(f"{what}: invalid parameters in header ({exc})") from exc
-
-
-def _check_native_context(native: Any, p: CKKSParams, *, secret: bool, galois: bool,
-                          what: str) -> None:
-    try:
-        sc = native.seal_context()
-        first, key = sc.first_context_data(), sc.key_context_data()
-        ok = (str(first.parms().scheme()).endswith("CKKS")
-              and first.parms().poly_modulus_degree() == p.poly_modulus_degree
-              and key.total_coeff_modulus_bit_count() == p.total_bits
-              and key.chain_index() == len(p.coeff_mod_bit_sizes) - 1
-              and coeff_bit_sizes(native) == list(p.coeff_mod_bit_sizes)
-              and native.global_scale == 2.0**p.scale_bits
-              and native.has_public_key() and native.has_relin_keys()
-              and bool(native.has_galois_keys()) == galois
-              and bool(native.has_secret_key()) == secret)
-    except Exception as exc:
-        raise SerializationError(f"{what}: inconsistent TenSEAL context ({exc})") from exc
-    if not ok:
-        raise SerializationError(
-            f"{what}: the TenSEAL context does not match its declared parameters/keys "
-            f"({p.describe()}, secret={secret}, galois={galois})"
-        )
+_TENSOR_FIELDS = (("shape", list), ("level", int), ("err", (int, float)), ("mag", (int, float)),
+                  ("torch", bool), ("padded", bool))
 
 
 def _load_tensor(ctx: CKKSContext, data: bytes, max_bytes: int) -> CKKSTensor:
     what = KIND_TENSOR
-    env = envelope.unpack(data, kind=KIND_TENSOR, params_hash=ctx.params_hash,
-                          max_bytes=max_bytes)
-    header, blobs = unframe(env.body, what)
-    key_id = check_header_field(header, "key_id", str, what)
-    shape = check_header_field(header, "shape", list, what)
-    level = check_header_field(header, "level", int, what)
-    err = check_header_field(header, "err", (int, float), what)
-    mag = check_header_field(header, "mag", (int, float), what)
-    torch_flag = check_header_field(header, "torch", bool, what)
-    padded = check_header_field(header, "padded", bool, what)
-    if key_id != ctx.key_id:
-        raise KeyMismatchError(
-            f"this tensor was made under key {key_id[:8]}…, not this context's key "
-            f"{ctx.key_id[:8]}…; load it with the context that encrypted it"
-        )
+    (shape, level, err, mag, torch_flag, padded), blobs = ctx._open_tensor(
+        data, KIND_TENSOR, _TENSOR_FIELDS, max_bytes)
     p = ctx.params
     if not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s for s in shape) or \
             len(shape) > 32 or not 0 <= level <= p.depth or \
@@ -416,8 +362,6 @@ def linear_combination(tensors: Sequence[CKKSTensor], weights: Any,
 
 
 def _combine(ts_list: list[CKKSTensor], row: Any, bias: float) -> CKKSTensor:
-    from veil.he.lattice.tensor import _level_of
-
     first = ts_list[0]
     idx = [j for j, wj in enumerate(row) if wj != 0.0] or [0]
     with translate("linear_combination"):
@@ -431,5 +375,5 @@ def _combine(ts_list: list[CKKSTensor], row: Any, bias: float) -> CKKSTensor:
                 c.add_plain_(bias)
     mag = sum(abs(row[j]) * ts_list[j]._mag for j in idx) + abs(bias)
     err = math.sqrt(sum((row[j] * ts_list[j]._err) ** 2 for j in idx)) + first._rs(0)
-    level = min(_level_of(c) for c in acc)
+    level = min(level_of(c) for c in acc)
     return first._new(acc, first.shape, level, float(err), float(mag))

@@ -23,7 +23,6 @@ from veil.errors import (
     BackendUnavailableError,
     ConfigurationError,
     DepthExhaustedError,
-    KeyMismatchError,
     SerializationError,
     VeilError,
 )
@@ -311,79 +310,3 @@ def new_native_context(scheme: str, params: Any, *, plain_modulus: int = 0,
         if galois_keys:
             native.generate_galois_keys()
     return native
-
-
-class SealContext:
-    """What CKKS and BFV contexts share: the native TenSEAL context, its parameters, the key id.
-
-    Subclasses are constructed as ``cls(native, params, key_id)``.
-    """
-
-    __slots__ = ("_params", "_native", "_key_id", "_params_hash", "_sk", "__weakref__")
-
-    def __init__(self, native: Any, params: Any, key_id: str) -> None:
-        from veil.he import serialize as envelope
-
-        self._params = params
-        self._native = native
-        self._key_id = key_id
-        self._params_hash = envelope.params_digest(params.describe())
-        self._sk: Any = None
-
-    def public(self) -> Any:
-        """A copy without the secret key (this context is left unchanged)."""
-        if not self.has_secret_key:
-            return self
-        with translate("making the context public"):
-            native = self._native.copy()
-            native.make_context_public(False, False)
-        return type(self)(native, self._params, self._key_id)
-
-    def _secret_key_for(self, t: Any, tensor_type: type) -> Any:
-        """The secret key that decrypts ``t``, after checking ``t`` belongs to this key pair."""
-        if not isinstance(t, tensor_type):
-            raise ConfigurationError(
-                f"decrypt expects a {tensor_type.__name__}, got {type(t).__name__}")
-        if t._ctx is not self and t._ctx.key_id != self._key_id:
-            raise KeyMismatchError(
-                f"this tensor was encrypted under key {t._ctx.key_id[:8]}…, not this context's "
-                f"key {self._key_id[:8]}…; decrypt it with the context that encrypted it"
-            )
-        if not self.has_secret_key:
-            raise ConfigurationError(
-                "this is a public context (no secret key) and cannot decrypt; decrypt with the "
-                f"secret context returned by {type(self).__name__}.generate (or loaded with its "
-                "secret key)"
-            )
-        if self._sk is None:
-            self._sk = self._native.secret_key()
-        return self._sk
-
-    @property
-    def params(self) -> Any:
-        """The parameter set (``CKKSParams`` / ``BFVParams``)."""
-        return self._params
-
-    @property
-    def slots(self) -> int:
-        """Values per ciphertext."""
-        return self._params.slots
-
-    @property
-    def has_secret_key(self) -> bool:
-        return bool(self._native.has_secret_key())
-
-    @property
-    def has_galois_keys(self) -> bool:
-        """Whether rotations (``sum``, ``dot``, ``matmul``) are available."""
-        return bool(self._native.has_galois_keys())
-
-    @property
-    def key_id(self) -> str:
-        """Random identifier of the key pair (shared by ``public()`` copies; not secret)."""
-        return self._key_id
-
-    @property
-    def params_hash(self) -> bytes:
-        """SHA-256 of the parameter description, carried in every envelope."""
-        return self._params_hash

@@ -6,7 +6,7 @@ Layout: the tensor is flattened (C order) and cut into chunks of ``slots = N/2``
 Rotation-free (no Galois keys needed): ``+ - *`` with tensors / scalars / plain arrays, unary
 ``-``, ``square``, ``polyval``, :func:`veil.he.lattice.ckks.linear_combination`.
 Need Galois keys (rotations): ``sum``, ``dot``, ``matmul``/``mv``, ``conv2d_im2col``,
-``block_sum``.
+``block_sum``, in the base class :class:`veil.he.lattice.rotations.RotationOps`.
 
 Depth: every multiplication (ciphertext or plaintext operand, scalars included) consumes one
 level; ``polyval`` of degree ``d`` consumes ``floor(log2 d) + 1``. Veil checks the remaining
@@ -21,19 +21,13 @@ quadrature; see docs/security/he-ckks.md). It sizes the noise flooding of
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from veil.errors import (
-    ConfigurationError,
-    DepthExhaustedError,
-    KeyMismatchError,
-    UnsupportedOperationError,
-)
+from veil.errors import ConfigurationError, DepthExhaustedError, KeyMismatchError
+from veil.he.lattice.base import SealContext, SealTensor
 from veil.he.lattice.native import as_plain_vector, cpp, is_transparent_error, translate
-from veil.he.lattice.util import _as_array, _is_scalar, _log2, _plain_matrix, _suggest
-
-if TYPE_CHECKING:
-    from veil.he.lattice.ckks import CKKSContext
+from veil.he.lattice.rotations import RotationOps
+from veil.he.lattice.util import as_array, is_scalar, level_of, suggest_params
 
 __all__ = ["CKKSTensor", "polyval_depth"]
 
@@ -43,11 +37,7 @@ def polyval_depth(degree: int) -> int:
     return int(math.floor(math.log2(degree))) + 1
 
 
-def _level_of(chunk: Any) -> int:
-    return chunk.ciphertext()[0].coeff_modulus_size() - 1
-
-
-class CKKSTensor:
+class CKKSTensor(RotationOps, SealTensor):
     """An encrypted tensor. Create with ``CKKSContext.encrypt``; never construct directly.
 
     Reveals nothing about the values to whoever holds it (IND-CPA under RLWE); its shape, its
@@ -64,7 +54,7 @@ class CKKSTensor:
     # through every later operation and through serialization) so matmul refuses them instead of
     # returning wrong numbers. Element-wise ops, sum and dot are unaffected.
 
-    def __init__(self, ctx: CKKSContext, chunks: list[Any], shape: tuple[int, ...], *,
+    def __init__(self, ctx: SealContext, chunks: list[Any], shape: tuple[int, ...], *,
                  level: int, err: float, mag: float, torch: bool = False,
                  padded: bool = False) -> None:
         self._padded = padded
@@ -78,18 +68,6 @@ class CKKSTensor:
         self._torch = torch
 
     # -- metadata ----------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def context(self) -> CKKSContext:
-        return self._ctx
-
     @property
     def levels_left(self) -> int:
         """Multiplications still possible (rescales left in the modulus chain)."""
@@ -156,7 +134,7 @@ class CKKSTensor:
                 f"{op} needs {needed} more level(s) but the ciphertext has {have} left "
                 f"({used} of depth {p.depth} used); the computation needs depth >= "
                 f"{used + needed}: use CKKSParams.for_depth({used + needed}) "
-                f"(e.g. {_suggest(used + needed)})"
+                f"(e.g. {suggest_params(used + needed)})"
             )
 
     def _split(self, flat: Any) -> list[list[float]]:
@@ -194,7 +172,7 @@ class CKKSTensor:
         return out
 
     def _min_level(self, chunks: list[Any]) -> int:
-        return min(_level_of(c) for c in chunks)
+        return min(level_of(c) for c in chunks)
 
     @property
     def _rescale_err(self) -> float:
@@ -260,7 +238,7 @@ class CKKSTensor:
 
     def __truediv__(self, other: Any) -> CKKSTensor:
         """Division by a plaintext scalar (multiplication by its inverse: one level)."""
-        if isinstance(other, CKKSTensor) or not _is_scalar(other):
+        if isinstance(other, CKKSTensor) or not is_scalar(other):
             raise ConfigurationError(
                 "CKKSTensor can only be divided by a plaintext scalar; for 1/x use polyval with "
                 "an approximation of the reciprocal on your input domain"
@@ -279,7 +257,7 @@ class CKKSTensor:
 
     def _plain_op(self, other: Any, fn: str, op: str) -> CKKSTensor:
         is_mul = fn == "mul_plain"
-        if _is_scalar(other):
+        if is_scalar(other):
             operand: Any = float(other)
             if not math.isfinite(operand):
                 raise ConfigurationError(f"{op}: scalar operand {other!r} is not finite")
@@ -310,123 +288,13 @@ class CKKSTensor:
         return self._new(chunks, self._shape, self._level, self._err, self._mag + wmax,
                          padded=padded)
 
-    # -- reductions and linear algebra (rotations: need Galois keys) ---------------------------
-    def _need_galois(self, op: str) -> None:
-        if not self._ctx.has_galois_keys:
-            raise ConfigurationError(
-                f"{op} uses rotations and needs Galois keys, which this context lacks; create "
-                "it with CKKSContext.generate(params, galois_keys=True)"
-            )
-
-    def _reduce_chunks(self, parts: list[Any]) -> Any:
-        acc = parts[0]
-        for p in parts[1:]:
-            acc = acc.add(p) if _level_of(acc) >= _level_of(p) else p.add(acc)
-        return acc
-
-    def sum(self) -> CKKSTensor:
-        """Sum of all elements -> 0-d tensor (rotations; no level consumed)."""
-        self._need_galois("sum")
-        with translate("sum"):
-            total = self._reduce_chunks([c.sum() for c in self._chunks])
-        err = self._err * math.sqrt(self._size) + self._rs(0, _log2(self._size))
-        return self._new([total], (), self._level, err,
-                         self._mag * self._size)
-
-    def dot(self, other: Any) -> CKKSTensor:
-        """Inner product with an encrypted or plain vector of the same size -> 0-d tensor.
-
-        One level, rotations (Galois keys).
-        """
-        import numpy as np
-
-        self._need_galois("dot")
-        if isinstance(other, CKKSTensor):
-            self._check_same(other, "dot")
-            self._need_levels(1, "dot", min(self._level, other._level))
-            parts = self._pairwise(other, "dot", "dot")
-            err = math.sqrt(self._size) * (self._mag * other._err + other._mag * self._err
-                                           + self._err * other._err)
-            err += self._rs(0, 1 + _log2(self._size))
-            mag = self._size * self._mag * other._mag
-        else:
-            flat = as_plain_vector(other, self._size, "dot")
-            self._need_levels(1, "dot")
-            ptd = cpp().PlainTensorDouble
-            with translate("dot"):
-                parts = [c.dot(ptd(p)) for c, p in zip(self._chunks, self._split(flat))]
-            l1 = float(abs(flat).sum())
-            l2 = float(np.sqrt((flat**2).sum()))
-            err = self._err * l2 + self._rs(0, 1 + _log2(self._size))
-            mag = self._mag * l1
-        with translate("dot"):
-            total = self._reduce_chunks(parts)
-        return self._new([total], (), _level_of(total), err, mag)
-
-    def matmul(self, matrix: Any) -> CKKSTensor:
-        """Vector x plain matrix: ``x[n] @ M[n, m] -> [m]``; one level, rotations.
-
-        ``m`` must not exceed the slot count; ``n`` may (x is then chunked and the partial
-        products are added). Cost: TenSEAL's algorithm does one rotation and one plaintext
-        product per row, so it is O(n) key switches (seconds for n in the thousands); for
-        batched inference prefer one tensor per feature and :func:`linear_combination`.
-        """
-        import numpy as np
-
-        self._need_galois("matmul")
-        if self._padded:
-            raise UnsupportedOperationError(
-                "matmul after adding, subtracting or multiplying a plaintext *vector* is not "
-                "supported: TenSEAL's matrix product relies on the slot layout of a fresh "
-                "encryption, which a plaintext vector operand breaks (the result would be wrong). "
-                "Do the matmul first and apply the vector afterwards, or add the vector as a "
-                "ciphertext (ctx.encrypt(v)); dot() and sum() work on any tensor."
-            )
-        m = _plain_matrix(matrix, "matmul")
-        if len(self._shape) != 1 or m.shape[0] != self._size:
-            raise ConfigurationError(
-                f"matmul: vector of shape {self._shape} cannot multiply a matrix of shape "
-                f"{m.shape}; need x.shape == (n,) and M.shape == (n, m)"
-            )
-        if m.shape[1] > self._ctx.slots:
-            raise ConfigurationError(
-                f"matmul: {m.shape[1]} output columns exceed the {self._ctx.slots} slots; split "
-                "the matrix by columns"
-            )
-        self._need_levels(1, "matmul")
-        slots = self._ctx.slots
-        ptd = cpp().PlainTensorDouble
-        with translate("matmul"):
-            parts = [c.mm(ptd(m[i * slots : i * slots + c.size()].tolist()))
-                     for i, c in enumerate(self._chunks)]
-            out = self._reduce_chunks(parts)
-        l1 = float(np.abs(m).sum(axis=0).max())
-        l2 = float(np.sqrt((m**2).sum(axis=0)).max())
-        err = self._err * l2 + self._rs(0, 1 + math.isqrt(m.shape[0]))
-        return self._new([out], (m.shape[1],), _level_of(out), err, self._mag * l1)
-
-    def mv(self, matrix: Any) -> CKKSTensor:
-        """Plain matrix x vector: ``M[m, n] @ x[n] -> [m]`` (== ``x.matmul(M.T)``)."""
-        m = _plain_matrix(matrix, "mv")
-        return self.matmul(m.T)
-
-    def __matmul__(self, other: Any) -> CKKSTensor:
-        if isinstance(other, CKKSTensor):
-            return self.dot(other)
-        arr = _as_array(other)
-        return self.matmul(arr) if arr.ndim == 2 else self.dot(arr)
-
-    def __rmatmul__(self, other: Any) -> CKKSTensor:
-        arr = _as_array(other)
-        return self.mv(arr) if arr.ndim == 2 else self.dot(arr)
-
     def polyval(self, coeffs: Any) -> CKKSTensor:
         """Element-wise ``sum_i coeffs[i] * x**i`` (lowest degree first), rotation-free.
 
         Uses ``floor(log2(degree)) + 1`` levels (degree after dropping zero leading terms);
         degree 1 -> 1, 2-3 -> 2, 4-7 -> 3, 8-15 -> 4.
         """
-        c = [float(v) for v in _as_array(coeffs).ravel()]
+        c = [float(v) for v in as_array(coeffs).ravel()]
         while c and c[-1] == 0.0:
             c.pop()
         if len(c) < 2 or not all(math.isfinite(v) for v in c):
@@ -443,63 +311,6 @@ class CKKSTensor:
         mag = sum(abs(ci) * m**i for i, ci in enumerate(c))
         err = deriv * e + self._rs(sum(abs(ci) for ci in c) * m**deg, need) * (deg + 1)
         return self._new(chunks, self._shape, self._min_level(chunks), err, mag)
-
-    def conv2d_im2col(self, kernel: Any, windows: int) -> CKKSTensor:
-        """Convolution of an ``encrypt_im2col`` image with a plain ``kernel`` (kh x kw).
-
-        Returns the ``windows`` outputs (row-major over output positions); one level,
-        rotations. See :meth:`CKKSContext.encrypt_im2col` for the layout.
-        """
-        import numpy as np
-
-        self._need_galois("conv2d_im2col")
-        k = _plain_matrix(kernel, "conv2d_im2col")
-        if len(self._chunks) != 1 or windows <= 0 or k.size * windows > self._size:
-            raise ConfigurationError(
-                f"conv2d_im2col: kernel {k.shape} x {windows} windows does not match this "
-                "tensor; pass the (tensor, windows) pair from CKKSContext.encrypt_im2col"
-            )
-        self._need_levels(1, "conv2d_im2col")
-        with translate("conv2d_im2col"):
-            out = self._chunks[0].conv2d_im2col(k.tolist(), int(windows))
-        l1 = float(np.abs(k).sum())
-        l2 = float(np.sqrt((k**2).sum()))
-        err = self._err * l2 + self._rs(0, 1 + _log2(k.size * windows))
-        return self._new([out], (int(windows),), _level_of(out), err, self._mag * l1)
-
-    def block_sum(self, weights: Any, block: int) -> CKKSTensor:
-        """``out[r] = sum_i weights[i] * self[i * block + r]`` for ``r < block``.
-
-        A weighted sum of the tensor's consecutive blocks of ``block`` values: one level and
-        ``log2(size // block)`` rotations by multiples of ``block`` (one key switch each), however
-        many blocks. The tensor must fill exactly one ciphertext (``size == slots``), ``block``
-        must be a power of two and ``weights`` must hold ``size // block`` finite values.
-        """
-        import numpy as np
-
-        self._need_galois("block_sum")
-        w = _as_array(weights).ravel()
-        slots = self._ctx.slots
-        ok_block = isinstance(block, int) and not isinstance(block, bool) and 0 < block <= slots \
-            and not block & (block - 1)
-        nb = self._size // block if ok_block else 0
-        if len(self._chunks) != 1 or self._size != slots or not ok_block or w.size != nb:
-            raise ConfigurationError(
-                f"block_sum: needs a tensor filling one ciphertext ({slots} values, got "
-                f"{self._size}), a power-of-two block (got {block!r}) and one weight per block "
-                f"({nb} expected, got {w.size})"
-            )
-        if not np.isfinite(w).all() or float(np.abs(w).max()) >= self._ctx.params.max_abs_value:
-            raise ConfigurationError(
-                f"block_sum: weights must be finite and below {self._ctx.params.max_abs_value:g} "
-                "in magnitude"
-            )
-        self._need_levels(1, "block_sum")
-        with translate("block_sum"):
-            out = self._chunks[0].enc_matmul_plain(w.tolist(), block)
-        err = self._err * float(np.sqrt((w**2).sum())) + self._rs(0, 1 + _log2(nb))
-        return self._new([out], (block,), _level_of(out), err,
-                         self._mag * float(np.abs(w).sum()), padded=True)
 
     # -- serialization -------------------------------------------------------------------------
     def serialize(self) -> bytes:

@@ -1,4 +1,4 @@
-"""Small helpers of :mod:`veil.he.lattice.tensor`: operand checks and parameter suggestions."""
+"""Small helpers of the CKKS tensor: operand checks, ciphertext levels, parameter suggestions."""
 
 from __future__ import annotations
 
@@ -7,14 +7,21 @@ from typing import Any
 from veil.errors import ConfigurationError
 from veil.he.lattice.native import is_torch
 
-__all__: list[str] = []
+__all__ = ["as_array", "is_scalar", "level_of", "log2_ceil", "plain_matrix", "suggest_params"]
 
 
-def _log2(n: int) -> int:
+def level_of(chunk: Any) -> int:
+    """Levels left in one TenSEAL ``CKKSVector`` (its modulus chain length minus one)."""
+    return chunk.ciphertext()[0].coeff_modulus_size() - 1
+
+
+def log2_ceil(n: int) -> int:
+    """``ceil(log2(n))``, at least 1: the rotations of a sum over ``n`` slots."""
     return max(1, int(n - 1).bit_length())
 
 
-def _is_scalar(x: Any) -> bool:
+def is_scalar(x: Any) -> bool:
+    """A plain real number (Python or numpy 0-d; not bool, not torch)."""
     if isinstance(x, bool):
         return False
     if isinstance(x, (int, float)):
@@ -23,7 +30,8 @@ def _is_scalar(x: Any) -> bool:
                                                        "") in "iuf" and not is_torch(x)
 
 
-def _as_array(x: Any) -> Any:
+def as_array(x: Any) -> Any:
+    """A float64 numpy array of a numeric array-like (torch tensors included)."""
     import numpy as np
 
     if is_torch(x):
@@ -34,10 +42,11 @@ def _as_array(x: Any) -> Any:
     return arr.astype(np.float64)
 
 
-def _plain_matrix(x: Any, op: str) -> Any:
+def plain_matrix(x: Any, op: str) -> Any:
+    """A finite, non-empty 2-D float64 matrix for ``op``."""
     import numpy as np
 
-    m = _as_array(x)
+    m = as_array(x)
     if m.ndim != 2 or m.size == 0:
         raise ConfigurationError(f"{op}: expected a non-empty 2-D plain matrix, got {m.shape}")
     if not np.isfinite(m).all():
@@ -45,7 +54,8 @@ def _plain_matrix(x: Any, op: str) -> Any:
     return m
 
 
-def _suggest(depth: int) -> str:
+def suggest_params(depth: int) -> str:
+    """A parameter set for ``depth``, as text for an error message."""
     from veil.he.params import CKKSParams
 
     try:

@@ -22,15 +22,12 @@ Paillier ciphertexts with ``g = n + 1``, so phe decrypts them and Veil decrypts 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
 from veil.errors import (
-    BackendUnavailableError,
     ConfigurationError,
     InsecureParametersError,
     KeyMismatchError,
@@ -46,151 +43,72 @@ from veil.he.encoding import (
 )
 from veil.he.paillier import arith as pm
 from veil.he.paillier import wire
+from veil.he.paillier.core import (
+    KEY_MAX_BYTES,
+    PublicKeyBase,
+    check_modulus,
+    check_workers,
+    import_phe,
+    open_key,
+    pack_key,
+)
 from veil.he.paillier.packed import PackedPaillierVector, encrypt_packed
+from veil.he.paillier.parallel import encrypt_residues
 from veil.he.paillier.vector import PaillierVector, object_array
-from veil.he.serialize import pack, unpack
 
-__all__ = [
-    "PaillierKeyPair",
-    "PaillierPublicKey",
-    "PaillierPrivateKey",
-    "PaillierVector",
-    "PackedPaillierVector",
-]
-
-# Build the fixed-base table (≈ 32k multiplications mod n² at 2048 bits) once a key has encrypted
-# this many values; fewer are cheaper with one plain exponentiation each.
-_TABLE_THRESHOLD = 48
-_KEY_MAX_BYTES = 1 << 20
+__all__ = ["PaillierKeyPair", "PaillierPublicKey", "PaillierPrivateKey"]
 
 
-def import_phe() -> Any:
-    try:
-        import phe
-    except ImportError as exc:  # pragma: no cover - phe is a core dependency
-        raise BackendUnavailableError(
-            "phe is not installed; install it with `pip install phe==1.5.0 gmpy2`"
-        ) from exc
-    return phe
+class Encrypts:
+    """``encrypt`` and ``encrypt_packed``, for the public key and the key pair; the pair
+    computes the randomness mod p² and q² (CRT), which is faster."""
+
+    __slots__ = ()
+
+    def _encryption_key(self) -> tuple[PaillierPublicKey, pm.CrtKey | None]:
+        raise NotImplementedError
+
+    def encrypt(
+        self,
+        x: Any,
+        *,
+        precision_bits: int | None = None,
+        max_abs: float | None = None,
+        encoding: FixedPointEncoding | None = None,
+        workers: int = 1,
+    ) -> PaillierVector:
+        """Encrypt an array (any shape) of ints or floats as a :class:`PaillierVector`.
+
+        ``precision_bits`` fractional bits (default: 0 for integer input, 32 for floats) and the
+        declared range ``|x| <= max_abs`` (default 2^63) define the :class:`FixedPointEncoding`
+        (or pass one as ``encoding=``); values outside the range raise
+        :class:`ConfigurationError`. ``workers > 1`` spreads batches of at least 2048 values over
+        that many processes.
+        """
+        pk, crt = self._encryption_key()
+        return pk._encrypt(x, precision_bits, max_abs, workers, crt, encoding)
+
+    def encrypt_packed(
+        self,
+        x: Any,
+        *,
+        precision_bits: int,
+        max_addends: int,
+        max_abs: float = float(2**31),
+        workers: int = 1,
+    ) -> PackedPaillierVector:
+        """Encrypt many values per ciphertext for aggregation (:class:`PackedPaillierVector`)."""
+        pk, crt = self._encryption_key()
+        return encrypt_packed(pk, x, precision_bits, max_addends, max_abs, workers, crt)
 
 
-def _check_workers(workers: int) -> int:
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ConfigurationError(
-            f"workers must be an int >= 1, got {workers!r}; workers=os.cpu_count() uses all cores"
-        )
-    return int(workers)
-
-
-def _check_modulus(n: Any, allow_insecure: bool, error: type[Exception], what: str) -> None:
-    problem = pm.modulus_problem(n, allow_insecure=allow_insecure)
-    if problem is not None:
-        reason, insecure_only = problem
-        raise (InsecureParametersError if insecure_only else error)(f"{what}: {reason}")
-
-
-class PaillierPublicKey:
+class PaillierPublicKey(PublicKeyBase, Encrypts):
     """A Paillier public key ``n`` (``g = n + 1``); validated on construction and on load.
 
     ``n`` must be odd, at least 2048 bits (or 64 with ``allow_insecure=True``), not a perfect
-    square, not prime and free of prime factors below 2^14.
+    square, not prime and free of prime factors below 2^14. Its arithmetic, envelope and phe
+    conversion come from :class:`veil.he.paillier.core.PublicKeyBase`; this class encrypts.
     """
-
-    def __init__(self, n: int, *, allow_insecure: bool = False) -> None:
-        _check_modulus(n, allow_insecure, ConfigurationError, "invalid Paillier public key")
-        self._setup(mpz(n))
-
-    @classmethod
-    def _trusted(cls, n: mpz) -> PaillierPublicKey:
-        """A key from an already validated modulus (key generation, worker processes)."""
-        self = cls.__new__(cls)
-        self._setup(mpz(n))
-        return self
-
-    def __reduce__(self) -> tuple[Any, tuple[int]]:
-        # only n travels (to this program's own worker processes); tables are rebuilt there
-        return (PaillierPublicKey._trusted, (int(self._n),))
-
-    def _setup(self, n: mpz) -> None:
-        self._n = n
-        self._n2 = n * n
-        self._half = (n - 1) // 2
-        self._width = (self._n2.bit_length() + 7) // 8
-        self._hash = wire.key_hash(n)
-        self._h_s: mpz | None = None
-        self._table: pm.FixedBaseTable | None = None
-        self._count = 0
-
-    # ----------------------------------------------------------------- properties
-    @property
-    def n(self) -> int:
-        """The modulus."""
-        return int(self._n)
-
-    @property
-    def bits(self) -> int:
-        return self._n.bit_length()
-
-    @property
-    def max_plaintext(self) -> int:
-        """Largest ``|v|`` of a signed plaintext integer: ``(n − 1) // 2``."""
-        return int(self._half)
-
-    @property
-    def fingerprint(self) -> str:
-        """Short hex id of the key (first 16 hex digits of its params hash)."""
-        return self._hash.hex()[:16]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PaillierPublicKey) and self._n == other._n
-
-    def __hash__(self) -> int:
-        return hash(("paillier", int(self._n)))
-
-    def __repr__(self) -> str:
-        return f"PaillierPublicKey(bits={self.bits}, fingerprint={self.fingerprint})"
-
-    # ----------------------------------------------------------------- encryption core
-    def _djn_base(self) -> mpz:
-        if self._h_s is None:
-            self._h_s = pm.djn_base(self._n)
-        return self._h_s
-
-    def _randomizers(
-        self, count: int, crt: pm.CrtKey | None, warm: bool = False, data: bytes | None = None
-    ) -> list[mpz]:
-        """``h_s^α mod n²`` for ``count`` fresh α (``data`` fixes the α bytes, for tests)."""
-        h_s = self._djn_base()
-        if crt is not None:
-            return crt.randomizers(h_s, count, data)
-        eb = pm.djn_exponent_bytes(self.bits)
-        self._count += count
-        if self._table is None and (warm or self._count >= _TABLE_THRESHOLD):
-            self._table = pm.FixedBaseTable(h_s, self._n2, eb)
-        if data is None:
-            data = os.urandom(eb * count)
-        chunks = [data[i * eb : (i + 1) * eb] for i in range(count)]
-        if self._table is not None:
-            return [self._table.pow(a) for a in chunks]
-        n2 = self._n2
-        return [gmpy2.powmod(h_s, int.from_bytes(a, "little"), n2) for a in chunks]
-
-    def _encrypt_residues(
-        self,
-        residues: list[int],
-        *,
-        crt: pm.CrtKey | None = None,
-        workers: int = 1,
-        warm: bool = False,
-    ) -> list[mpz]:
-        """``(1 + m·n) · h_s^α mod n²`` for each residue ``m`` in ``[0, n)``."""
-        from veil.he.paillier.parallel import PARALLEL_MIN, encrypt_residues_parallel
-
-        if workers > 1 and len(residues) >= PARALLEL_MIN:
-            return encrypt_residues_parallel(self, residues, crt, workers)
-        rs = self._randomizers(len(residues), crt, warm)
-        n, n2 = self._n, self._n2
-        return [(1 + m * n) * r % n2 for m, r in zip(residues, rs)]
 
     def _encrypt(
         self,
@@ -201,7 +119,7 @@ class PaillierPublicKey:
         crt: pm.CrtKey | None,
         encoding: FixedPointEncoding | None = None,
     ) -> PaillierVector:
-        workers = _check_workers(workers)
+        workers = check_workers(workers)
         arr = as_plain_array(x)
         integer = is_integer_array(arr)
         if encoding is not None:
@@ -229,7 +147,7 @@ class PaillierPublicKey:
         enc.check_range(arr)
         n = self._n
         residues = [v % n for v in encode_array(arr, enc.precision_bits)]
-        cs = self._encrypt_residues(residues, crt=crt, workers=workers)
+        cs = encrypt_residues(self, residues, crt, workers)
         return PaillierVector._make(
             self,
             object_array(cs, arr.shape),
@@ -240,73 +158,8 @@ class PaillierPublicKey:
             fresh=True,
         )
 
-    # ----------------------------------------------------------------- public API
-    def encrypt(
-        self,
-        x: Any,
-        *,
-        precision_bits: int | None = None,
-        max_abs: float | None = None,
-        encoding: FixedPointEncoding | None = None,
-        workers: int = 1,
-    ) -> PaillierVector:
-        """Encrypt an array (any shape) of ints or floats as a :class:`PaillierVector`.
-
-        ``precision_bits`` fractional bits (default: 0 for integer input, 32 for floats) and the
-        declared range ``|x| <= max_abs`` (default 2^63) define the :class:`FixedPointEncoding`
-        (or pass one as ``encoding=``); values outside the range raise
-        :class:`ConfigurationError`. ``workers > 1`` spreads batches of at least 2048 values over
-        that many processes.
-        """
-        return self._encrypt(x, precision_bits, max_abs, workers, None, encoding)
-
-    def encrypt_packed(
-        self,
-        x: Any,
-        *,
-        precision_bits: int,
-        max_addends: int,
-        max_abs: float = float(2**31),
-        workers: int = 1,
-    ) -> PackedPaillierVector:
-        """Encrypt many values per ciphertext for aggregation (:class:`PackedPaillierVector`)."""
-        return encrypt_packed(self, x, precision_bits, max_addends, max_abs, workers, None)
-
-    def serialize(self) -> bytes:
-        """Envelope of kind ``paillier.public_key`` (params hash = hash of n)."""
-        w = wire.Writer()
-        w.u8(wire.BODY_VERSION)
-        w.bigint(self._n)
-        return pack(wire.KIND_PUBLIC, w.bytes(), params_hash=self._hash)
-
-    @classmethod
-    def load(
-        cls, data: bytes, *, allow_insecure: bool = False, max_bytes: int = _KEY_MAX_BYTES
-    ) -> PaillierPublicKey:
-        """Load and validate a public key; malformed payloads raise :class:`SerializationError`."""
-        env = unpack(data, kind=wire.KIND_PUBLIC, max_bytes=max_bytes)
-        r = wire.Reader(env.body, "Paillier public key")
-        r.version()
-        n = r.bigint(pm.MAX_BITS // 8)
-        r.finish()
-        if env.params_hash != wire.key_hash(n):
-            raise SerializationError("Paillier public key payload: params hash does not match n")
-        _check_modulus(n, allow_insecure, SerializationError, "Paillier public key payload")
-        return cls._trusted(n)
-
-    def to_phe(self) -> Any:
-        """The same key as a ``phe.PaillierPublicKey``."""
-        return import_phe().PaillierPublicKey(int(self._n))
-
-    @classmethod
-    def from_phe(cls, public_key: Any, *, allow_insecure: bool = False) -> PaillierPublicKey:
-        """Wrap (and validate) a ``phe.PaillierPublicKey``."""
-        n = getattr(public_key, "n", None)
-        if n is None:
-            raise ConfigurationError(
-                f"expected a phe.PaillierPublicKey, got {type(public_key).__name__}"
-            )
-        return cls(n, allow_insecure=allow_insecure)
+    def _encryption_key(self) -> tuple[PaillierPublicKey, pm.CrtKey | None]:
+        return self, None
 
 
 class PaillierPrivateKey(pm.SecretNoPickle):
@@ -342,7 +195,7 @@ class PaillierPrivateKey(pm.SecretNoPickle):
 
         ``workers > 1`` spreads batches of at least 128 ciphertexts over that many processes.
         """
-        workers = _check_workers(workers)
+        workers = check_workers(workers)
         if not isinstance(v, (PaillierVector, PackedPaillierVector)):
             raise ConfigurationError(
                 f"can only decrypt PaillierVector or PackedPaillierVector, got {type(v).__name__}"
@@ -365,27 +218,19 @@ class PaillierPrivateKey(pm.SecretNoPickle):
                 "refusing to serialize a private key: the payload reveals p and q to whoever "
                 "reads it; pass expose_secret=True if that is intended"
             )
-        w = wire.Writer()
-        w.u8(wire.BODY_VERSION)
-        w.bigint(self._crt.p)
-        w.bigint(self._crt.q)
-        return pack(wire.KIND_PRIVATE, w.bytes(), params_hash=self._pk._hash)
+        return pack_key(wire.KIND_PRIVATE, [self._crt.p, self._crt.q], self._pk._hash)
 
     @classmethod
     def load(
-        cls, data: bytes, *, allow_insecure: bool = False, max_bytes: int = _KEY_MAX_BYTES
+        cls, data: bytes, *, allow_insecure: bool = False, max_bytes: int = KEY_MAX_BYTES
     ) -> PaillierPrivateKey:
         """Load a private key (its public key is rebuilt from p·q and checked)."""
-        env = unpack(data, kind=wire.KIND_PRIVATE, max_bytes=max_bytes)
-        r = wire.Reader(env.body, "Paillier private key")
-        r.version()
-        p = r.bigint(pm.MAX_BITS // 16 + 1)
-        q = r.bigint(pm.MAX_BITS // 16 + 1)
-        r.finish()
+        params_hash, (p, q) = open_key(data, wire.KIND_PRIVATE, "Paillier private key",
+                                       max_bytes, [pm.MAX_BITS // 16 + 1] * 2)
         n = p * q
-        if env.params_hash != wire.key_hash(n):
+        if params_hash != wire.key_hash(n):
             raise SerializationError("Paillier private key payload: params hash does not match p*q")
-        _check_modulus(n, allow_insecure, SerializationError, "Paillier private key payload")
+        check_modulus(n, allow_insecure, SerializationError, "Paillier private key payload")
         bad = pm.prime_pair_problem(p, q)
         if bad is not None:
             raise SerializationError(f"Paillier private key payload is invalid: {bad}")
@@ -411,7 +256,7 @@ class PaillierPrivateKey(pm.SecretNoPickle):
         return cls(PaillierPublicKey.from_phe(pub, allow_insecure=allow_insecure), p, q)
 
 
-class PaillierKeyPair(pm.SecretNoPickle):
+class PaillierKeyPair(pm.SecretNoPickle, Encrypts):
     """A public and private key. The pair encrypts through the CRT fast path."""
 
     __slots__ = ("public_key", "private_key")
@@ -451,33 +296,8 @@ class PaillierKeyPair(pm.SecretNoPickle):
         sk._pk, sk._crt = pk, pm.CrtKey(p, q)
         return cls(pk, sk)
 
-    def encrypt(
-        self,
-        x: Any,
-        *,
-        precision_bits: int | None = None,
-        max_abs: float | None = None,
-        encoding: FixedPointEncoding | None = None,
-        workers: int = 1,
-    ) -> PaillierVector:
-        """As :meth:`PaillierPublicKey.encrypt`, with randomness computed mod p² and q² (CRT)."""
-        crt = self.private_key._crt
-        return self.public_key._encrypt(x, precision_bits, max_abs, workers, crt, encoding)
-
-    def encrypt_packed(
-        self,
-        x: Any,
-        *,
-        precision_bits: int,
-        max_addends: int,
-        max_abs: float = float(2**31),
-        workers: int = 1,
-    ) -> PackedPaillierVector:
-        """As :meth:`PaillierPublicKey.encrypt_packed`, through the CRT path."""
-        crt = self.private_key._crt
-        return encrypt_packed(
-            self.public_key, x, precision_bits, max_addends, max_abs, workers, crt
-        )
+    def _encryption_key(self) -> tuple[PaillierPublicKey, pm.CrtKey | None]:
+        return self.public_key, self.private_key._crt
 
     def decrypt(
         self, v: PaillierVector | PackedPaillierVector, *, workers: int = 1

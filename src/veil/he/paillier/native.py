@@ -3,7 +3,8 @@
 phe encodes ``value = mantissa · 16^exponent``; Veil uses ``integer / 2^scale``. Converting aligns
 phe's (usually negative) exponents to the smallest one by homomorphic multiplication with powers of
 16, so ``scale = −4·min(exponent, 0)``; the other way, a scale that is not a multiple of 4 is raised
-to one first.
+to one first. :meth:`PaillierVector.to_phe` and :meth:`PaillierVector.from_phe` call these
+functions with the vector's parts (key, ciphertexts, scale), so this module needs no vector class.
 """
 
 from __future__ import annotations
@@ -19,37 +20,30 @@ from gmpy2 import mpz
 from veil.errors import ConfigurationError, KeyMismatchError
 from veil.he.encoding import MAX_PRECISION_BITS, FixedPointEncoding
 from veil.he.paillier import wire
-from veil.he.paillier.vector import MAX_SCALE_BITS, PaillierVector, object_array
+from veil.he.paillier.core import MAX_SCALE_BITS, PublicKeyBase, import_phe
+
+__all__ = ["ciphertexts_from_phe", "ciphertexts_to_phe", "read_phe"]
 
 
-def vector_to_phe(v: PaillierVector) -> list[Any]:
-    """Flat list (C order) of ``phe.EncryptedNumber`` for ``v``."""
-    from veil.he.paillier.keys import import_phe
-
+def ciphertexts_to_phe(pk: PublicKeyBase, c: np.ndarray, scale: int, *,
+                       fresh: bool) -> list[Any]:
+    """Flat list (C order) of ``phe.EncryptedNumber`` for the ciphertexts ``c`` at ``scale``
+    fractional bits (a multiple of 4); ``fresh`` ones are marked as already obfuscated."""
     phe = import_phe()
-    pub = v._pk.to_phe()
-    extra = (-v._scale) % 4
-    c = v._aligned(v._scale + extra)[0] if extra else v._c
-    exponent = -(v._scale + extra) // 4
+    pub = pk.to_phe()
+    exponent = -scale // 4
     out = []
     for ci in c.ravel().tolist():
         e = phe.EncryptedNumber(pub, int(ci), exponent)
-        if v._fresh:
+        if fresh:
             e._EncryptedNumber__is_obfuscated = True  # already fresh DJN randomness
         out.append(e)
     return out
 
 
-def vector_from_phe(
-    numbers: Any,
-    *,
-    shape: tuple[int, ...] | None,
-    max_abs: float | None,
-    allow_insecure: bool,
-) -> PaillierVector:
-    """A PaillierVector from ``phe.EncryptedNumber`` s under one key (see ``from_phe``)."""
-    from veil.he.paillier.keys import PaillierPublicKey
-
+def read_phe(numbers: Any) -> tuple[list[Any], int, list[int]]:
+    """The ``phe.EncryptedNumber`` s of ``numbers`` (flattened), their one modulus ``n`` and
+    their exponents."""
     nums = list(np.asarray(numbers, dtype=object).ravel())
     if not nums:
         raise ConfigurationError("from_phe needs at least one phe.EncryptedNumber")
@@ -60,7 +54,18 @@ def vector_from_phe(
         raise ConfigurationError("from_phe expects phe.EncryptedNumber objects") from exc
     if len(pubs) != 1:
         raise KeyMismatchError("phe numbers come from different public keys")
-    pk = PaillierPublicKey(pubs.pop(), allow_insecure=allow_insecure)
+    return nums, pubs.pop(), exps
+
+
+def ciphertexts_from_phe(
+    pk: PublicKeyBase,
+    nums: list[Any],
+    exps: list[int],
+    shape: tuple[int, ...] | None,
+    max_abs: float | None,
+) -> tuple[list[mpz], tuple[int, ...], dict[str, Any]]:
+    """Checked ciphertexts of ``nums`` under ``pk``, aligned to the smallest exponent; their
+    shape; and the vector's ``scale``, ``bound``, ``integer`` and ``encoding``."""
     target = min(min(exps), 0)
     if -4 * target > MAX_SCALE_BITS or 4 * (max(exps) - target) > MAX_SCALE_BITS:
         raise ConfigurationError(
@@ -85,7 +90,4 @@ def vector_from_phe(
     else:
         enc = FixedPointEncoding(min(scale, MAX_PRECISION_BITS), max_abs)
         bound = math.ceil(Fraction(enc.max_abs) * (1 << scale))
-    return PaillierVector._make(
-        pk, object_array(cs, shape), scale=scale, bound=bound, integer=scale == 0,
-        encoding=enc, fresh=False,
-    )
+    return cs, shape, {"scale": scale, "bound": bound, "integer": scale == 0, "encoding": enc}

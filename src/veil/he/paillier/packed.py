@@ -38,7 +38,8 @@ from veil.he.encoding import (
     is_integer_array,
 )
 from veil.he.paillier import wire
-from veil.he.serialize import DEFAULT_MAX_BYTES, pack
+from veil.he.paillier.core import Ciphertexts, check_workers
+from veil.he.paillier.parallel import decrypt_residues, encrypt_residues
 
 MAX_ADDENDS = 1 << 40
 
@@ -93,9 +94,7 @@ def encrypt_packed(
     crt: Any,
 ) -> PackedPaillierVector:
     """Encode ``x`` slot-wise and encrypt one ciphertext per ``slots`` values."""
-    from veil.he.paillier.keys import _check_workers
-
-    workers = _check_workers(workers)
+    workers = check_workers(workers)
     arr = as_plain_array(x)
     enc = FixedPointEncoding(precision_bits, max_abs)
     layout = PackingLayout.create(pk.bits, enc, max_addends)
@@ -103,18 +102,20 @@ def encrypt_packed(
     off, sb, k = layout.offset, layout.slot_bits, layout.slots
     us = [v + off for v in encode_array(arr, enc.precision_bits)]
     plain = [_pack_chunk(us[i : i + k], sb) for i in range(0, len(us), k)]
-    cs = pk._encrypt_residues(plain, crt=crt, workers=workers)
+    cs = encrypt_residues(pk, plain, crt, workers)
     return PackedPaillierVector._make(
         pk, cs, layout, arr.shape, addends=1, integer=is_integer_array(arr), fresh=True
     )
 
 
-class PackedPaillierVector:
+class PackedPaillierVector(Ciphertexts):
     """Values packed several per ciphertext; supports ``+`` with packed vectors of the same key,
     layout and shape, up to ``max_addends`` addends in total, and decryption to numpy."""
 
     __slots__ = ("_pk", "_c", "_layout", "_shape", "_addends", "_integer", "_fresh")
     __array_ufunc__ = None
+    wire_kind = wire.KIND_PACKED
+    wire_what = "packed Paillier vector"
 
     @classmethod
     def _make(
@@ -134,16 +135,8 @@ class PackedPaillierVector:
         return self
 
     @property
-    def public_key(self) -> Any:
-        return self._pk
-
-    @property
     def shape(self) -> tuple[int, ...]:
         return self._shape
-
-    @property
-    def size(self) -> int:
-        return math.prod(self._shape)
 
     @property
     def addends(self) -> int:
@@ -218,17 +211,12 @@ class PackedPaillierVector:
 
     def rerandomize(self) -> PackedPaillierVector:
         """Same plaintexts under fresh randomness."""
-        rs = self._pk._randomizers(len(self._c), None)
-        n2 = self._pk._n2
-        cs = [c * r % n2 for c, r in zip(self._c, rs)]
         return PackedPaillierVector._make(
-            self._pk, cs, self._layout, self._shape, addends=self._addends,
+            self._pk, self._rerandomized(self._c), self._layout, self._shape, addends=self._addends,
             integer=self._integer, fresh=True,
         )
 
     def _decrypt_with(self, crt: Any, workers: int = 1) -> np.ndarray:
-        from veil.he.paillier.parallel import decrypt_residues
-
         lay = self._layout
         sb, k, size = lay.slot_bits, lay.slots, self.size
         mask = (mpz(1) << sb) - 1
@@ -240,31 +228,18 @@ class PackedPaillierVector:
         prec = lay.encoding.precision_bits
         return decode_ints(vals, self._shape, scale_bits=prec, integer=self._integer)
 
-    def serialize(self, *, rerandomize: bool | None = None) -> bytes:
-        """Envelope of kind ``paillier.packed``; sums are re-randomized first by default."""
-        if rerandomize is None:
-            rerandomize = not self._fresh
-        v = self.rerandomize() if rerandomize else self
+    def _write_body(self, w: wire.Writer) -> None:
         lay = self._layout
-        w = wire.Writer()
-        w.u8(wire.BODY_VERSION)
-        w.u8(1 if self._integer else 0)
         w.u16(lay.encoding.precision_bits)
         w.f64(lay.encoding.max_abs)
         w.u64(lay.max_addends)
         w.u64(self._addends)
         w.shape(self._shape)
-        w.ciphertexts(v._c, self._pk._width)
-        return pack(wire.KIND_PACKED, w.bytes(), params_hash=self._pk._hash)
+        w.ciphertexts(self._c, self._pk._width)
 
     @classmethod
-    def load(
-        cls, data: bytes, public_key: Any, *, max_bytes: int = DEFAULT_MAX_BYTES
-    ) -> PackedPaillierVector:
-        """Load a packed vector made under ``public_key``; checks layout, counts and ciphertexts."""
-        r, flags = wire.open_payload(data, public_key, wire.KIND_PACKED, "packed Paillier vector",
-                                     max_bytes)
-        pk = public_key
+    def _read_body(cls, r: wire.Reader, flags: int, pk: Any) -> PackedPaillierVector:
+        """Checks the layout and the counts (and the ciphertexts)."""
         prec, max_abs, max_addends, addends = r.u16(), r.f64(), r.u64(), r.u64()
         if prec > MAX_PRECISION_BITS:
             raise r.fail(f"precision {prec} out of range")

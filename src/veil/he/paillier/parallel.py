@@ -16,6 +16,9 @@ from typing import Any
 
 from gmpy2 import mpz
 
+from veil.he.paillier.arith import CrtKey
+from veil.he.paillier.core import PublicKeyBase
+
 # Encrypting fewer values than this with workers > 1 runs serially: below it, starting processes
 # costs more than it saves (a 2048-bit encryption takes ~0.3-1 ms).
 PARALLEL_MIN = 2048
@@ -30,10 +33,7 @@ def _worker(args: tuple[str, int, int | None, int | None, list[int]]) -> list[in
     token, n, p, q, residues = args
     state = _STATE.get(token)
     if state is None:  # spawned worker: rebuild from the numbers
-        from veil.he.paillier.arith import CrtKey
-        from veil.he.paillier.keys import PaillierPublicKey
-
-        pk = PaillierPublicKey._trusted(mpz(n))
+        pk = PublicKeyBase._trusted(mpz(n))
         crt = CrtKey(p, q) if p is not None and q is not None else None
         state = _STATE[token] = (pk, crt)
     pk, crt = state
@@ -46,8 +46,6 @@ def _context() -> Any:
 
 
 def _decrypt_worker(args: tuple[int, int, list[int]]) -> list[int]:
-    from veil.he.paillier.arith import CrtKey
-
     p, q, cs = args
     return [int(m) for m in CrtKey(p, q).decrypt([mpz(c) for c in cs])]
 
@@ -84,3 +82,12 @@ def encrypt_residues_parallel(pk: Any, residues: list[int], crt: Any, workers: i
     finally:
         _STATE.pop(token, None)
     return [mpz(c) for part in parts for c in part]
+
+
+def encrypt_residues(pk: PublicKeyBase, residues: list[int], crt: CrtKey | None,
+                     workers: int) -> list[mpz]:
+    """``pk``'s encryptions of ``residues`` (each in ``[0, n)``); batches of at least
+    :data:`PARALLEL_MIN` with ``workers > 1`` are spread over that many processes."""
+    if workers > 1 and len(residues) >= PARALLEL_MIN:
+        return encrypt_residues_parallel(pk, residues, crt, workers)
+    return pk._encrypt_residues(residues, crt=crt)

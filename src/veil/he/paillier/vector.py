@@ -32,10 +32,9 @@ from veil.he.encoding import (
     is_integer_array,
     max_abs_int,
 )
-from veil.he.paillier import wire
-from veil.he.serialize import DEFAULT_MAX_BYTES, pack
-
-MAX_SCALE_BITS = 8192
+from veil.he.paillier import native, wire
+from veil.he.paillier.core import MAX_SCALE_BITS, Ciphertexts, PublicKeyBase
+from veil.he.paillier.parallel import decrypt_residues
 
 
 def object_array(values: list[Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -59,13 +58,16 @@ def _check_key(a: Any, b: Any, what: str) -> None:
         )
 
 
-class PaillierVector:
+class PaillierVector(Ciphertexts):
     """Encrypted array of any shape. Supports ``+ - *`` with plaintexts, ``+ -`` with vectors
     under the same key, ``sum``, ``dot``/``@``, indexing and reshape.
 
     ``scale`` is the number of fractional bits of the encrypted integers and ``bound`` the public
     worst-case ``|integer|``; both are metadata visible to whoever holds the vector.
     """
+
+    wire_kind = wire.KIND_VECTOR
+    wire_what = "Paillier vector"
 
     __slots__ = ("_pk", "_c", "_scale", "_bound", "_integer", "_encoding", "_fresh")
     __array_ufunc__ = None  # make numpy defer: ndarray * vector -> vector.__rmul__
@@ -111,20 +113,12 @@ class PaillierVector:
 
     # ----------------------------------------------------------------- metadata
     @property
-    def public_key(self) -> Any:
-        return self._pk
-
-    @property
     def shape(self) -> tuple[int, ...]:
         return self._c.shape
 
     @property
     def ndim(self) -> int:
         return self._c.ndim
-
-    @property
-    def size(self) -> int:
-        return self._c.size
 
     @property
     def scale(self) -> int:
@@ -362,45 +356,26 @@ class PaillierVector:
 
     def rerandomize(self) -> PaillierVector:
         """Same plaintexts under fresh randomness (costs about one encryption per element)."""
-        rs = self._pk._randomizers(self.size, None)
-        n2 = self._pk._n2
-        c = [ci * r % n2 for ci, r in zip(self._c.ravel().tolist(), rs)]
+        c = self._rerandomized(self._c.ravel().tolist())
         return self._like(object_array(c, self.shape), fresh=True)
 
     # ----------------------------------------------------------------- decryption / I/O
     def _decrypt_with(self, crt: Any, workers: int = 1) -> np.ndarray:
-        from veil.he.paillier.parallel import decrypt_residues
-
         residues = decrypt_residues(crt, self._c.ravel().tolist(), workers)
         n, half = self._pk._n, self._pk._half
         ints = [int(m) - n if m > half else int(m) for m in residues]
         return decode_ints(ints, self.shape, scale_bits=self._scale, integer=self._integer)
 
-    def serialize(self, *, rerandomize: bool | None = None) -> bytes:
-        """Envelope of kind ``paillier.vector``. Results of operations are re-randomized first
-        (``rerandomize=None``), so the key holder learns only the values, not the operands."""
-        if rerandomize is None:
-            rerandomize = not self._fresh
-        v = self.rerandomize() if rerandomize else self
-        w = wire.Writer()
-        w.u8(wire.BODY_VERSION)
-        w.u8(1 if self._integer else 0)
+    def _write_body(self, w: wire.Writer) -> None:
         w.u16(self._scale)
         w.u16(self._encoding.precision_bits)
         w.f64(self._encoding.max_abs)
         w.bigint(self._bound)
         w.shape(self.shape)
-        w.ciphertexts(v._c.ravel().tolist(), self._pk._width)
-        return pack(wire.KIND_VECTOR, w.bytes(), params_hash=self._pk._hash)
+        w.ciphertexts(self._c.ravel().tolist(), self._pk._width)
 
     @classmethod
-    def load(
-        cls, data: bytes, public_key: Any, *, max_bytes: int = DEFAULT_MAX_BYTES
-    ) -> PaillierVector:
-        """Load a vector made under ``public_key``; every ciphertext is range- and unit-checked."""
-        r, flags = wire.open_payload(data, public_key, wire.KIND_VECTOR, "Paillier vector",
-                                     max_bytes)
-        pk = public_key
+    def _read_body(cls, r: wire.Reader, flags: int, pk: Any) -> PaillierVector:
         scale, prec, max_abs = r.u16(), r.u16(), r.f64()
         if scale > MAX_SCALE_BITS or prec > MAX_PRECISION_BITS:
             raise r.fail(f"scale {scale} / precision {prec} out of range")
@@ -426,9 +401,9 @@ class PaillierVector:
         phe treats plaintexts above ``n/3`` as overflow, so values must fit that range. Fresh
         ciphertexts are marked as obfuscated; results are left to phe's own obfuscation.
         """
-        from veil.he.paillier.native import vector_to_phe
-
-        return vector_to_phe(self)
+        extra = (-self._scale) % 4  # phe's exponents count hex digits: align to 4 bits
+        c = self._aligned(self._scale + extra)[0] if extra else self._c
+        return native.ciphertexts_to_phe(self._pk, c, self._scale + extra, fresh=self._fresh)
 
     @classmethod
     def from_phe(
@@ -442,8 +417,7 @@ class PaillierVector:
         """Wrap ``phe.EncryptedNumber`` s (one key); ``max_abs`` declares their range (without it
         the bound is phe's ``n/3`` and any further addition is refused as a possible overflow).
         Each ciphertext is checked (``0 < c < n²``, ``gcd(c, n) = 1``)."""
-        from veil.he.paillier.native import vector_from_phe
-
-        return vector_from_phe(
-            numbers, shape=shape, max_abs=max_abs, allow_insecure=allow_insecure
-        )
+        nums, n, exponents = native.read_phe(numbers)
+        pk = PublicKeyBase.key_class(n, allow_insecure=allow_insecure)
+        cs, shape, fields = native.ciphertexts_from_phe(pk, nums, exponents, shape, max_abs)
+        return cls._make(pk, object_array(cs, shape), **fields, fresh=False)

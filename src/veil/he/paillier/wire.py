@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
 
 import gmpy2
 from gmpy2 import mpz
@@ -139,7 +138,7 @@ class Reader:
             raise self.fail(f"{len(self.body) - self.pos} unexpected trailing bytes")
 
 
-def check_ciphertext(c: mpz, n: mpz, n2: mpz, *, index: int, error) -> None:
+def check_ciphertext(c: mpz, n: mpz, n2: mpz, *, index: int, error: type[Exception]) -> None:
     """Raise ``error(reason)`` unless ``0 < c < n²`` and ``gcd(c, n) = 1``."""
     if not 0 < c < n2:
         raise error(f"ciphertext at flat index {index} is outside 0 < c < n^2")
@@ -147,24 +146,3 @@ def check_ciphertext(c: mpz, n: mpz, n2: mpz, *, index: int, error) -> None:
         raise error(
             f"ciphertext at flat index {index} shares a factor with n (not a unit mod n^2)"
         )
-
-
-def open_payload(data: bytes, public_key: Any, kind: str, what: str,
-                 max_bytes: int) -> tuple[Reader, int]:
-    """Check the key type, open the envelope for ``public_key`` and read the common prologue
-    (format version, flags 0/1); returns the reader positioned after the flags, and the flags."""
-    from veil.errors import ConfigurationError
-    from veil.he.paillier.keys import PaillierPublicKey
-    from veil.he.serialize import unpack
-
-    if not isinstance(public_key, PaillierPublicKey):
-        raise ConfigurationError(
-            f"public_key must be a PaillierPublicKey, got {type(public_key).__name__}"
-        )
-    env = unpack(data, kind=kind, params_hash=public_key._hash, max_bytes=max_bytes)
-    r = Reader(env.body, what)
-    r.version()
-    flags = r.u8()
-    if flags not in (0, 1):
-        raise r.fail(f"unknown flags {flags:#x}")
-    return r, flags

@@ -1,6 +1,8 @@
 """CKKS inference of torch models: fix activations, plan parameters, compile, run.
 
-Modules: ``fix`` (polynomial replacements and activation ranges), ``plan`` (depth, slots,
-rotations and parameters before any encryption), ``infer`` (the compiled model, input encryption
-and output decryption), ``lanes`` (the single-sample slot layout).
+Modules, in dependency order: ``stages`` (internal: lowering into stages, depth and slot
+checks), ``values`` (internal: the encrypted input/output), ``lanes`` (the single-sample taps
+layout), ``plan`` (depth, slots, rotations and parameters before any encryption), ``infer``
+(the compiled model, input encryption and output decryption), and ``fix`` (polynomial
+replacements and activation ranges).
 """

@@ -68,7 +68,7 @@ def fix(net: nn.Module, *, relu: str = "poly", sigmoid: str = "poly", tanh: str 
     ``maxpool``: ``"avg"`` or ``"keep"``; ``softmax``: ``"drop"`` or ``"keep"``.
     The changes are in ``result.veil_changes`` (a list of :class:`Change`).
     """
-    from veil.models.convert import _Tracer
+    from veil.models.convert import Tracer
 
     choice = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh, "gelu": gelu}
     for key, val in [*choice.items(), ("maxpool", maxpool), ("softmax", softmax)]:
@@ -79,7 +79,7 @@ def fix(net: nn.Module, *, relu: str = "poly", sigmoid: str = "poly", tanh: str 
     fits = {k: approximate(k, domain, degree) for k, v in choice.items() if v == "poly"}
     base = copy.deepcopy(net).eval()
     try:
-        graph = _Tracer().trace(base)
+        graph = Tracer().trace(base)
     except Exception as exc:
         raise ConfigurationError(
             f"models.fix could not trace {type(net).__name__} with torch.fx ({exc}); remove "
@@ -148,9 +148,9 @@ def activation_ranges(net: nn.Module, x: torch.Tensor) -> dict[str, tuple[float,
 
     Use it to choose the ``domain`` of :func:`fix` (add a margin).
     """
-    from veil.models.convert import _Tracer
+    from veil.models.convert import Tracer
 
-    gm = torch.fx.GraphModule(net, _Tracer().trace(net))
+    gm = torch.fx.GraphModule(net, Tracer().trace(net))
     modules = dict(gm.named_modules())
     acts = [n for n in gm.graph.nodes if _act_kind(n, modules) is not None or (
         n.op == "call_module" and isinstance(modules[n.target], PolyActivation))]

@@ -23,83 +23,35 @@ Layouts:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from veil.errors import ConfigurationError, DepthExhaustedError, SerializationError
-from veil.models.ckks.plan import LAYOUTS, Stage, _depths, as_program, lower
+from veil.errors import ConfigurationError, DepthExhaustedError, VeilError
+from veil.models.ckks.lanes import LanesModel, LanesSpec, encode_taps
+from veil.models.ckks.plan import Plan, lanes_lowering
+from veil.models.ckks.stages import Stage, as_program, check_slots, depths, lower
+from veil.models.ckks.values import EncryptedValues
 from veil.models.ir import Program
+from veil.protocols.inference import PublicPlan
 
 __all__ = ["EncryptedValues", "CompiledModel", "compile", "encrypt_input", "decrypt_output"]
 
 
-@dataclass
-class EncryptedValues:
-    """Encrypted model input or output in one of the two layouts.
-
-    ``tensors``: batched layout, one ``CKKSTensor`` of shape ``(n_samples,)`` per feature;
-    single layout, the segments (1-D ``CKKSTensor``) whose concatenation is the flattened
-    sample (one segment, or one per output channel after an im2col convolution).
-    """
-
-    layout: str
-    n_samples: int
-    tensors: list[Any]
-    windows: int = 0  # im2col windows of an encoded input (0: not im2col)
-    outputs: int = 0  # single layout: values per sample to keep (0: all); taps-layout outputs
-
-    @property
-    def size(self) -> int:
-        """Values per sample."""
-        return len(self.tensors) if self.layout == "batched" else sum(t.size for t in self.tensors)
-
-    def serialize(self) -> bytes:
-        """Envelope ``models.encrypted``: header plus one ``ckks.tensor`` envelope per tensor."""
-        from veil.protocols.inference import KIND_ENCRYPTED, pack_frames
-
-        header = {"layout": self.layout, "n_samples": self.n_samples, "windows": self.windows,
-                  "count": len(self.tensors), "outputs": self.outputs}
-        return pack_frames(KIND_ENCRYPTED, header, [t.serialize() for t in self.tensors])
-
-    @classmethod
-    def load(cls, ctx: Any, data: bytes, *, max_bytes: int = 1 << 30) -> EncryptedValues:
-        """Parse :meth:`serialize` output under ``ctx`` (public or secret), checking everything."""
-        from veil.protocols.inference import KIND_ENCRYPTED, unpack_frames
-
-        header, frames = unpack_frames(data, KIND_ENCRYPTED, max_bytes=max_bytes)
-        try:
-            layout, n, windows = header["layout"], header["n_samples"], header["windows"]
-            outputs = header.get("outputs", 0)
-            ok = (layout in LAYOUTS and isinstance(n, int) and n > 0 and isinstance(windows, int)
-                  and windows >= 0 and header["count"] == len(frames) and frames
-                  and isinstance(outputs, int) and not isinstance(outputs, bool)
-                  and outputs >= 0)
-        except KeyError as exc:
-            raise SerializationError(f"models.encrypted header lacks {exc}") from exc
-        if not ok:
-            raise SerializationError(f"models.encrypted: invalid header {header!r}")
-        tensors = [ctx.load_tensor(f, max_bytes=max_bytes) for f in frames]
-        for t in tensors:
-            if len(t.shape) != 1 or (layout == "batched" and t.shape != (n,)):
-                raise SerializationError(
-                    f"models.encrypted: tensor of shape {t.shape} does not fit layout {layout} "
-                    f"with {n} samples"
-                )
-        if outputs and (layout != "single" or sum(t.size for t in tensors) < outputs):
-            raise SerializationError(f"models.encrypted: {outputs} outputs do not fit the tensors")
-        return cls(layout, n, tensors, windows, outputs)
-
-
-def encrypt_input(ctx: Any, x: Any, plan: Any) -> EncryptedValues:
-    """Client: encrypt ``x`` in the layout of ``plan`` (a :class:`Plan` or its ``summary()``).
+def encrypt_input(ctx: Any, x: Any, plan: Plan | PublicPlan) -> EncryptedValues:
+    """Client: encrypt ``x`` in the layout of ``plan`` (a :class:`Plan` or a
+    :class:`~veil.protocols.inference.PublicPlan`, e.g. ``PublicPlan.from_dict`` of a server's).
 
     Batched: ``x`` of shape ``(n, *input_shape)``. Single: one sample, ``input_shape`` or
     ``(1, *input_shape)``. Values must be finite and below the parameters' ``max_abs_value``.
     """
-    info = plan.summary() if hasattr(plan, "summary") else dict(plan)
-    layout, shape = info["layout"], tuple(info["input_shape"])
+    info = plan.public() if isinstance(plan, Plan) else plan
+    if not isinstance(info, PublicPlan):
+        raise ConfigurationError(
+            f"encrypt_input needs a models.Plan or a PublicPlan, got {type(plan).__name__}; "
+            "rebuild a server's JSON plan with PublicPlan.from_dict"
+        )
+    layout, shape = info.layout, tuple(info.input_shape)
     arr = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
     feats = math.prod(shape)
     if layout == "batched":
@@ -118,10 +70,8 @@ def encrypt_input(ctx: Any, x: Any, plan: Any) -> EncryptedValues:
             f"single-sample input must have shape {shape} or (1, *{shape}), got {arr.shape}; "
             "use layout='batched' for many samples"
         )
-    enc = info["input_encoding"]
+    enc = info.input_encoding
     if enc["kind"] == "taps":
-        from veil.models.ckks.lanes import encode_taps
-
         vecs = encode_taps(arr.reshape(-1), enc, ctx.params.slots)
         return EncryptedValues("single", 1, [ctx.encrypt(v) for v in vecs])
     if enc["kind"] == "im2col":
@@ -150,16 +100,16 @@ class CompiledModel:
     or uses a secret key. Call it on :class:`EncryptedValues` made by :func:`encrypt_input`.
     """
 
-    def __init__(self, prog: Program, stages: list[Stage], ctx: Any, layout: str,
-                 depth: int, summary: dict[str, Any]) -> None:
+    def __init__(self, prog: Program, stages: list[Stage], ctx: Any, public: PublicPlan,
+                 depth: int) -> None:
         self._prog, self._stages, self._ctx = prog, stages, ctx
-        self.layout, self.depth = layout, depth
-        self._summary = summary
+        self.layout, self.depth = public.layout, depth
+        self._public = public
         self._bias_cache: dict[str, Any] = {}
 
-    def summary(self) -> dict[str, Any]:
-        """The public plan clients need (layout, input shape and encoding, parameters)."""
-        return dict(self._summary)
+    def public(self) -> PublicPlan:
+        """The public plan clients encrypt with (layout, input shape and encoding, parameters)."""
+        return self._public
 
     @property
     def input_size(self) -> int:
@@ -173,14 +123,15 @@ class CompiledModel:
         if enc.layout != self.layout:
             raise ConfigurationError(
                 f"input is in the {enc.layout!r} layout but the model was compiled for "
-                f"{self.layout!r}; encrypt with this model's summary()"
+                f"{self.layout!r}; encrypt with this model's public()"
             )
-        want_im2col = self._summary["input_encoding"]["kind"] == "im2col"
+        kind = self._public.input_encoding["kind"]
+        want_im2col = kind == "im2col"
         if (enc.windows > 0) != want_im2col or (not want_im2col and enc.size != self.input_size):
             raise ConfigurationError(
                 f"encrypted input holds {enc.size} values per sample (im2col windows "
                 f"{enc.windows}); this model expects {self.input_size} values encoded as "
-                f"{self._summary['input_encoding']['kind']}"
+                f"{kind}"
             )
         run = self._batched if self.layout == "batched" else self._single
         env: dict[str, list[Any]] = {self._prog.input_name: list(enc.tensors)}
@@ -251,61 +202,99 @@ class CompiledModel:
         return [t for seg in ins for t in seg]
 
 
-def compile(net: Any, ctx: Any, *, input_shape: Any = None,
-            layout: str = "batched") -> CompiledModel:
-    """Server: prepare ``net`` for encrypted inference under ``ctx`` (a public context is enough).
+def compile(net: Any, ctx: Any, plan: Plan) -> CompiledModel | LanesModel:
+    """Server: prepare ``net`` for encrypted inference under ``ctx`` with ``plan``.
 
-    Checks before anything runs that ``ctx`` has the depth the model needs
-    (:class:`DepthExhaustedError` naming the layer otherwise), the slots (single layout) and,
-    for the single layout, Galois keys.
+    ``plan`` is ``models.plan(net, input_shape, layout=...)``: its layout, input shape, stages
+    and parameters are used as they are (nothing is planned again); ``net`` supplies the
+    weights (a public context is enough). Before anything runs it checks that ``plan`` fits
+    ``net`` (same input shape and stages) and ``ctx`` (:class:`DepthExhaustedError` naming the
+    layer when ``ctx`` has too few levels, Galois keys when the plan needs them, then the
+    plan's exact parameters); each mismatch is a :class:`ConfigurationError` saying how to fix it.
     """
-    prog = as_program(net, input_shape)
+    if not isinstance(plan, Plan):
+        raise ConfigurationError(
+            f"compile needs the models.Plan of this net, got {type(plan).__name__}; pass "
+            "models.compile(net, ctx, models.plan(net, input_shape, layout=...))"
+        )
+    prog = _program_for(net, plan)
     if not prog.has_params:
         raise ConfigurationError("compile needs the model with its weights (server side)")
-    if layout == "single":
-        fast = _compile_lanes(prog, ctx)
-        if fast is not None:
-            return fast
-    stages = lower(prog, layout)
-    used = _depths(stages, prog)
-    depth = used[prog.output]
+    if plan.lanes is not None:
+        return _compile_lanes(prog, ctx, plan)
+    stages = lower(prog, plan.layout)
+    _check_stages(stages, plan)
+    used = depths(stages, prog)
+    _check_context(ctx, plan, used[prog.output], stages, used)
+    check_slots(stages, ctx.params.slots, plan.layout, prog)
+    return CompiledModel(prog, stages, ctx, plan.public(), used[prog.output])
+
+
+def _refit(detail: str, plan: Plan) -> ConfigurationError:
+    return ConfigurationError(
+        f"the plan does not fit this net: {detail}; make the plan from the net you compile: "
+        f"models.plan(net, {tuple(plan.input_shape)}, layout={plan.layout!r})"
+    )
+
+
+def _program_for(net: Any, plan: Plan) -> Program:
+    """``net`` converted for the plan's input shape (a clear error when it does not take it)."""
+    shape = tuple(plan.input_shape)
+    if isinstance(net, Program) and tuple(net.input_shape) != shape:
+        raise _refit(f"the plan is for input shape {shape}, the program takes "
+                     f"{tuple(net.input_shape)}", plan)
+    try:
+        return as_program(net, shape)
+    except (VeilError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise _refit(f"the net does not run on inputs of the plan's shape {shape} ({exc})",
+                     plan) from exc
+
+
+def _check_stages(stages: list[Stage], plan: Plan) -> None:
+    def rows(ss: list[Stage]) -> list[tuple[str, int, int, int]]:
+        return [(s.kind, s.in_size, s.out_size, s.depth) for s in ss]
+
+    have, want = rows(stages), rows(plan.stages)
+    if have != want:
+        i = next((k for k, (a, b) in enumerate(zip(have, want)) if a != b),
+                 min(len(have), len(want)))
+        got = f"{have[i][0]} {have[i][1]} -> {have[i][2]}" if i < len(have) else "nothing"
+        exp = f"{want[i][0]} {want[i][1]} -> {want[i][2]}" if i < len(want) else "nothing"
+        raise _refit(f"stage {i} of the net is {got}, the plan has {exp}", plan)
+
+
+def _check_context(ctx: Any, plan: Plan, depth: int, stages: list[Stage],
+                   used: dict[str, int]) -> None:
+    """The context has the levels, the Galois keys and the exact parameters of ``plan``."""
     params = ctx.params
     if depth > params.depth:
-        culprit = next(s for s in stages if used[s.name] > params.depth)
+        culprit = next((s.layers for s in stages if used[s.name] > params.depth), "the output")
         raise DepthExhaustedError(
             f"the model needs depth {depth} but the context provides {params.depth}; it runs out "
-            f"at {culprit.layers}. Create the context from models.plan(net, input_shape, "
-            f"layout={layout!r}).params"
+            f"at {culprit}. Create the context from models.plan(net, input_shape, "
+            f"layout={plan.layout!r}).params"
         )
-    if layout == "single" and not ctx.has_galois_keys:
+    if plan.galois_keys and not ctx.has_galois_keys:
         raise ConfigurationError(
             "the single-sample layout uses rotations and needs Galois keys; generate the "
             "context with galois_keys=True (or use layout='batched', which needs none)"
         )
-    from veil.models.ckks.plan import _check_slots
-
-    _check_slots(stages, params.slots, layout, prog)
-    enc: dict[str, Any] = {"kind": "features" if layout == "batched" else "vector"}
-    if stages and stages[0].kind == "im2col":
-        d = stages[0].data
-        enc = {"kind": "im2col", "kernel_size": list(d["kernels"].shape[1:]),
-               "stride": d["stride"], "padding": d["padding"]}
-    summary = {"layout": layout, "input_shape": list(prog.input_shape),
-               "output_size": math.prod(prog.op(prog.output).shape), "depth": depth,
-               "params": params.describe(), "galois_keys": layout == "single",
-               "input_encoding": enc}
-    return CompiledModel(prog, stages, ctx, layout, depth, summary)
+    if params.describe() != plan.params.describe():
+        raise ConfigurationError(
+            f"the context was made with parameters {params.describe()}, the plan needs "
+            f"{plan.params.describe()}; generate it with he.CKKSContext.generate(plan.params, "
+            "galois_keys=plan.galois_keys)"
+        )
 
 
-def _compile_lanes(prog: Program, ctx: Any) -> Any:
-    """The taps-layout model (:mod:`veil.models.ckks.lanes`) when ``prog`` qualifies."""
-    from veil.models.ckks.lanes import LanesModel, LanesSpec
-    from veil.models.ckks.plan import lanes_lowering
-
-    params = ctx.params
-    _, spec = lanes_lowering(prog, params.slots)
+def _compile_lanes(prog: Program, ctx: Any, plan: Plan) -> LanesModel:
+    """The taps-layout model (:mod:`veil.models.ckks.lanes`) of a plan that uses it."""
+    stages, spec = lanes_lowering(prog, plan.params.slots)
     if not isinstance(spec, LanesSpec):
-        return None
+        raise _refit(f"the plan uses the taps layout, which this net does not fit ({spec})", plan)
+    if spec.encoding() != plan.input_encoding:
+        raise _refit("the taps geometry (receptive fields, lanes) differs from the plan's", plan)
+    params = ctx.params
     if spec.depth > params.depth:
         raise DepthExhaustedError(
             f"the model needs depth {spec.depth} in the single-sample (taps) layout but the "
@@ -317,7 +306,5 @@ def _compile_lanes(prog: Program, ctx: Any) -> Any:
             "the single-sample layout sums blocks with rotations and needs Galois keys; "
             "generate the context with galois_keys=True (or use layout='batched')"
         )
-    summary = {"layout": "single", "input_shape": list(prog.input_shape),
-               "output_size": spec.n_out, "depth": spec.depth, "params": params.describe(),
-               "galois_keys": True, "input_encoding": spec.encoding()}
-    return LanesModel(spec, ctx, summary, math.prod(prog.input_shape))
+    _check_context(ctx, plan, spec.depth, stages, {})
+    return LanesModel(spec, ctx, plan.public(), math.prod(prog.input_shape))

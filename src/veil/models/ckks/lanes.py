@@ -40,6 +40,9 @@ from typing import Any
 import numpy as np
 
 from veil.errors import ConfigurationError
+from veil.models.ckks.stages import affine_matrix
+from veil.models.ckks.values import EncryptedValues
+from veil.protocols.inference import PublicPlan
 
 __all__ = ["LanesSpec", "analyze", "encode_taps", "LanesModel", "MAX_TAPS", "INTEGER_BITS"]
 
@@ -88,15 +91,13 @@ def _quadratic(stage: Any) -> tuple[float, float, float] | None:
 
 def _ones_pattern(prog: Any, stage: Any, in_shape: tuple[int, ...]) -> np.ndarray:
     """Nonzero pattern of a stage's map with every weight set to 1 (public geometry)."""
-    from veil.models.ckks.plan import _affine_matrix
-
     ops = []
     for op in stage.data["ops"]:
         o = copy.copy(op)
         if op.params:
             o.params = {k: v.new_ones(v.shape) for k, v in op.params.items()}
         ops.append(o)
-    m, _ = _affine_matrix(ops, in_shape)
+    m, _ = affine_matrix(ops, in_shape)
     return np.abs(m) > 0
 
 
@@ -233,22 +234,21 @@ class LanesModel:
 
     layout = "single"
 
-    def __init__(self, spec: LanesSpec, ctx: Any, summary: dict[str, Any], n_in: int) -> None:
-        self._spec, self._ctx, self._summary = spec, ctx, summary
+    def __init__(self, spec: LanesSpec, ctx: Any, public: PublicPlan, n_in: int) -> None:
+        self._spec, self._ctx, self._public = spec, ctx, public
         self.depth = spec.depth
         self.input_size = n_in
 
-    def summary(self) -> dict[str, Any]:
-        return dict(self._summary)
+    def public(self) -> PublicPlan:
+        """The public plan clients encrypt with."""
+        return self._public
 
-    def __call__(self, enc: Any) -> Any:
-        from veil.models.ckks.infer import EncryptedValues
-
+    def __call__(self, enc: EncryptedValues) -> EncryptedValues:
         sp = self._spec
         if not isinstance(enc, EncryptedValues) or enc.layout != "single":
             raise ConfigurationError(
                 "expected single-layout EncryptedValues from models.encrypt_input with this "
-                "model's summary()"
+                "model's public()"
             )
         if len(enc.tensors) != sp.taps or any(t.size != sp.slots for t in enc.tensors):
             raise ConfigurationError(

@@ -7,8 +7,9 @@ CrypTen's ``crypten/nn/onnx_converter.py`` imports ``torch.onnx.symbolic_registr
 ``registry`` refuses every use with a clear error, and remove it again afterwards so nothing else
 in the process ever sees it.
 
-This is the only module of Veil that imports ``crypten``; everything else calls
-:func:`import_crypten`.
+This is the only module of Veil that imports ``crypten``: :func:`load_crypten` imports it bare;
+everything else calls :func:`veil.mpc._crypten.import_crypten`, which adds the import-stage
+patches of :data:`veil.mpc._crypten.patches.PATCHES` (among them :func:`make_fixed_point_decode`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ def _needs_stand_in() -> bool:
     return False
 
 
-def import_crypten() -> Any:
-    """Import and return the ``crypten`` module, applying Veil's compatibility shim once.
+def load_crypten() -> Any:
+    """Import and return the bare ``crypten`` module (the ONNX stand-in only while importing).
+
+    Veil's code calls :func:`veil.mpc._crypten.import_crypten` instead, which also applies the
+    import-stage patches.
 
     Raises :class:`BackendUnavailableError` naming the install command when crypten (or one of
     the packages it needs at import time) is missing.
@@ -89,13 +93,12 @@ def import_crypten() -> Any:
         finally:
             if stand_in is not None and sys.modules.get(_REGISTRATION) is stand_in:
                 del sys.modules[_REGISTRATION]
-        _fix_fixed_point_decode(crypten)
         _crypten = crypten
         return crypten
 
 
-def _fix_fixed_point_decode(crypten: Any) -> None:
-    """Replace ``FixedPointEncoder.decode``, which is wrong for negative non-integers.
+def make_fixed_point_decode(_original: Any) -> Any:
+    """The replacement of ``FixedPointEncoder.decode``, which is wrong for negative non-integers.
 
     CrypTen 0.4.1 floors negative encodings by ``scale - 1`` instead of ``scale``, so e.g.
     ``-7.99999`` (``-524287`` at 16 bits) decodes to ``-8.99998``: every revealed negative value
@@ -104,10 +107,7 @@ def _fix_fixed_point_decode(crypten: Any) -> None:
     ``t / s`` for every int64 ``t``.
     """
     from crypten.common.tensor_types import is_int_tensor
-    from crypten.encoder import FixedPointEncoder, nearest_integer_division
-
-    if getattr(FixedPointEncoder.decode, "_veil_fixed", False):
-        return
+    from crypten.encoder import nearest_integer_division
 
     def decode(self: Any, tensor: Any) -> Any:
         if tensor is None:
@@ -120,5 +120,4 @@ def _fix_fixed_point_decode(crypten: Any) -> None:
             return (quotient.float() + remainder.float() / self._scale).data
         return nearest_integer_division(tensor, self._scale).data
 
-    decode._veil_fixed = True  # type: ignore[attr-defined]
-    FixedPointEncoder.decode = decode
+    return decode

@@ -7,7 +7,8 @@ torch's legacy loader) and can be extended at run time (``register_safe_class``,
 ``crypten.load_from_party`` does for a caller-chosen class); the size header is a peer-chosen
 int32 used to allocate the receive buffer before anything is checked.
 
-:func:`install` replaces the three methods of CrypTen's ``DistributedCommunicator`` with a
+:func:`veil.mpc._crypten.install` replaces the three methods of CrypTen's
+``DistributedCommunicator`` (:func:`send_obj`, :func:`recv_obj`, :func:`broadcast_obj`) with a
 pickle-free encoding (tagged JSON) that can carry exactly what MPC code exchanges: ``None``,
 bools, ints, floats, strings, bytes, lists, tuples, dicts, ``torch.Size``, ``torch.device`` and
 plain numeric tensors. Anything else is refused at the *sender* with a clear error. On receipt,
@@ -27,13 +28,13 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from typing import Any
 
 from veil.errors import SerializationError, UnsupportedOperationError
 
 __all__ = [
-    "MAX_MESSAGE_BYTES", "MAGIC", "encode", "decode", "check_dealer_request", "install",
+    "MAX_MESSAGE_BYTES", "MAGIC", "encode", "decode", "check_dealer_request", "send_obj",
+    "recv_obj", "broadcast_obj", "refuse_pickle", "refuse_register",
 ]
 
 MAGIC = b"VLM1"
@@ -43,7 +44,6 @@ _TENSOR_DTYPES = (
     "bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32",
     "float64",
 )
-_lock = threading.Lock()
 
 
 # ------------------------------------------------------------------------------ encoding
@@ -356,33 +356,16 @@ def broadcast_obj(self: Any, obj: Any, src: int, group: Any = None) -> Any:
     return decode(data.numpy().tobytes())
 
 
-def install(crypten: Any) -> None:
-    """Replace CrypTen's pickle-based object messages in this process (idempotent).
-
-    Every process of a session (parties and dealer) must call it before the first object
-    message; :func:`veil.mpc._crypten.rng.install` and :func:`veil.mpc.accounting.install` both do.
-    """
-    with _lock:
-        cls = crypten.communicator.DistributedCommunicator
-        if getattr(cls, "_veil_safe_messages", False):
-            return
-        cls.send_obj = send_obj
-        cls.recv_obj = recv_obj
-        cls.broadcast_obj = broadcast_obj
-        cls._veil_safe_messages = True
-        serial = crypten.common.serial
-        serial.restricted_loads = _refuse_pickle
-        serial.register_safe_class = _refuse_register
-
-
-def _refuse_pickle(_data: Any) -> Any:
+def refuse_pickle(_data: Any) -> Any:
+    """Replaces ``crypten.common.serial.restricted_loads``: nothing from a peer is unpickled."""
     raise SerializationError(
         "CrypTen tried to unpickle bytes that crossed a process boundary; Veil refuses all "
         "unpickling of peer data (use veil.mpc's messages: tensors, numbers, tuples, dicts)"
     )
 
 
-def _refuse_register(input_class: Any) -> None:
+def refuse_register(input_class: Any) -> None:
+    """Replaces ``crypten.common.serial.register_safe_class``: the allowlist cannot grow."""
     raise UnsupportedOperationError(
         f"registering {input_class!r} as safe to unpickle is disabled by Veil: no object from "
         "another party is ever unpickled"

@@ -4,8 +4,8 @@ CrypTen 0.4.1 draws all of its secret randomness from torch's MT19937 generators
 64 bits (``crypten.generators["prev" | "next" | "local" | "global"]``, the dealer's per-party
 generators in ``crypten/mpc/provider/ttp_provider.py``, whose seeds come from torch's *global*
 generator). MT19937 is not a CSPRNG: 624 consecutive outputs reveal its state, and a 64-bit seed
-can be searched. :func:`install` replaces all of it, from Veil's side (site-packages is never
-edited):
+can be searched. ``veil.mpc._crypten.install`` replaces all of it with this module's functions,
+from Veil's side (site-packages is never edited):
 
 * ``crypten.common.rng.generate_random_ring_element`` / ``generate_kbit_random_tensor`` (and the
   copies imported by name into the arithmetic, binary, TTP and TFP modules) draw from a
@@ -27,10 +27,11 @@ edited):
 Who learns what: the ``next`` key is learned by the next party, the dealer keys by the dealer,
 the global key by all parties; no key is ever logged, pickled or shown in ``repr``.
 
-Wiring: ``install(crypten)`` must run in **every** party process and in the dealer process. In
-the dealer it must run before ``TTPServer()`` starts (its key hand-out is patched in). In the
-parties it may run before ``crypten.init()`` (keys are then agreed inside ``init``) or right
-after it (keys are then agreed inside ``install``; every party calls it at the same point).
+Wiring: ``veil.mpc._crypten.install(crypten)`` must run in **every** party process and in the
+dealer process. In the dealer it must run before ``TTPServer()`` starts (its key hand-out is
+patched in). In the parties it may run before ``crypten.init()`` (keys are then agreed inside
+``init``) or right after it (keys are then agreed inside ``install`` by
+:func:`rekey_if_initialized`; every party calls it at the same point).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from typing import Any
 from veil.errors import ConfigurationError, UnsupportedOperationError
 
 __all__ = [
-    "KEY_BYTES", "SecureStream", "chacha20_torch", "install", "is_installed", "local_stream",
+    "KEY_BYTES", "SecureStream", "chacha20_torch", "local_stream", "generate_random_ring_element",
+    "generate_kbit_random_tensor", "client_setup", "server_setup", "setup_prng",
+    "refuse_manual_seed", "bind", "rekey_if_initialized",
 ]
 
 KEY_BYTES = 32
@@ -236,7 +239,7 @@ def _stream_for(generator: Any) -> SecureStream:
         return generator
     raise UnsupportedOperationError(
         f"CrypTen asked for secret randomness from {type(generator).__name__} (torch's MT19937, "
-        "not a CSPRNG); Veil replaces every such generator in veil.mpc._crypten.rng.install(), "
+        "not a CSPRNG); Veil replaces every such generator in veil.mpc._crypten.install(), "
         "so this code path is not covered yet: pass a SecureStream or generator=None"
     )
 
@@ -379,7 +382,7 @@ def _receive_dealer_key(crypten: Any, client: Any) -> None:
     _install_client_streams(client, _tensor_key(buf))
 
 
-def _patched_client_setup(self: Any) -> None:
+def client_setup(self: Any) -> None:
     """Party side of the dealer hand-shake: CrypTen's (unused) seed, then Veil's 256-bit key."""
     import torch
     import torch.distributed as dist
@@ -392,7 +395,7 @@ def _patched_client_setup(self: Any) -> None:
     _receive_dealer_key(crypten, self)
 
 
-def _patched_server_setup(self: Any) -> None:
+def server_setup(self: Any) -> None:
     """Dealer side: CrypTen's seed message (kept for the hand-shake, unused), then one fresh
     256-bit key per party, each sent to that party only."""
     import torch
@@ -416,14 +419,16 @@ def _patched_server_setup(self: Any) -> None:
         req.wait()
 
 
-def _refuse_manual_seed(*_args: Any, **_kwargs: Any) -> None:
+def refuse_manual_seed(*_args: Any, **_kwargs: Any) -> None:
+    """Replaces ``crypten.manual_seed``: shares cannot be seeded."""
     raise UnsupportedOperationError(
         "crypten.manual_seed is disabled by Veil: shares and masks come from a CSPRNG keyed "
         "from os.urandom and cannot be seeded; compare revealed results instead of shares"
     )
 
 
-def _patched_setup_prng() -> None:
+def setup_prng() -> None:
+    """Replaces ``crypten._setup_prng`` (run by ``crypten.init``): agree 256-bit keys."""
     _agree_prss_keys(_crypten_module())
 
 
@@ -433,57 +438,20 @@ _state: dict[str, Any] = {"crypten": None}
 def _crypten_module() -> Any:
     crypten = _state["crypten"]
     if crypten is None:  # pragma: no cover - only reachable if install() was bypassed
-        from veil.mpc._crypten.compat import import_crypten
+        from veil.mpc._crypten.compat import load_crypten
 
-        crypten = import_crypten()
+        crypten = load_crypten()
     return crypten
 
 
-def is_installed(crypten: Any) -> bool:
-    """Whether :func:`install` has patched this process's ``crypten``."""
-    return bool(getattr(crypten, "_veil_rng_installed", False))
+def bind(crypten: Any) -> None:
+    """The ``crypten`` module the replacements above work on (set by the installer)."""
+    _state["crypten"] = crypten
 
 
-def _patch_functions(crypten: Any) -> None:
-    import sys
-
-    originals = {
-        "generate_random_ring_element": generate_random_ring_element,
-        "generate_kbit_random_tensor": generate_kbit_random_tensor,
-    }
-    for name, module in list(sys.modules.items()):
-        if module is None or not (name == "crypten" or name.startswith("crypten.")):
-            continue
-        for attr, replacement in originals.items():
-            if callable(getattr(module, attr, None)):
-                setattr(module, attr, replacement)
-
-
-def install(crypten: Any) -> None:
-    """Make every share, mask, PRSS stream and dealer triple in this process come from ChaCha20.
-
-    Idempotent. Patches CrypTen's random functions, its PRSS set-up (run by ``crypten.init``)
-    and both ends of the dealer hand-shake. If ``crypten`` is already initialized in a party
-    process and its keys are still CrypTen's 64-bit ones, fresh 256-bit keys are agreed now:
-    every party (and, for the dealer provider, the dealer's patched set-up) must take part.
-    """
-    with _lock:
-        if not is_installed(crypten):
-            _state["crypten"] = crypten
-            _patch_functions(crypten)
-            ttp = crypten.mpc.provider.ttp_provider
-            ttp.TTPClient._TTPClient__TTPClient._setup_generators = _patched_client_setup
-            ttp.TTPServer._setup_generators = _patched_server_setup
-            crypten._setup_prng = _patched_setup_prng
-            crypten.manual_seed = _refuse_manual_seed
-            crypten._veil_rng_installed = True
-    from veil.mpc._crypten import messages as _messages
-
-    _messages.install(crypten)
-    _rekey_if_initialized(crypten)
-
-
-def _rekey_if_initialized(crypten: Any) -> None:
+def rekey_if_initialized(crypten: Any) -> None:
+    """In a party whose ``crypten.init()`` already ran with CrypTen's 64-bit keys: agree fresh
+    256-bit keys now (every party, and the dealer's patched set-up, take part)."""
     import torch
 
     if not crypten.communicator.is_initialized():

@@ -69,10 +69,10 @@ def run_party(
                            kwargs=kwargs, fail_fast=_fail_fast)
     finally:
         if dealer is not None:
-            from veil.mpc._runtime.launch import _kill_all
+            from veil.mpc._runtime.launch import kill_all
 
             proc, conns = dealer
-            _kill_all([proc], graceful=True)
+            kill_all([proc], graceful=True)
             for c in conns:
                 c.close()
 
@@ -104,14 +104,14 @@ def _start_local_dealer(master: str, config: Any) -> tuple[Any, list[Any]]:
     """
     import multiprocessing
 
-    from veil.mpc._crypten.compat import import_crypten
-    from veil.mpc._runtime.launch import _child_main
+    from veil.mpc._crypten import import_crypten
+    from veil.mpc._runtime.launch import child_main
 
     import_crypten()
     ctx = multiprocessing.get_context("fork")
     out_r, out_w = ctx.Pipe(duplex=False)
     life_r, life_w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, daemon=True, name="veil-mpc-dealer",
+    proc = ctx.Process(target=child_main, daemon=True, name="veil-mpc-dealer",
                        args=(config.world_size, master, config, None, (), out_w, life_r))
     proc.start()
     out_w.close()

@@ -127,7 +127,7 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | None,
+def child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | None,
                 args: tuple[Any, ...], out: Any, life: Any, store_path: str | None = None
                 ) -> None:
     """Entry point of every local party / dealer process."""
@@ -233,7 +233,7 @@ def run(
                 life_r, life_w = ctx.Pipe(duplex=False)
                 job_args = args + per_party[rank] if rank < parties else ()
                 proc = ctx.Process(
-                    target=_child_main, daemon=True,
+                    target=child_main, daemon=True,
                     name=f"veil-mpc-{rank_label(rank, parties)}",
                     args=(rank, master, config, ref if rank < parties else None, job_args,
                           out_w, life_r, store_path))
@@ -247,7 +247,7 @@ def run(
         ok = True
         return results
     finally:
-        _kill_all(procs, graceful=ok)
+        kill_all(procs, graceful=ok)
         for c in list(conns) + lifelines:
             c.close()
         _remove_store(store_dir)
@@ -430,7 +430,7 @@ def _choose_failure(failures: dict[int, PartyFailure], deaths: dict[int, int],
         f"{codes})", rank=None, phase="finish")
 
 
-def _kill_all(procs: list[Any], *, graceful: bool) -> None:
+def kill_all(procs: list[Any], *, graceful: bool) -> None:
     """Wait briefly for clean exits, then SIGKILL every party's process group and reap it."""
     deadline = time.monotonic() + (5.0 if graceful else 0.0)
     for p in procs:

@@ -30,6 +30,8 @@ from datetime import timedelta
 from typing import Any
 
 from veil.errors import ConfigurationError, PartyFailure, VeilError
+from veil.mpc import accounting
+from veil.mpc._crypten import install
 from veil.mpc._runtime.monitor import TICK, Monitor, rank_label
 from veil.mpc.providers import SessionConfig
 
@@ -169,33 +171,8 @@ class _State:
             self.reporter("phase", name)
 
 
-def _install_extensions(crypten: Any) -> None:
-    """Veil's CSPRNG and accounting (``veil.mpc._crypten.rng`` / ``veil.mpc.accounting``)."""
-    import importlib
-
-    for name in ("veil.mpc._crypten.messages", "veil.mpc._crypten.rng", "veil.mpc.accounting"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # not part of this build yet
-            raise
-        module.install(crypten)
-
-
-def _reset_accounting() -> None:
-    """Count only the job's traffic in ``party.comm_stats()`` (not the rendezvous)."""
-    try:
-        from veil.mpc import accounting
-    except ModuleNotFoundError as exc:
-        if exc.name != "veil.mpc.accounting":
-            raise
-        return
-    accounting.reset()
-
-
 def _configure_crypten(config: SessionConfig) -> Any:
-    from veil.mpc._crypten.compat import import_crypten
+    from veil.mpc._crypten import import_crypten
 
     crypten = import_crypten()
     crypten.cfg.mpc.provider = config.crypten_provider
@@ -204,6 +181,132 @@ def _configure_crypten(config: SessionConfig) -> Any:
     # mode would add timers to every communication call, so it stays off.
     crypten.cfg.communicator.verbose = False
     return crypten
+
+
+def _check_rank(rank: int, config: SessionConfig) -> int:
+    """The number of processes of the session (parties plus the dealer); refuses a bad rank."""
+    ws = config.world_size
+    total = ws + 1 if config.has_dealer else ws
+    if not 0 <= rank < total:
+        raise ConfigurationError(
+            f"rank must be in 0..{total - 1} for {ws} parties"
+            f"{' plus the dealer' if config.has_dealer else ''}, got {rank!r}"
+        )
+    return total
+
+
+def _set_environment(rank: int, ws: int, host: str, port: int, *, local: bool) -> None:
+    """The variables CrypTen reads, and the interface gloo binds to."""
+    env = {"DISTRIBUTED_BACKEND": "gloo", "RENDEZVOUS": "env://", "WORLD_SIZE": str(ws),
+           "RANK": str(rank), "MASTER_ADDR": host, "MASTER_PORT": str(port)}
+    os.environ.update(env)
+    iface = _interface_towards(host, port)
+    if local:  # local session: gloo listens on loopback, whatever the caller set
+        os.environ["GLOO_SOCKET_IFNAME"] = _interface_towards("127.0.0.1", port) or "lo"
+    elif iface and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = iface
+
+
+def _open_stores(host: str, port: int, *, rank: int, total: int, config: SessionConfig,
+                 timeout: timedelta, store_path: str | None) -> tuple[Any, Monitor]:
+    """The session store and the monitor (with its own connection); PartyFailure if neither
+    can be opened within ``timeout``."""
+    ws = config.world_size
+    try:
+        store = open_store(host, port, rank=rank, timeout=timeout, path=store_path)
+        monitor = Monitor(rank=rank, world_size=ws, total=total, timeout=config.timeout,
+                          store=open_store(host, port, rank=-1, timeout=timeout,
+                                           path=store_path))
+    except Exception as exc:
+        where = (f"could not open the session store {store_path}" if store_path is not None
+                 else f"could not host the session store on {host}:{port}" if rank == 0 else
+                 f"could not reach party 0's session store at {host}:{port} within "
+                 f"{timeout.total_seconds():g} s")
+        raise PartyFailure(
+            f"{rank_label(rank, ws)} {where}: {type(exc).__name__}: {_short(exc)}. Check that "
+            "party 0 runs, that --master names its address and a free port, and the firewall",
+            rank=None if rank == 0 else 0, phase="rendezvous") from exc
+    return store, monitor
+
+
+def _rendezvous(crypten: Any, store: Any, state: _State, *, total: int, rdv_s: float,
+                timeout: timedelta) -> None:
+    """Veil's patches, then ``crypten.init()`` through our store; PartyFailure naming who is
+    missing if it fails."""
+    rank, ws = state.rank, state.config.world_size
+    install(crypten)  # before init: keys are agreed inside crypten.init()
+    try:
+        with _patched_process_groups(store, timedelta(seconds=rdv_s)), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            crypten.init()
+        _set_op_timeouts(crypten, timeout)
+    except Exception as exc:
+        missing = [r for r in range(total) if r != rank and not store.check([f"hello/{r}"])]
+        who = ", ".join(rank_label(r, ws) for r in missing) or "a party"
+        hint = " and start the dealer" if ws in missing else ""
+        raise PartyFailure(
+            f"rendezvous failed at {rank_label(rank, ws)}: {who} did not join within "
+            f"{rdv_s:g} s ({type(exc).__name__}: {_short(exc)}). Start every party "
+            f"with the same --world-size and --master{hint}",
+            rank=missing[0] if missing else None, phase="rendezvous") from exc
+
+
+def _run_job(crypten: Any, store: Any, state: _State, job: Callable[..., Any] | None,
+             args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any:
+    """A party's part: the job, then the final barrier (party 0 marks the session finished)."""
+    from veil.mpc.session import Party
+
+    party = Party(_state=state, crypten=crypten)
+    state.phases = ["job"]
+    state.set_phase("job")
+    try:
+        result = job(party, *args, **(kwargs or {}))  # type: ignore[misc]
+    except BaseException as exc:
+        raise _translate(state, exc) from exc
+    state.phases = ["finish"]
+    state.set_phase("finish")
+    try:
+        crypten.comm.get().barrier()
+        if state.rank == 0:
+            store.set("fin", "1")
+    except Exception as exc:
+        raise _translate(state, exc) from exc
+    return result
+
+
+def _teardown(crypten: Any, store: Any, state: _State, monitor: Monitor,
+              timeout: timedelta) -> None:
+    """After a clean run: stop the heartbeats, end CrypTen, keep party 0's store up for the
+    dealer."""
+    monitor.stop()
+    with contextlib.suppress(Exception):
+        crypten.uninit()  # party 0 tells the dealer to stop
+    if state.rank == 0 and state.config.has_dealer:
+        with contextlib.suppress(Exception):  # keep the store up until the dealer is done
+            store.wait(["dealer_done"], timeout)
+
+
+def _start_monitor(state: _State, monitor: Monitor,
+                   fail_fast: Callable[[PartyFailure], None] | None) -> None:
+    state.monitor = monitor
+    if fail_fast is not None:
+        monitor.fail_fast = lambda f: fail_fast(_failure_from(state, f[0], f[1]))
+    monitor.start()
+
+
+def _report_failure(exc: Exception, state: _State, monitor: Monitor) -> PartyFailure:
+    """The PartyFailure to raise for ``exc``, after telling the others (category only)."""
+    rank = state.rank
+    failure = exc if isinstance(exc, PartyFailure) else _translate(state, exc)
+    if failure.rank == rank:  # the others learn the category only, never the message
+        cause = exc.__cause__ if isinstance(exc, PartyFailure) else exc
+        monitor.publish_error(cause if cause is not None else exc)
+    else:
+        monitor.publish_gone(failure.rank)
+    if rank == 0 and state.reporter is None:  # (the local launcher's child lingers itself,
+        time.sleep(LINGER)  # after reporting): keep the store up so the others read why
+    return failure
 
 
 def run_process(
@@ -229,106 +332,34 @@ def run_process(
     import torch
 
     host, port = parse_master(master)
-    ws = config.world_size
-    total = ws + 1 if config.has_dealer else ws
-    if not 0 <= rank < total:
-        raise ConfigurationError(
-            f"rank must be in 0..{total - 1} for {ws} parties"
-            f"{' plus the dealer' if config.has_dealer else ''}, got {rank!r}"
-        )
+    total = _check_rank(rank, config)
     state = _State(rank=rank, config=config, phases=["rendezvous"], reporter=reporter)
-    env = {"DISTRIBUTED_BACKEND": "gloo", "RENDEZVOUS": "env://", "WORLD_SIZE": str(ws),
-           "RANK": str(rank), "MASTER_ADDR": host, "MASTER_PORT": str(port)}
-    os.environ.update(env)
-    iface = _interface_towards(host, port)
-    if store_path is not None:  # local session: gloo listens on loopback, whatever the caller set
-        os.environ["GLOO_SOCKET_IFNAME"] = _interface_towards("127.0.0.1", port) or "lo"
-    elif iface and "GLOO_SOCKET_IFNAME" not in os.environ:
-        os.environ["GLOO_SOCKET_IFNAME"] = iface
+    _set_environment(rank, config.world_size, host, port, local=store_path is not None)
     timeout = timedelta(seconds=config.timeout)
     rdv_s = max(config.timeout, RENDEZVOUS_MIN_S)
-    rdv_timeout = timedelta(seconds=rdv_s)
+    crypten = _configure_crypten(config)
     # Reaching party 0's store waits --timeout (not the longer rendezvous bound): an unreachable
     # master is reported within the time the user asked for.
-    connect_timeout = timeout
-    crypten = _configure_crypten(config)
-    try:
-        store = open_store(host, port, rank=rank, timeout=connect_timeout, path=store_path)
-        monitor = Monitor(rank=rank, world_size=ws, total=total, timeout=config.timeout,
-                          store=open_store(host, port, rank=-1, timeout=connect_timeout,
-                                           path=store_path))
-    except Exception as exc:
-        where = (f"could not open the session store {store_path}" if store_path is not None
-                 else f"could not host the session store on {host}:{port}" if rank == 0 else
-                 f"could not reach party 0's session store at {host}:{port} within "
-                 f"{connect_timeout.total_seconds():g} s")
-        raise PartyFailure(
-            f"{rank_label(rank, ws)} {where}: {type(exc).__name__}: {_short(exc)}. Check that "
-            "party 0 runs, that --master names its address and a free port, and the firewall",
-            rank=None if rank == 0 else 0, phase="rendezvous") from exc
-    store.set_timeout(rdv_timeout)
-    state.monitor = monitor
-    if fail_fast is not None:
-        monitor.fail_fast = lambda f: fail_fast(_failure_from(state, f[0], f[1]))
-    monitor.start()
-    result: Any = None
+    store, monitor = _open_stores(host, port, rank=rank, total=total, config=config,
+                                  timeout=timeout, store_path=store_path)
+    store.set_timeout(timedelta(seconds=rdv_s))
+    _start_monitor(state, monitor, fail_fast)
     try:
         state.set_phase("rendezvous")
-        _install_extensions(crypten)  # before init: keys are agreed inside crypten.init()
-        try:
-            with _patched_process_groups(store, rdv_timeout), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                crypten.init()
-            _set_op_timeouts(crypten, timeout)
-        except Exception as exc:
-            missing = [r for r in range(total) if r != rank and not store.check([f"hello/{r}"])]
-            who = ", ".join(rank_label(r, ws) for r in missing) or "a party"
-            hint = " and start the dealer" if ws in missing else ""
-            raise PartyFailure(
-                f"rendezvous failed at {rank_label(rank, ws)}: {who} did not join within "
-                f"{rdv_s:g} s ({type(exc).__name__}: {_short(exc)}). Start every party "
-                f"with the same --world-size and --master{hint}",
-                rank=missing[0] if missing else None, phase="rendezvous") from exc
-        _reset_accounting()
+        _rendezvous(crypten, store, state, total=total, rdv_s=rdv_s, timeout=timeout)
+        accounting.reset()  # count only the job's traffic in party.comm_stats()
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // total))
-        if rank == ws:
+        if rank == config.world_size:
             state.phases = ["dealer"]
             state.set_phase("dealer")
             _run_dealer(crypten, store, monitor)
+            result = None
         else:
-            from veil.mpc.session import Party
-
-            party = Party(_state=state, crypten=crypten)
-            state.phases = ["job"]
-            state.set_phase("job")
-            try:
-                result = job(party, *args, **(kwargs or {}))  # type: ignore[misc]
-            except BaseException as exc:
-                raise _translate(state, exc) from exc
-            state.phases = ["finish"]
-            state.set_phase("finish")
-            try:
-                crypten.comm.get().barrier()
-                if rank == 0:
-                    store.set("fin", "1")
-            except Exception as exc:
-                raise _translate(state, exc) from exc
-        monitor.stop()
-        with contextlib.suppress(Exception):
-            crypten.uninit()  # party 0 tells the dealer to stop
-        if rank == 0 and config.has_dealer:
-            with contextlib.suppress(Exception):  # keep the store up until the dealer is done
-                store.wait(["dealer_done"], timeout)
+            result = _run_job(crypten, store, state, job, args, kwargs)
+        _teardown(crypten, store, state, monitor, timeout)
         return result
     except Exception as exc:
-        failure = exc if isinstance(exc, PartyFailure) else _translate(state, exc)
-        if failure.rank == rank:  # the others learn the category only, never the message
-            cause = exc.__cause__ if isinstance(exc, PartyFailure) else exc
-            monitor.publish_error(cause if cause is not None else exc)
-        else:
-            monitor.publish_gone(failure.rank)
-        if rank == 0 and reporter is None:  # (the local launcher's child lingers itself,
-            time.sleep(LINGER)  # after reporting): keep the store up so the others read why
+        failure = _report_failure(exc, state, monitor)
         if failure is exc:
             raise
         raise failure from exc

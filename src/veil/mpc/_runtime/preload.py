@@ -12,7 +12,7 @@ import importlib
 import torch
 import torch.distributed  # noqa: F401
 
-from veil.mpc._crypten.compat import import_crypten
+from veil.mpc._crypten import import_crypten
 
 import_crypten()
 for _name in ("veil.mpc._runtime.party", "veil.mpc._runtime.launch", "veil.mpc._runtime.jobs",

@@ -2,7 +2,7 @@
 
 Five rounds, each a message from every live client to the server and a reply from the server.
 Every client holds a long-term Ed25519 identity key, and knows every client's verification key
-from its own configuration (an :class:`~._secagg_identity.IdentityDirectory`), not from the
+from its own configuration (an :class:`~.identity.IdentityDirectory`), not from the
 server:
 
 0. **advertise**: client ``u`` sends two fresh X25519 public keys (``enc`` for share encryption
@@ -53,40 +53,24 @@ from typing import Any
 from veil.errors import AggregationAborted, ConfigurationError, SerializationError
 from veil.protocols import shamir
 from veil.protocols.prg import expand, hkdf, new_seed, ring_dtype
+from veil.protocols.secagg import messages as wire
 from veil.protocols.secagg.common import (
-    PHASES,
     SecAggConfig,
-    SecAggResult,
-    _mac_key,
-    _pair_info,
-    _ring_mask,
-    _share_ad,
-    _x25519,
+    mac_key,
+    pair_info,
+    ring_mask,
+    share_ad,
+    x25519,
 )
 from veil.protocols.secagg.identity import (
     IdentityDirectory,
     advertise_payload,
     check_identity_key,
     consistency_payload,
-    generate_identities,
     roster_digest,
 )
-from veil.protocols.secagg.messages import (
-    ROUND_ID_BYTES,
-    AdvertiseKeys,
-    ConsistencySignature,
-    MaskedInput,
-    Roster,
-    ShareDelivery,
-    ShareKeys,
-    SurvivorList,
-    UnmaskRequest,
-    UnmaskShares,
-)
-from veil.protocols.secagg.server import SecAggServer
 
-__all__ = ["PHASES", "SecAggConfig", "SecAggClient", "SecAggServer", "SecAggResult",
-           "IdentityDirectory", "generate_identities"]
+__all__ = ["SecAggClient"]
 
 
 class SecAggClient:
@@ -110,7 +94,7 @@ class SecAggClient:
         if not isinstance(client_id, int) or not 0 <= client_id < config.num_clients:
             raise ConfigurationError(f"client_id must be in [0, {config.num_clients}), got "
                                      f"{client_id!r}")
-        if len(round_id) != ROUND_ID_BYTES or len(server_public_key) != 32:
+        if len(round_id) != wire.ROUND_ID_BYTES or len(server_public_key) != 32:
             raise ConfigurationError("round_id must be 16 bytes and server_public_key 32 bytes; "
                                      "take both from SecAggServer")
         if not isinstance(directory, IdentityDirectory):
@@ -122,7 +106,7 @@ class SecAggClient:
         self._enc = X25519PrivateKey.generate()
         self._mask = X25519PrivateKey.generate()
         self._seed = new_seed()
-        self._mac = _mac_key(_x25519(self._enc, server_public_key), round_id, client_id)
+        self._mac = mac_key(x25519(self._enc, server_public_key), round_id, client_id)
         self._phase = 0
         self._roster: dict[int, tuple[bytes, bytes]] = {}
         self._roster_digest = b""
@@ -156,7 +140,7 @@ class SecAggClient:
         enc, mask = self._raw(self._enc), self._raw(self._mask)
         sig = self._identity.sign(advertise_payload(self.config.params_hash, self.round_id,
                                                     self.client_id, enc, mask))
-        return AdvertiseKeys(self.round_id, self.client_id, enc, mask, sig).to_bytes(
+        return wire.AdvertiseKeys(self.round_id, self.client_id, enc, mask, sig).to_bytes(
             self.config.params_hash)
 
     def share_keys(self, roster: bytes) -> bytes:
@@ -165,8 +149,8 @@ class SecAggClient:
 
         self._advance(1, "share_keys")
         cfg = self.config
-        msg = Roster.from_bytes(roster, params_hash=cfg.params_hash,
-                                max_bytes=cfg.max_message_bytes())
+        msg = wire.Roster.from_bytes(roster, params_hash=cfg.params_hash,
+                                     max_bytes=cfg.max_message_bytes())
         entries = {cid: (enc, mask) for cid, enc, mask, _ in msg.entries}
         if msg.round_id != self.round_id:
             raise SerializationError("roster is for another round; refusing it")
@@ -199,18 +183,18 @@ class SecAggClient:
         self._aead_keys = {}
         for v in sorted(nbrs):
             enc_v = entries[v][0]
-            key = hkdf(_x25519(self._enc, enc_v), salt=self.round_id,
-                       info=_pair_info(b"veil-secagg-share-key", self.client_id, v))
+            key = hkdf(x25519(self._enc, enc_v), salt=self.round_id,
+                       info=pair_info(b"veil-secagg-share-key", self.client_id, v))
             self._aead_keys[v] = key  # the same key decrypts v's shares for us in round 2
             nonce = os.urandom(12)
             plain = shamir.share_to_bytes(seed_sh[v + 1]) + shamir.share_to_bytes(key_sh[v + 1])
             cts[v] = nonce + ChaCha20Poly1305(key).encrypt(
-                nonce, plain, _share_ad(self.round_id, self.client_id, v))
+                nonce, plain, share_ad(self.round_id, self.client_id, v))
         self._roster, self._nbrs, self._share_t = entries, nbrs, share_t
         self._roster_digest = roster_digest(msg.entries)
         self._own_shares = (seed_sh[self.client_id + 1], key_sh[self.client_id + 1])
         self._phase = 2
-        return self._sign(ShareKeys(self.round_id, self.client_id, cts))
+        return self._sign(wire.ShareKeys(self.round_id, self.client_id, cts))
 
     def masked_input(self, update: Any, delivery: bytes) -> bytes:
         """Round 2: the masked quantized update. ``delivery`` lists the senders U2."""
@@ -224,8 +208,8 @@ class SecAggClient:
         if q.size != cfg.vector_length:
             raise ConfigurationError(f"update has {q.size} values; this round aggregates "
                                      f"vectors of length {cfg.vector_length}")
-        msg = ShareDelivery.from_bytes(delivery, params_hash=cfg.params_hash,
-                                       max_bytes=cfg.max_message_bytes())
+        msg = wire.ShareDelivery.from_bytes(delivery, params_hash=cfg.params_hash,
+                                            max_bytes=cfg.max_message_bytes())
         if msg.round_id != self.round_id or msg.recipient != self.client_id:
             raise SerializationError("share delivery is for another round or client")
         senders = set(msg.ciphertexts)
@@ -241,7 +225,7 @@ class SecAggClient:
         for v, blob in msg.ciphertexts.items():
             try:
                 plain = ChaCha20Poly1305(self._aead_keys[v]).decrypt(
-                    blob[:12], blob[12:], _share_ad(self.round_id, v, self.client_id))
+                    blob[:12], blob[12:], share_ad(self.round_id, v, self.client_id))
             except InvalidTag as exc:
                 raise SerializationError(f"share ciphertext from client {v} failed "
                                          "authentication (tampered or misrouted)") from exc
@@ -266,12 +250,12 @@ class SecAggClient:
                 acc -= mask
         self._received, self._u2, self._phase = received, u2, 3
         self._aead_keys = {}
-        acc = _ring_mask(acc, cfg.ring_bits)
-        return self._sign(MaskedInput(self.round_id, self.client_id, acc))
+        acc = ring_mask(acc, cfg.ring_bits)
+        return self._sign(wire.MaskedInput(self.round_id, self.client_id, acc))
 
     def _pair_seed(self, private: Any, peer_public: bytes, peer: int) -> bytes:
-        return hkdf(_x25519(private, peer_public), salt=self.round_id,
-                    info=_pair_info(b"veil-secagg-pair", self.client_id, peer))
+        return hkdf(x25519(private, peer_public), salt=self.round_id,
+                    info=pair_info(b"veil-secagg-pair", self.client_id, peer))
 
     def _consistency_payload(self, survivors: tuple[int, ...]) -> bytes:
         return consistency_payload(self.config.params_hash, self.round_id, self._roster_digest,
@@ -283,8 +267,8 @@ class SecAggClient:
         Nothing secret is revealed here; the signature commits this client to one list."""
         self._advance(3, "consistency")
         cfg = self.config
-        msg = SurvivorList.from_bytes(request, params_hash=cfg.params_hash,
-                                      max_bytes=cfg.max_message_bytes())
+        msg = wire.SurvivorList.from_bytes(request, params_hash=cfg.params_hash,
+                                           max_bytes=cfg.max_message_bytes())
         if msg.round_id != self.round_id:
             raise SerializationError("survivor list is for another round")
         survivors = set(msg.survivors)
@@ -303,7 +287,7 @@ class SecAggClient:
         self._u3 = msg.survivors
         self._phase = 4  # signed once: a second (different) list is refused
         sig = self._identity.sign(self._consistency_payload(self._u3))
-        return self._sign(ConsistencySignature(self.round_id, self.client_id, sig))
+        return self._sign(wire.ConsistencySignature(self.round_id, self.client_id, sig))
 
     def unmask(self, request: bytes) -> bytes:
         """Round 4: after >= t valid signatures on the same U3, seed shares for survivors and
@@ -311,8 +295,8 @@ class SecAggClient:
         self._advance(4, "unmask")
         cfg = self.config
         self._phase = 5  # answered (or refused) once, whatever happens below
-        msg = UnmaskRequest.from_bytes(request, params_hash=cfg.params_hash,
-                                       max_bytes=cfg.max_message_bytes())
+        msg = wire.UnmaskRequest.from_bytes(request, params_hash=cfg.params_hash,
+                                            max_bytes=cfg.max_message_bytes())
         if msg.round_id != self.round_id:
             raise SerializationError("unmask request is for another round")
         if msg.survivors != self._u3:
@@ -340,4 +324,4 @@ class SecAggClient:
         shares[self.client_id] = self._own_shares
         seed = {v: shamir.share_to_bytes(shares[v][0]) for v in self._u2 if v in survivors}
         keys = {v: shamir.share_to_bytes(shares[v][1]) for v in self._u2 if v not in survivors}
-        return self._sign(UnmaskShares(self.round_id, self.client_id, seed, keys))
+        return self._sign(wire.UnmaskShares(self.round_id, self.client_id, seed, keys))

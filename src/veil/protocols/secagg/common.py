@@ -1,6 +1,8 @@
 """Shared pieces of secure aggregation: the round configuration, the result, key derivation.
 
-Public names are re-exported by :mod:`veil.protocols.secagg.client`; see its docstring for the
+The configuration, result and phases are exported by :mod:`veil.protocols.secagg`; the key
+helpers (``x25519``, ``pair_info``, ``mac_key``, ``ring_mask``, ``share_ad``) are internal to the
+package (used by its client and server). See :mod:`veil.protocols.secagg.client` for the
 protocol and what is revealed to whom.
 """
 
@@ -143,7 +145,7 @@ class SecAggResult:
         return self.total / len(self.survivors)
 
 
-def _x25519(private: Any, public: bytes) -> bytes:
+def x25519(private: Any, public: bytes) -> bytes:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
     try:
@@ -155,20 +157,20 @@ def _x25519(private: Any, public: bytes) -> bytes:
         ) from exc
 
 
-def _pair_info(label: bytes, a: int, b: int) -> bytes:
+def pair_info(label: bytes, a: int, b: int) -> bytes:
     lo, hi = min(a, b), max(a, b)
     return label + _U32.pack(lo) + _U32.pack(hi)
 
 
-def _mac_key(shared: bytes, round_id: bytes, client_id: int) -> bytes:
+def mac_key(shared: bytes, round_id: bytes, client_id: int) -> bytes:
     return hkdf(shared, salt=round_id, info=b"veil-secagg-mac" + _U32.pack(client_id))
 
 
-def _ring_mask(vec: Any, ring_bits: int) -> Any:
+def ring_mask(vec: Any, ring_bits: int) -> Any:
     if ring_bits < vec.dtype.itemsize * 8:
         vec &= vec.dtype.type((1 << ring_bits) - 1)
     return vec
 
 
-def _share_ad(round_id: bytes, sender: int, recipient: int) -> bytes:
+def share_ad(round_id: bytes, sender: int, recipient: int) -> bytes:
     return b"veil-secagg-share" + round_id + _U32.pack(sender) + _U32.pack(recipient)

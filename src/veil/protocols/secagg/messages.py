@@ -89,7 +89,7 @@ class _Message:
 @dataclass(frozen=True)
 class AdvertiseKeys(_Message):
     """Round 0, client -> server: the client's two X25519 public keys for this round and its
-    Ed25519 identity signature over them (:func:`._secagg_identity.advertise_payload`)."""
+    Ed25519 identity signature over them (:func:`.identity.advertise_payload`)."""
 
     KIND: ClassVar[str] = "veil.secagg.advertise"
     round_id: bytes
@@ -284,7 +284,7 @@ class SurvivorList(_Message):
 @dataclass(frozen=True)
 class ConsistencySignature(_Message):
     """Round 3, client -> server: the client's Ed25519 identity signature over the survivor list
-    it was shown (:func:`._secagg_identity.consistency_payload`)."""
+    it was shown (:func:`.identity.consistency_payload`)."""
 
     KIND: ClassVar[str] = "veil.secagg.consistency"
     round_id: bytes

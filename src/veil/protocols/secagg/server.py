@@ -1,23 +1,26 @@
-"""The server side of secure aggregation (:class:`SecAggServer`), re-exported by
-:mod:`veil.protocols.secagg.client`; see its docstring for the protocol and what the server learns.
+"""The server side of secure aggregation (:class:`SecAggServer`), exported by
+:mod:`veil.protocols.secagg`; see :mod:`veil.protocols.secagg.client` for the protocol and what
+the server learns.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from veil.errors import AggregationAborted, ConfigurationError, SerializationError
 from veil.protocols import shamir
 from veil.protocols.prg import SEED_BYTES, expand, hkdf, ring_dtype
+from veil.protocols.secagg import messages as wire
 from veil.protocols.secagg.common import (
     SecAggConfig,
     SecAggResult,
-    _mac_key,
-    _pair_info,
-    _ring_mask,
-    _x25519,
+    mac_key,
+    pair_info,
+    ring_mask,
+    x25519,
 )
 from veil.protocols.secagg.identity import (
     IdentityDirectory,
@@ -25,20 +28,8 @@ from veil.protocols.secagg.identity import (
     consistency_payload,
     roster_digest,
 )
-from veil.protocols.secagg.messages import (
-    ROUND_ID_BYTES,
-    AdvertiseKeys,
-    ConsistencySignature,
-    MaskedInput,
-    Roster,
-    ShareDelivery,
-    ShareKeys,
-    SurvivorList,
-    UnmaskRequest,
-    UnmaskShares,
-)
 
-__all__ = ["SecAggServer"]
+__all__ = ["SecAggServer", "drive_round"]
 
 
 class SecAggServer:
@@ -59,15 +50,15 @@ class SecAggServer:
 
         self.config = config
         self._directory = directory
-        self.round_id = round_id if round_id is not None else os.urandom(ROUND_ID_BYTES)
-        if len(self.round_id) != ROUND_ID_BYTES:
-            raise ConfigurationError(f"round_id must be {ROUND_ID_BYTES} bytes")
+        self.round_id = round_id if round_id is not None else os.urandom(wire.ROUND_ID_BYTES)
+        if len(self.round_id) != wire.ROUND_ID_BYTES:
+            raise ConfigurationError(f"round_id must be {wire.ROUND_ID_BYTES} bytes")
         self._key = X25519PrivateKey.generate()
         self.public_key: bytes = self._key.public_key().public_bytes_raw()
         self._phase = 0
-        self._adverts: dict[int, AdvertiseKeys] = {}
+        self._adverts: dict[int, wire.AdvertiseKeys] = {}
         self._macs: dict[int, bytes] = {}
-        self._shares: dict[int, ShareKeys] = {}
+        self._shares: dict[int, wire.ShareKeys] = {}
         self._u1: tuple[int, ...] = ()
         self._u2: tuple[int, ...] = ()
         self._u3: tuple[int, ...] = ()
@@ -78,7 +69,7 @@ class SecAggServer:
         self._consistency: dict[int, bytes] = {}
         self._u4: tuple[int, ...] = ()
         self._roster_digest = b""
-        self._unmask: dict[int, UnmaskShares] = {}
+        self._unmask: dict[int, wire.UnmaskShares] = {}
 
     # -- helpers ---------------------------------------------------------------------------
     def _expect(self, phase: int, what: str) -> None:
@@ -121,7 +112,7 @@ class SecAggServer:
     def receive_advertise(self, data: bytes) -> None:
         self._expect(0, "an advertise message")
         cfg = self.config
-        msg = AdvertiseKeys.from_bytes(data, params_hash=cfg.params_hash)
+        msg = wire.AdvertiseKeys.from_bytes(data, params_hash=cfg.params_hash)
         self._check(msg, None, self._adverts)
         if not 0 <= msg.client_id < cfg.num_clients:
             raise SerializationError(f"client id {msg.client_id} outside [0, {cfg.num_clients})")
@@ -134,7 +125,7 @@ class SecAggServer:
                     msg.mask_public)):
             raise SerializationError(f"advertise message of client {msg.client_id} is not "
                                      "signed by its identity key; rejected")
-        mac = _mac_key(_x25519(self._key, msg.enc_public), self.round_id, msg.client_id)
+        mac = mac_key(x25519(self._key, msg.enc_public), self.round_id, msg.client_id)
         self._adverts[msg.client_id] = msg
         self._macs[msg.client_id] = mac
 
@@ -148,14 +139,14 @@ class SecAggServer:
         entries = tuple((c, self._adverts[c].enc_public, self._adverts[c].mask_public,
                          self._adverts[c].signature) for c in self._u1)
         self._roster_digest = roster_digest(entries)
-        return Roster(self.round_id, entries).to_bytes(self.config.params_hash)
+        return wire.Roster(self.round_id, entries).to_bytes(self.config.params_hash)
 
     # -- round 1 ---------------------------------------------------------------------------
     def receive_shares(self, data: bytes) -> None:
         self._expect(1, "a share message")
         cfg = self.config
-        msg = ShareKeys.from_bytes(data, params_hash=cfg.params_hash,
-                                   max_bytes=cfg.max_message_bytes())
+        msg = wire.ShareKeys.from_bytes(data, params_hash=cfg.params_hash,
+                                        max_bytes=cfg.max_message_bytes())
         self._check(msg, self._u1, self._shares)
         if set(msg.ciphertexts) != self._graph[msg.client_id]:
             raise SerializationError(f"client {msg.client_id} must send one share ciphertext "
@@ -169,9 +160,9 @@ class SecAggServer:
         self._u2 = tuple(sorted(self._shares))
         self._phase = 2
         self._acc = None
-        return {v: ShareDelivery(self.round_id, v, {u: self._shares[u].ciphertexts[v]
-                                                    for u in self._u2 if u in self._graph[v]}
-                                 ).to_bytes(self.config.params_hash)
+        return {v: wire.ShareDelivery(self.round_id, v, {u: self._shares[u].ciphertexts[v]
+                                                         for u in self._u2 if u in self._graph[v]}
+                                      ).to_bytes(self.config.params_hash)
                 for v in self._u2}
 
     def _local_u2(self, u: int) -> set[int]:
@@ -182,9 +173,9 @@ class SecAggServer:
     def receive_masked(self, data: bytes) -> None:
         self._expect(2, "a masked input")
         cfg = self.config
-        msg = MaskedInput.from_bytes(data, params_hash=cfg.params_hash,
-                                     max_bytes=cfg.max_message_bytes(),
-                                     length=cfg.masked_length, dtype=ring_dtype(cfg.ring_bits))
+        msg = wire.MaskedInput.from_bytes(data, params_hash=cfg.params_hash,
+                                          max_bytes=cfg.max_message_bytes(),
+                                          length=cfg.masked_length, dtype=ring_dtype(cfg.ring_bits))
         self._check(msg, self._u2, self._masked_from)
         if self._acc is None:
             self._acc = msg.vector.copy()
@@ -198,13 +189,13 @@ class SecAggServer:
         self._abort_below(len(self._masked_from), "sent masked inputs")
         self._u3 = tuple(sorted(self._masked_from))
         self._phase = 3
-        return SurvivorList(self.round_id, self._u3).to_bytes(self.config.params_hash)
+        return wire.SurvivorList(self.round_id, self._u3).to_bytes(self.config.params_hash)
 
     # -- round 3: consistency check ----------------------------------------------------------
     def receive_consistency(self, data: bytes) -> None:
         self._expect(3, "a consistency signature")
         cfg = self.config
-        msg = ConsistencySignature.from_bytes(data, params_hash=cfg.params_hash)
+        msg = wire.ConsistencySignature.from_bytes(data, params_hash=cfg.params_hash)
         self._check(msg, self._u3, self._consistency)
         if self._directory is not None and not self._directory.verify(
                 msg.client_id, msg.signature, consistency_payload(
@@ -220,14 +211,14 @@ class SecAggServer:
         self._u4 = tuple(sorted(self._consistency))
         self._phase = 4
         sigs = tuple((c, self._consistency[c]) for c in self._u4)
-        return UnmaskRequest(self.round_id, self._u3, sigs).to_bytes(self.config.params_hash)
+        return wire.UnmaskRequest(self.round_id, self._u3, sigs).to_bytes(self.config.params_hash)
 
     # -- round 4 ---------------------------------------------------------------------------
     def receive_unmask(self, data: bytes) -> None:
         self._expect(4, "an unmask response")
         cfg = self.config
-        msg = UnmaskShares.from_bytes(data, params_hash=cfg.params_hash,
-                                      max_bytes=cfg.max_message_bytes())
+        msg = wire.UnmaskShares.from_bytes(data, params_hash=cfg.params_hash,
+                                           max_bytes=cfg.max_message_bytes())
         self._check(msg, self._u4, self._unmask)
         local = self._local_u2(msg.client_id)
         # The server never holds a seed share and a key share of the same client.
@@ -290,15 +281,15 @@ class SecAggServer:
                 raise AggregationAborted(f"reconstructed masking key of client {v} does not "
                                          "match its advertised key; aborting")
             for u in sorted(self._graph[v] & set(self._u3)):
-                pair = hkdf(_x25519(key, self._adverts[u].mask_public), salt=self.round_id,
-                            info=_pair_info(b"veil-secagg-pair", u, v))
+                pair = hkdf(x25519(key, self._adverts[u].mask_public), salt=self.round_id,
+                            info=pair_info(b"veil-secagg-pair", u, v))
                 mask = expand(pair, cfg.masked_length, ring_bits=cfg.ring_bits,
                               domain=b"veil-secagg-pair" + self.round_id)
                 if u < v:
                     acc -= mask
                 else:
                     acc += mask
-        acc = _ring_mask(acc, cfg.ring_bits)
+        acc = ring_mask(acc, cfg.ring_bits)
         self._phase = 5
         self._acc = None
         q_total = acc[:-1].astype("uint64")
@@ -313,3 +304,38 @@ class SecAggServer:
         }
         return SecAggResult(total=total, quantized_total=q_total, survivors=self._u3,
                             dropped=dropped_by_phase, clipped=int(acc[-1]))
+
+
+# (phase, the server's receive method for its messages, the method that closes the phase)
+_STEPS = (("advertise", "receive_advertise", "close_advertise"),
+          ("share", "receive_shares", "close_shares"),
+          ("masked", "receive_masked", "close_masked"),
+          ("consistency", "receive_consistency", "close_consistency"),
+          ("unmask", "receive_unmask", "finish"))
+
+
+def drive_round(server: SecAggServer, clients: Sequence[int],
+                send: Callable[[int, str, Any], bytes], *,
+                dropouts: Mapping[str, Collection[int]],
+                index: Callable[[int], int] | None = None,
+                call: Callable[..., Any] | None = None) -> SecAggResult:
+    """Run one round through ``server``, phase by phase (:data:`PHASES`), and return its result.
+
+    ``send(client, phase, payload)`` hands ``payload`` to ``client`` and returns its reply: no
+    payload (``None``) to advertise, then the roster, the client's own share delivery (taken
+    from the server's deliveries at ``index(client)``, the client's position in the round;
+    default the client id itself), the survivor list and the unmask request. A client listed in
+    ``dropouts[phase]`` goes silent from that phase on. ``call(fn, *args)`` runs each server
+    step (default: a plain call), e.g. to time the server.
+    """
+    call = call or (lambda fn, *args: fn(*args))
+    index = index or (lambda c: c)
+    alive = list(clients)
+    payload: Any = None
+    for phase, receive, close in _STEPS:
+        alive = [c for c in alive if c not in dropouts.get(phase, ())]
+        for c in alive:
+            own = payload[index(c)] if phase == "masked" else payload
+            call(getattr(server, receive), send(c, phase, own))
+        payload = call(getattr(server, close))
+    return payload

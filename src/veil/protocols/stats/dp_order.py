@@ -43,7 +43,8 @@ import numpy as np
 
 from veil.errors import ConfigurationError
 from veil.protocols.stats import spec as st
-from veil.protocols.stats.shares import UNIT, _open, _range, _sum_from_all
+from veil.protocols.stats.order import Target, assemble_order
+from veil.protocols.stats.shares import UNIT, open_to_all, sum_from_all, value_range
 
 __all__ = ["ROUNDS", "DPTarget", "dp_targets", "grid_step", "plain_search", "mpc_search",
            "predraw"]
@@ -87,15 +88,15 @@ def dp_targets(spec: st.Spec) -> list[DPTarget]:
             elif key == "median_high":
                 out.append(DPTarget(key, col, 1, 2, -1))
             else:
-                for i in range(1, spec.quantile_n):
-                    q = Fraction(i, spec.quantile_n)
+                for i in range(1, spec.quantiles_n):
+                    q = Fraction(i, spec.quantiles_n)
                     out.append(DPTarget(key, col, q.numerator, q.denominator))
     return out
 
 
 def grid_step(spec: st.Spec, col: int) -> tuple[float, float]:
     """(lo, w): the search grid of column ``col`` is ``lo + i·w`` for i = 1 .. 2**ROUNDS."""
-    lo, hi = _range(spec, col)
+    lo, hi = value_range(spec, col)
     return lo, (hi - lo) / 2**ROUNDS
 
 
@@ -123,8 +124,8 @@ def _search(x: np.ndarray, spec: st.Spec, targets: Sequence[DPTarget], with_offs
             else:
                 lo_i[j] = m
     values = [lo + h * w for (lo, w), h in zip(grids, hi_i)]
-    plain = [st.Target(t.key, t.col, 0, t.num, t.den) for t in targets]
-    return st.assemble_order(spec, plain, values)
+    plain = [Target(t.key, t.col, 0, t.num, t.den) for t in targets]
+    return assemble_order(spec, plain, values)
 
 
 def predraw(draw: Draw | Noise, targets: Sequence[DPTarget]) -> list[list[int]]:
@@ -167,8 +168,8 @@ def mpc_search(party: Any, x: np.ndarray, spec: st.Spec, targets: Sequence[DPTar
     def decide(rnd: int, scores: list[int]) -> np.ndarray:
         # integers travel as k·2^-16, i.e. exactly k on CrypTen's ring; only the sign matters
         local = np.array([v * UNIT for v in _noisy(scores, rows[rnd])], dtype=np.float64)
-        negative = _sum_from_all(party, local) < 0
-        return np.rint(_open(party, negative)) == 0
+        negative = sum_from_all(party, local) < 0
+        return np.rint(open_to_all(party, negative)) == 0
 
     with party.phase("stats dp order statistics (noisy public search)"):
         return _search(x, spec, targets, party.rank == 0, decide)

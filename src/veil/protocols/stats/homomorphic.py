@@ -47,7 +47,7 @@ is one CKKS slot. Adding ciphertexts adds the limbs slot-wise.
   vector, far below the fresh encryption noise (see docs/security/stats.md).
 * **Budget** (why these sizes): with ``N = 8192`` one 60-bit ``q0`` holds ``scale + integer
   bits + 1``. A fresh ciphertext's decryption error is below ``B = 2N / 2**scale`` per slot
-  (:func:`veil.he.lattice.ckks._error_constants`, ten standard deviations); the sum of
+  (:func:`veil.he.lattice.ckks.error_constants`, ten standard deviations); the sum of
   ``CKKS_MAX_TERMS + 1 = 64`` vectors (at most 63 owners plus DP noise, plus the mask) must
   stay below 0.125, hence scale ``2**23`` and slot values ``|x| < 2**36``. Data limbs sum to
   at most ``63 * 16 < 2**10``; the mask's limbs are at most ``17 * 2**31 < 2**35.1``. Larger
@@ -82,7 +82,7 @@ import numpy as np
 
 from veil.errors import ConfigurationError
 
-__all__ = ["Wire", "KeyHolder", "Aggregator", "owner_message", "PAILLIER_FRAC_BITS",
+__all__ = ["Wire", "KeyHolder", "SumAggregator", "owner_message", "PAILLIER_FRAC_BITS",
            "CKKS_LIMB_BITS", "CKKS_LIMBS", "CKKS_FRAC_BITS", "CKKS_MAX_ABS", "CKKS_MAX_TERMS",
            "CKKS_MASK_BITS", "CKKS_HIDING_BOUND", "encode_fixed", "to_limbs", "from_limbs",
            "decode_fixed", "round_limbs", "zero_sum_mask", "check_statistics"]
@@ -387,8 +387,10 @@ def owner_message(backend: str, public: bytes, values: np.ndarray, *,
     return _encrypt(backend, key, np.asarray(values, dtype=np.float64)).serialize()
 
 
-class Aggregator:
-    """Adds ciphertexts; holds no secret key."""
+class SumAggregator:
+    """The aggregator role of the statistics release: sums the owners' ciphertexts (Paillier
+    vectors, or CKKS limb vectors), adds DP noise and, under CKKS, the zero-sum limb mask; holds
+    no secret key. (Not federated learning's ``Aggregator`` of :mod:`veil.fl`.)"""
 
     def __init__(self, backend: str, public: bytes, *, allow_insecure: bool = False) -> None:
         self.backend = backend

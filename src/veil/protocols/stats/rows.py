@@ -13,17 +13,18 @@ import numpy as np
 
 from veil.errors import ConfigurationError
 from veil.protocols.stats import spec as st
+from veil.protocols.stats.order import Target
 from veil.protocols.stats.shares import (
     FRAC_BITS,
     OBLIVIOUS_FANOUT,
     PUBLIC_FANOUT,
     UNIT,
-    _fixed,
-    _moments,
-    _open,
-    _range,
-    _torch,
+    as_fixed,
     inv_sqrt,
+    load_torch,
+    moments,
+    open_to_all,
+    value_range,
 )
 
 __all__ = ["public_bisection", "public_search_supports", "oblivious_bisection", "logistic"]
@@ -37,7 +38,7 @@ _GRAD_SCALE = 256.0  # the convergence test squares 256·gradient (resolution of
 MAX_PUBLIC_DEN = 2**16  # keeps den * gap * GAP_SCALE (<= 2^37) far inside the 64-bit ring
 
 
-def public_search_supports(t: st.Target) -> bool:
+def public_search_supports(t: Target) -> bool:
     """Whether :func:`public_bisection` handles ``t``: exact order statistics, and interpolation
     *between* two order statistics (0 < num < den <= 2^16). Extrapolated cut points (the
     ``"exclusive"`` quantile method below the first or above the last order statistic) are not."""
@@ -96,7 +97,7 @@ def _round_bits(party: Any, exact: list[tuple[np.ndarray, np.ndarray]],
     the P² comparisons go into the same single batched comparison as the counts (one comparison
     per round instead of P - 1 sequential minima), followed by AND/OR trees of multiplications.
     """
-    torch = _torch()
+    torch = load_torch()
     from veil import mpc
 
     m = PUBLIC_FANOUT
@@ -135,11 +136,11 @@ def _round_bits(party: Any, exact: list[tuple[np.ndarray, np.ndarray]],
         holds = _prod0((-lt[at + 2 * n:] + 1).reshape(ws, ws, n))  # (r, n): AND over s
         witness = -_prod0(-holds + 1) + 1  # OR over r: [v <= t] when A <= t < B
         out.append((both + (one - both) * witness).reshape(ti, m))
-    return _open(party, mpc.cat(out) if len(out) > 1 else out[0])
+    return open_to_all(party, mpc.cat(out) if len(out) > 1 else out[0])
 
 
 def public_bisection(party: Any, x: np.ndarray, spec: st.Spec,
-                     targets: Sequence[st.Target]) -> list[float]:
+                     targets: Sequence[Target]) -> list[float]:
     """Order statistics, interpolated or not, by a public (m+1)-ary search.
 
     Each round, per target, every party evaluates m public thresholds ``t`` on its own rows and
@@ -160,7 +161,7 @@ def public_bisection(party: Any, x: np.ndarray, spec: st.Spec,
     Needs |values| < VALUE_LIMIT (checked by the preflight) and
     :func:`public_search_supports` for every target.
     """
-    torch = _torch()
+    torch = load_torch()
     m = PUBLIC_FANOUT
     if not all(public_search_supports(t) for t in targets):
         raise ConfigurationError("public_bisection got a target it cannot search; use "
@@ -171,10 +172,10 @@ def public_bisection(party: Any, x: np.ndarray, spec: st.Spec,
     cols = [np.sort(xc[:, t.col]) if t.exact else _round_fine(np.sort(xc[:, t.col]))
             for t in order]
     step = [UNIT if t.exact else FINE for t in order]
-    base = [_range(spec, t.col)[0] if t.exact else math.floor(_range(spec, t.col)[0] / FINE)
-            * FINE for t in order]
+    base = [value_range(spec, t.col)[0] if t.exact
+            else math.floor(value_range(spec, t.col)[0] / FINE) * FINE for t in order]
     lo = [-1] * len(order)  # invariant: predicate(lo) false, predicate(hi) true; answer = hi
-    hi = [math.ceil((_range(spec, t.col)[1] - b) / s) for t, b, s in zip(order, base, step)]
+    hi = [math.ceil((value_range(spec, t.col)[1] - b) / s) for t, b, s in zip(order, base, step)]
     k_exact = torch.tensor([[t.index + 1 - 0.5] for t in order[:te]], dtype=torch.float64)
     k_interp = torch.tensor([[t.a + 0.5] for t in order[te:]], dtype=torch.float64)
     weights = (torch.tensor([[t.den - t.num] for t in order[te:]], dtype=torch.long),
@@ -202,24 +203,24 @@ def _padded_columns(party: Any, x: np.ndarray, spec: st.Spec, cols: Sequence[int
     xc = st.clip(x, spec)
     mat = np.zeros((len(cols), int(n)))
     for i, c in enumerate(cols):
-        sentinel = _range(spec, c)[1] + 1.0
+        sentinel = value_range(spec, c)[1] + 1.0
         mat[i, :] = sentinel
         mat[i, :xc.shape[0]] = xc[:, c]
-    parts = [party.share(_torch().as_tensor(mat) if r == party.rank else None, src=r,
+    parts = [party.share(load_torch().as_tensor(mat) if r == party.rank else None, src=r,
                          shape=mat.shape) for r in range(party.world_size)]
     from veil import mpc
 
     return mpc.cat(parts, dim=1)
 
 
-def oblivious_bisection(party: Any, x: np.ndarray, spec: st.Spec, targets: Sequence[st.Target],
+def oblivious_bisection(party: Any, x: np.ndarray, spec: st.Spec, targets: Sequence[Target],
                         n: float) -> Any:
     """Interpolated order statistics by an (m+1)-ary search with secret thresholds.
 
     Only the interval width is public (it shrinks by m+1 each round whatever the data); the
     lower end, the comparisons and the counts stay shared. Returns the shared values.
     """
-    torch = _torch()
+    torch = load_torch()
     from veil import mpc
 
     m = OBLIVIOUS_FANOUT
@@ -230,9 +231,9 @@ def oblivious_bisection(party: Any, x: np.ndarray, spec: st.Spec, targets: Seque
     cols = sorted({c for c, _ in ranks})
     data = _padded_columns(party, x, spec, cols, n)  # (C, P·N)
     rows = data[torch.tensor([cols.index(c) for c, _ in ranks])]  # (Q, P·N)
-    lo0 = torch.tensor([_range(spec, c)[0] - UNIT for c, _ in ranks], dtype=torch.float64)
-    width = torch.tensor([_range(spec, c)[1] - _range(spec, c)[0] + UNIT for c, _ in ranks],
-                         dtype=torch.float64)
+    lo0 = torch.tensor([value_range(spec, c)[0] - UNIT for c, _ in ranks], dtype=torch.float64)
+    width = torch.tensor([value_range(spec, c)[1] - value_range(spec, c)[0] + UNIT
+                          for c, _ in ranks], dtype=torch.float64)
     k = torch.tensor([[float(kk)] for _, kk in ranks], dtype=torch.float64)  # integer counts
     steps = int(math.ceil(math.log(float(width.max()) / UNIT, m + 1)))
     lo = rows[:, 0] * 0.0 + lo0  # invariant: count(lo) < k <= count(lo + width)
@@ -243,7 +244,7 @@ def oblivious_bisection(party: Any, x: np.ndarray, spec: st.Spec, targets: Seque
             below = (rows.unsqueeze(1) <= points.unsqueeze(2)).sum(dim=2)  # (Q, m) counts
             under = m - (below >= k).sum(dim=1)  # thresholds still below the answer
             width = width / (m + 1)
-            lo = lo + _fixed(under, lo) * width
+            lo = lo + as_fixed(under, lo) * width
     hi = lo + width
     vals = []
     for i, t in enumerate(targets):
@@ -258,7 +259,7 @@ def logistic(party: Any, x: np.ndarray, spec: st.Spec, n: float) -> Any:
     ``[coef..., intercept, converged]``: ``converged`` is the bit
     ``[|gradient|^2 <= LOGIT_TOLERANCE^2]`` after the last step, computed on shares and opened
     with the coefficients (to the same recipients; nothing else about the fit is opened)."""
-    torch = _torch()
+    torch = load_torch()
     from veil import mpc
 
     t = spec.target_index
@@ -270,7 +271,7 @@ def logistic(party: Any, x: np.ndarray, spec: st.Spec, n: float) -> Any:
             f"party {party.rank}: logistic regression needs a 0/1 target; column "
             f"{spec.columns[t]!r} has other values")
     feats = xc[:, f]
-    m1, m2 = _moments(party, feats, st.Spec(("mean",), tuple(spec.columns[j] for j in f)), n,
+    m1, m2 = moments(party, feats, st.Spec(("mean",), tuple(spec.columns[j] for j in f)), n,
                       False)
     r = inv_sqrt(m2[torch.arange(len(f)), torch.arange(len(f))] - m1 * m1)
     block = np.zeros((int(n), len(f) + 2))  # features, label, mask; padded to N rows
@@ -302,7 +303,7 @@ def logistic(party: Any, x: np.ndarray, spec: st.Spec, n: float) -> Any:
         # |g|^2 <= tol^2, on g * 256 so that tol^2 spans thousands of fixed-point units
         sw, sb = gw * _GRAD_SCALE, gb * _GRAD_SCALE
         norm2 = (sw * sw).sum() + sb * sb
-        converged = _fixed(norm2 <= (st.LOGIT_TOLERANCE * _GRAD_SCALE) ** 2, norm2)
+        converged = as_fixed(norm2 <= (st.LOGIT_TOLERANCE * _GRAD_SCALE) ** 2, norm2)
     coef = w * r
     return mpc.cat([coef, (b - (coef * m1).sum()).unsqueeze(0), converged.reshape(1)])
 

@@ -57,6 +57,7 @@ import numpy as np
 from veil.errors import ConfigurationError, PolicyViolation
 from veil.protocols.stats import dp_order
 from veil.protocols.stats import spec as st
+from veil.protocols.stats.order import assemble_order, order_targets
 from veil.protocols.stats.rows import (
     logistic,
     oblivious_bisection,
@@ -64,16 +65,16 @@ from veil.protocols.stats.rows import (
     public_search_supports,
 )
 from veil.protocols.stats.shares import (
-    _TRANSCRIPTS,
     FRAC_BITS,
     MAX_ROWS,
     UNIT,
-    _moments,
-    _open,
-    _reveal,
-    _sum_from_all,
-    _torch,
     inv_sqrt_parts,
+    load_torch,
+    moments,
+    open_to_all,
+    recording,
+    reveal,
+    sum_from_all,
 )
 
 __all__ = ["PREFLIGHT_CODES", "schema_digest", "run_release", "FRAC_BITS"]
@@ -101,7 +102,7 @@ def preflight(party: Any, *, code: int, columns: Sequence[str], rows: int | None
     if rows is not None:
         vec[-1] = rows
     with party.phase("stats preflight"):
-        opened = _open(party, _sum_from_all(party, vec))
+        opened = open_to_all(party, sum_from_all(party, vec))
     codes = np.rint(opened[:ws]).astype(int)
     for r, c in enumerate(codes):
         if c:
@@ -157,7 +158,7 @@ def dp_release(party: Any, x: np.ndarray, spec: st.Spec, noise: Sequence[int],
     # whenever f <= 16; for f < 0 we share k * 2^-16 and rescale after opening.
     scaled = np.array([k * 2.0 ** -max(f, 0) if f >= 0 else k * UNIT for k, f in zip(ints, bits)])
     with party.phase("stats dp release"):
-        opened = _reveal(party, _sum_from_all(party, scaled), to)
+        opened = reveal(party, sum_from_all(party, scaled), to)
     if opened is None:
         return None
     total = np.array([v * 2.0 ** (FRAC_BITS - f) if f < 0 else v for v, f in zip(opened, bits)])
@@ -174,14 +175,14 @@ def linear_release(party: Any, x: np.ndarray, spec: st.Spec, n: float,
     output everyone receives anyway), leaving only the unstandardisation on shares: a few
     multiplications instead of an 18-step Newton–Schulz inverse.
     """
-    torch = _torch()
+    torch = load_torch()
     outs: list[tuple[str, Any]] = []
     d = spec.d
     need_second = spec.needs("variance", "pvariance", "stdev", "pstdev", "covariance",
                              "correlation", "linear_regression")
     full = spec.needs("covariance", "correlation", "linear_regression")
     if spec.needs("mean") or need_second:
-        m1, m2 = _moments(party, x, spec, n, full)
+        m1, m2 = moments(party, x, spec, n, full)
         if spec.needs("mean"):
             outs.append(("mean", m1))
         if need_second:
@@ -212,18 +213,18 @@ def linear_release(party: Any, x: np.ndarray, spec: st.Spec, n: float,
                         outs.append(("linear_regression",
                                      solve(party, spec, m1, cov, corr, y * sc)))
     if spec.needs("sum"):
-        outs.append(("sum", _sum_from_all(party, st.clip(x, spec).sum(axis=0))))
+        outs.append(("sum", sum_from_all(party, st.clip(x, spec).sum(axis=0))))
     if spec.needs("histogram"):
         edges = np.asarray(spec.bins)
         xc = st.clip(x, spec)
         h = np.stack([np.histogram(xc[:, j], bins=edges)[0] for j in range(d)]).astype(float)
-        outs.append(("histogram", _sum_from_all(party, h)))
+        outs.append(("histogram", sum_from_all(party, h)))
     return outs
 
 
 def _unstandardise(spec: st.Spec, m1: Any, cov: Any, r: Any, beta_std: Any) -> Any:
     """[coef..., intercept] on shares from standardised coefficients (shared or public)."""
-    torch = _torch()
+    torch = load_torch()
     t = spec.target_index
     f = torch.tensor([j for j in range(spec.d) if j != t])
     sd_t = cov[t, t] * r[t]
@@ -234,8 +235,8 @@ def _unstandardise(spec: st.Spec, m1: Any, cov: Any, r: Any, beta_std: Any) -> A
 
 def _ols_public(party: Any, spec: st.Spec, m1: Any, cov: Any, corr: Any, r: Any) -> Any:
     """OLS when the correlation matrix is an output for everyone: solve it in the clear."""
-    torch = _torch()
-    c = np.clip(_open(party, corr), -1.0, 1.0)
+    torch = load_torch()
+    c = np.clip(open_to_all(party, corr), -1.0, 1.0)
     t = spec.target_index
     f = [j for j in range(spec.d) if j != t]
     beta, *_ = np.linalg.lstsq(c[np.ix_(f, f)], c[f, t], rcond=None)
@@ -244,7 +245,7 @@ def _ols_public(party: Any, spec: st.Spec, m1: Any, cov: Any, corr: Any, r: Any)
 
 def _ols(party: Any, spec: st.Spec, m1: Any, cov: Any, corr: Any, r: Any) -> Any:
     """Shared [coef..., intercept] from standardised normal equations (Newton–Schulz inverse)."""
-    torch = _torch()
+    torch = load_torch()
     t = spec.target_index
     f = torch.tensor([j for j in range(spec.d) if j != t])
     a = corr[f][:, f]
@@ -281,12 +282,12 @@ def cohort_check(party: Any, rows: int, min_cohort: int,
     mine = np.zeros(ws)
     mine[party.rank] = float(rows)
     with party.phase("stats minimum cohort"):
-        counts = _sum_from_all(party, mine)  # shared n_0 .. n_(P-1)
+        counts = sum_from_all(party, mine)  # shared n_0 .. n_(P-1)
         total = counts.sum()
         others = total - counts[who]  # shared N - n_r per recipient
         ok = others >= float(min_cohort)  # shared 0/1 (integer encoding)
         passed = ok.sum() >= float(len(who))  # conjunction, still shared
-        bit = _open(party, passed)
+        bit = open_to_all(party, passed)
     if int(np.rint(np.asarray(bit).reshape(-1)[0])) != 1:
         raise PolicyViolation(
             f"release refused by the minimum-cohort rule: some recipient ({who}) would learn an "
@@ -303,23 +304,23 @@ def _predraw(dp_order_noise: OrderNoise | None, targets: Sequence[Any]) -> list[
 
 
 def run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int = 0,
-                to: Sequence[int] | None = None, noise: Sequence[int] | None = None,
+                noise: Sequence[int] | None = None,
                 dp_frac_bits: Sequence[int] | None = None,
                 check_rows: Callable[[float], None] = lambda n: None,
                 before_release: Callable[[], None] = lambda: None,
                 transcript: list[np.ndarray] | None = None,
-                dp_order_noise: OrderNoise | None = None,
-                min_cohort: int = 1) -> dict | None:
-    """Everything ``spec`` asks for, in one protocol run. Returns the results on the parties in
-    ``to`` (all when None) and ``None`` on the others. ``before_release`` runs once the preflight
-    and the minimum-cohort check succeeded, before anything about the values is computed (e.g.
-    charging a privacy budget). ``transcript``, if given, receives a copy of every value opened
-    to this party (for audits and the leakage tests).
+                dp_order_noise: OrderNoise | None = None) -> dict | None:
+    """Everything ``spec`` asks for, in one protocol run, under ``spec.options``. Returns the
+    results on the parties in ``spec.options.to`` (all when None) and ``None`` on the others.
+    ``before_release`` runs once the preflight and the minimum-cohort check succeeded, before
+    anything about the values is computed (e.g. charging a privacy budget). ``transcript``, if
+    given, receives a copy of every value opened to this party (for audits and the leakage
+    tests).
 
-    ``min_cohort``: for every recipient, the rows of the other parties must be at least this
-    many, checked on shares right after the preflight (:func:`cohort_check`; 1 = off), for
-    exact releases. ``check_rows`` is called with the total count, which is noisy under DP: a
-    DP release checks that noisy count instead (an exact bit would not be DP).
+    ``spec.options.min_cohort``: for every recipient, the rows of the other parties must be at
+    least this many, checked on shares right after the preflight (:func:`cohort_check`; 1 =
+    off), for exact releases. ``check_rows`` is called with the total count, which is noisy
+    under DP: a DP release checks that noisy count instead (an exact bit would not be DP).
 
     ``dp_order_noise`` (DP order statistics only): this party's integer noise for the whole
     search, ``ROUNDS`` rows of one entry per order target, drawn *before* the protocol starts
@@ -327,22 +328,17 @@ def run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int = 0,
     message)."""
     dp = dp_frac_bits is not None
     order_noise = _predraw(dp_order_noise, dp_order.dp_targets(spec) if dp else [])
-    if transcript is not None:
-        _TRANSCRIPTS[id(party)] = transcript
-    try:
-        return _run_release(party, x, spec, code=code, to=to, noise=noise,
+    with recording(party, transcript):
+        return _run_release(party, x, spec, code=code, noise=noise,
                             dp_frac_bits=dp_frac_bits, check_rows=check_rows,
-                            before_release=before_release, order_noise=order_noise,
-                            min_cohort=min_cohort)
-    finally:
-        _TRANSCRIPTS.pop(id(party), None)
+                            before_release=before_release, order_noise=order_noise)
 
 
 def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
-                 to: Sequence[int] | None, noise: Sequence[int] | None,
-                 dp_frac_bits: Sequence[int] | None, check_rows: Callable[[float], None],
-                 before_release: Callable[[], None],
-                 order_noise: list[list[int]] | None, min_cohort: int) -> dict | None:
+                 noise: Sequence[int] | None, dp_frac_bits: Sequence[int] | None,
+                 check_rows: Callable[[float], None], before_release: Callable[[], None],
+                 order_noise: list[list[int]] | None) -> dict | None:
+    to = spec.options.to
     dp = dp_frac_bits is not None
     dp_targets = dp_order.dp_targets(spec) if dp else []
     if dp_targets and to is not None:
@@ -351,7 +347,7 @@ def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
             "party, so they cannot go only to `to`; use to=None or drop the order statistics")
     n = preflight(party, code=code, columns=spec.columns, rows=None if dp else x.shape[0])
     if not dp:  # a DP release checks its noisy count instead: an exact bit is not DP
-        cohort_check(party, int(x.shape[0]), min_cohort, to)
+        cohort_check(party, int(x.shape[0]), spec.options.min_cohort, to)
     before_release()
     if dp:
         out = dp_release(party, x, spec, noise or [], dp_frac_bits, to=to,
@@ -367,7 +363,7 @@ def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
     shared: list[tuple[str, Any]] = []
     with party.phase("stats linear"):
         shared.extend(linear_release(party, x, spec, n, to))
-    order = st.order_targets(spec, int(n)) if any(s in spec.stats for s in st.ORDER) else []
+    order = order_targets(spec, int(n)) if any(s in spec.stats for s in st.ORDER) else []
     # public search whenever everyone gets the outputs (its bits show them to all parties)
     fast = [t for t in order if to is None and public_search_supports(t)]
     slow = [t for t in order if t not in fast]
@@ -382,7 +378,7 @@ def _run_release(party: Any, x: np.ndarray, spec: st.Spec, *, code: int,
     slow_vals = list(opened.pop("_order", []))
     values = {t: v for t, v in zip(fast, fast_vals)}
     values.update({t: v for t, v in zip(slow, slow_vals)})
-    results.update(st.assemble_order(spec, order, [values[t] for t in order]))
+    results.update(assemble_order(spec, order, [values[t] for t in order]))
     for key, val in opened.items():
         if key in ("stdev", "pstdev"):
             val = np.sqrt(np.maximum(val, 0.0))
@@ -414,7 +410,7 @@ def _open_all(party: Any, shared: list[tuple[str, Any]], to: Sequence[int] | Non
     if not flat:
         return {}
     with party.phase("stats reveal"):
-        opened = _reveal(party, mpc.cat(flat), to)
+        opened = reveal(party, mpc.cat(flat), to)
     if opened is None:
         return None
     out: dict[str, Any] = {}

@@ -1,13 +1,15 @@
 """Low-level helpers of the MPC statistics kernels: sharing sums, exact opening, fixed point.
 
-Opening goes through :func:`_open` / :func:`_reveal`, which decode CrypTen's ring elements exactly
-in float64 (CrypTen's own decoder stops at float32) and record every opened value in the
-party's transcript when one is being kept (see ``stats_mpc.run_release``).
+Opening goes through :func:`open_to_all` / :func:`reveal`, which decode CrypTen's ring elements
+exactly in float64 (CrypTen's own decoder stops at float32) and record every opened value in the
+party's transcript while one is being kept (:func:`recording`, used by
+``veil.protocols.stats.secret.run_release``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -24,15 +26,15 @@ PUBLIC_FANOUT = 15  # thresholds per round of the public search (4 bits of the o
 OBLIVIOUS_FANOUT = 3  # thresholds per round of the oblivious search
 
 
-def _torch() -> Any:
+def load_torch() -> Any:
     import torch
 
     return torch
 
 
-def _sum_from_all(party: Any, local: np.ndarray) -> Any:
+def sum_from_all(party: Any, local: np.ndarray) -> Any:
     """Shared sum over parties of each party's vector (all vectors have the same shape)."""
-    torch = _torch()
+    torch = load_torch()
     t = torch.as_tensor(np.asarray(local, dtype=np.float64))
     total = None
     for r in range(party.world_size):
@@ -48,7 +50,7 @@ def _decode(ring: Any, scale: int) -> np.ndarray:
     return whole.astype(np.float64) + (r - whole * scale).astype(np.float64) / scale
 
 
-def _reveal(party: Any, x: Any, to: Sequence[int] | None) -> np.ndarray | None:
+def reveal(party: Any, x: Any, to: Sequence[int] | None) -> np.ndarray | None:
     """Open the shared ``x`` to the parties in ``to`` (all when None), in float64.
 
     A restricted opening is point to point (:func:`veil.mpc.tensor.open_ring`): every party
@@ -56,7 +58,7 @@ def _reveal(party: Any, x: Any, to: Sequence[int] | None) -> np.ndarray | None:
     ``reveal(dst=r)`` is a gloo ring ``reduce`` that leaves chunks of the opened value in every
     party's buffer)."""
     if to is None:
-        return _open(party, x)
+        return open_to_all(party, x)
     inner = x._tensor
     ring = open_ring(party, inner.share, check_recipients(party.world_size, to))  # point to point
     out = None if ring is None else _decode(ring, inner.encoder.scale)
@@ -64,7 +66,7 @@ def _reveal(party: Any, x: Any, to: Sequence[int] | None) -> np.ndarray | None:
     return out
 
 
-def _open(party: Any, x: Any) -> np.ndarray:
+def open_to_all(party: Any, x: Any) -> np.ndarray:
     """Open ``x`` to every party, in float64 (recorded in ``party``'s transcript, if any)."""
     inner = x._tensor
     out = _decode(inner.reveal(), inner.encoder.scale)
@@ -75,13 +77,27 @@ def _open(party: Any, x: Any) -> np.ndarray:
 _TRANSCRIPTS: dict[int, list[np.ndarray]] = {}
 
 
+@contextmanager
+def recording(party: Any, transcript: list[np.ndarray] | None) -> Iterator[None]:
+    """While inside, every value opened to ``party`` is appended to ``transcript`` (a copy);
+    ``None`` records nothing."""
+    if transcript is None:
+        yield
+        return
+    _TRANSCRIPTS[id(party)] = transcript
+    try:
+        yield
+    finally:
+        _TRANSCRIPTS.pop(id(party), None)
+
+
 def _record(party: Any, value: np.ndarray | None) -> None:
     log = _TRANSCRIPTS.get(id(party))
     if log is not None and value is not None:
         log.append(np.array(value, copy=True))
 
 
-def _fixed(bits: Any, like: Any) -> Any:
+def as_fixed(bits: Any, like: Any) -> Any:
     """Comparison results are integer-encoded; re-encode them on ``like``'s fixed-point scale."""
     out = bits.clone()
     out._tensor.encode_(like.encoder)
@@ -106,7 +122,7 @@ def inv_sqrt_parts(v: Any) -> tuple[Any, Any]:
     with ``w_i = 2^-k_i`` exact on the fixed-point grid, so it is computed on the shares without
     communication (no per-interval multiplication and truncation).
     """
-    torch = _torch()
+    torch = load_torch()
     exps = list(_INV_SQRT_EXP)
     w = [2.0**-k for k in exps]
     thresholds = torch.tensor([4.0**k for k in exps], dtype=torch.float64)
@@ -127,17 +143,17 @@ def inv_sqrt_parts(v: Any) -> tuple[Any, Any]:
     return y, scale
 
 
-def _moments(party: Any, x: np.ndarray, spec: st.Spec, n: float, full: bool) -> tuple[Any, Any]:
+def moments(party: Any, x: np.ndarray, spec: st.Spec, n: float, full: bool) -> tuple[Any, Any]:
     """Shared E[x] (d) and E[x xᵀ] (d × d) over all rows; each party divides its sums by N."""
     d = spec.d
     x = st.clip(x, spec)
     second = (x.T @ x) if full else np.diag((x * x).sum(axis=0))
     local = np.concatenate([x.sum(axis=0), second.reshape(-1)]) / n
-    v = _sum_from_all(party, local)
+    v = sum_from_all(party, local)
     return v[:d], v[d:].reshape(d, d)
 
 
-def _range(spec: st.Spec, col: int) -> tuple[float, float]:
+def value_range(spec: st.Spec, col: int) -> tuple[float, float]:
     if spec.bounds is not None:
         return spec.bounds[col]
     return (-st.VALUE_LIMIT, st.VALUE_LIMIT)

@@ -7,9 +7,10 @@ same columns.
 Linear statistics (count, sum, mean, variances, covariance/correlation, histogram, OLS) only need
 the sum over parties of a fixed-size vector of *sufficient statistics* per party (:func:`local_
 aggregates`): row count, column sums, sums of products and histogram counts. Order statistics
-(median, quantiles, min, max) and logistic regression need the rows themselves (MPC only).
-Differentially private order statistics are rank searches without interpolation, run by
-``veil.protocols.stats.dp_order`` (MPC and plain data).
+(median, quantiles, min, max) and logistic regression need the rows themselves (MPC only); their
+positions are in ``veil.protocols.stats.order``. Differentially private order statistics are
+rank searches without interpolation, run by ``veil.protocols.stats.dp_order`` (MPC and plain
+data).
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from __future__ import annotations
 import math
 import statistics as pystats
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from veil.errors import ConfigurationError, UnsupportedOperationError
+from veil.protocols.stats.options import Options
 
 __all__ = [
-    "BACKENDS", "LINEAR", "ORDER", "SUPPORT", "DP_SUPPORTED", "Spec", "Regression", "Target",
-    "make_spec", "layout", "local_aggregates", "finalize_linear", "order_targets",
-    "assemble_order", "plain_results", "VALUE_LIMIT",
+    "BACKENDS", "LINEAR", "ORDER", "SUPPORT", "DP_SUPPORTED", "Spec", "Regression", "make_spec",
+    "layout", "local_aggregates", "finalize_linear", "plain_results", "VALUE_LIMIT",
 ]
 
 BACKENDS = ("mpc", "paillier", "ckks")
@@ -45,7 +46,6 @@ _QMETHODS = ("exclusive", "inclusive")
 
 
 LOGIT_TOLERANCE = 1e-3  # gradient norm (standardised features) below which a fit has converged
-LOGIT_ITERATIONS = 100  # default gradient steps of the logistic regression
 LOGIT_MOMENTUM = 0.7  # Nesterov momentum of the logistic regression
 
 
@@ -83,16 +83,17 @@ class Regression:
 
 @dataclass(frozen=True)
 class Spec:
-    """What one release computes. Built and validated by :func:`make_spec`."""
+    """What one release computes, and the :class:`~veil.protocols.stats.options.Options` it
+    runs under (passed on unchanged to every kernel). Built and validated by :func:`make_spec`.
+
+    ``bins`` and ``bounds`` are ``options.bins`` / ``options.bounds`` validated for these
+    columns: the histogram edges (``None`` without a histogram) and one ``(low, high)`` per
+    column (``None`` without bounds)."""
 
     stats: tuple[str, ...]
     columns: tuple[str, ...]
+    options: Options = field(default_factory=Options)
     bins: tuple[float, ...] | None = None
-    quantile_n: int = 4
-    quantile_method: str = "exclusive"
-    target: str | None = None
-    iterations: int = LOGIT_ITERATIONS
-    learning_rate: float | None = None
     bounds: tuple[tuple[float, float], ...] | None = None
 
     @property
@@ -103,65 +104,56 @@ class Spec:
         return any(n in self.stats for n in names)
 
     @property
+    def quantiles_n(self) -> int:
+        return self.options.quantiles_n
+
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+    @property
+    def target(self) -> str | None:
+        return self.options.target
+
+    @property
+    def iterations(self) -> int:
+        return self.options.iterations
+
+    @property
+    def learning_rate(self) -> float | None:
+        lr = self.options.learning_rate
+        return None if lr is None else float(lr)
+
+    @property
     def target_index(self) -> int:
         if self.target is None:
             return self.d - 1
         return self.columns.index(self.target)
 
 
-def make_spec(
-    stats: Sequence[str],
-    columns: Sequence[str],
-    *,
-    backend: str = "mpc",
-    bins: Sequence[float] | None = None,
-    quantile_n: int = 4,
-    quantile_method: str = "exclusive",
-    target: str | None = None,
-    iterations: int = LOGIT_ITERATIONS,
-    learning_rate: float | None = None,
-    bounds: Sequence[tuple[float, float]] | None = None,
-    dp: bool = False,
-) -> Spec:
-    """Validate a request; raises before any protocol starts."""
+def make_spec(stats: Sequence[str] | str, columns: Sequence[str],
+              options: Options | None = None) -> Spec:
+    """Validate a request (``options``: the defaults when ``None``); raises before any protocol
+    starts."""
+    o = Options() if options is None else options
+    per_col = o.bounds_for(columns)
     if isinstance(stats, str):
         stats = [s.strip() for s in stats.split(",") if s.strip()]
     stats = tuple(dict.fromkeys(stats))
     if not stats:
         raise ConfigurationError("no statistics requested; name at least one, e.g. ['mean']")
-    if backend not in BACKENDS:
-        raise ConfigurationError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    for s in stats:
-        if s not in SUPPORT:
-            raise ConfigurationError(
-                f"unknown statistic {s!r}; available: {', '.join(SUPPORT)}")
-        if backend not in SUPPORT[s]:
-            raise UnsupportedOperationError(
-                f"{s} is not supported by backend {backend!r}; use backend="
-                f"{' or '.join(repr(b) for b in SUPPORT[s])}")
-        if dp and s not in DP_SUPPORTED:
-            raise UnsupportedOperationError(
-                f"{s} has no differentially private release in Veil (DP covers "
-                f"{', '.join(DP_SUPPORTED)}); drop epsilon or the statistic")
+    _check_support(stats, o.backend, o.dp is not None)
     columns = tuple(str(c) for c in columns)
     if not columns or len(set(columns)) != len(columns):
         raise ConfigurationError(f"columns must be non-empty and distinct, got {list(columns)}")
-    edges: tuple[float, ...] | None = None
-    if "histogram" in stats:
-        if bins is None:
-            raise ConfigurationError("histogram needs bin edges: bins=[e0, e1, ..., ek]")
-        arr = np.asarray(bins, dtype=np.float64)
-        if arr.ndim != 1 or arr.size < 2 or not np.all(np.isfinite(arr)) or np.any(
-            np.diff(arr) <= 0
-        ):
-            raise ConfigurationError(
-                f"bins must be >= 2 finite, strictly increasing edges, got {arr.tolist()}")
-        edges = tuple(float(e) for e in arr)
-    if isinstance(quantile_n, bool) or not isinstance(quantile_n, int) or quantile_n < 1:
-        raise ConfigurationError(f"quantiles n must be an integer >= 1, got {quantile_n!r}")
-    if quantile_method not in _QMETHODS:
+    edges = _edges(o.bins) if "histogram" in stats else None
+    quantiles_n, target, iterations, learning_rate = (
+        o.quantiles_n, o.target, o.iterations, o.learning_rate)
+    if isinstance(quantiles_n, bool) or not isinstance(quantiles_n, int) or quantiles_n < 1:
+        raise ConfigurationError(f"quantiles n must be an integer >= 1, got {quantiles_n!r}")
+    if o.method not in _QMETHODS:
         raise ConfigurationError(
-            f"quantile method must be one of {_QMETHODS}, got {quantile_method!r}")
+            f"quantile method must be one of {_QMETHODS}, got {o.method!r}")
     if any(s in stats for s in ("linear_regression", "logistic_regression")):
         if len(columns) < 2:
             raise ConfigurationError(
@@ -178,17 +170,50 @@ def make_spec(
             learning_rate, (int, float)) or not 0 < learning_rate < 100):
         raise ConfigurationError(
             f"learning_rate must be None (automatic) or in (0, 100), got {learning_rate!r}")
-    bnds = None
-    if bounds is not None:
-        bnds = tuple((float(lo), float(hi)) for lo, hi in bounds)
-        if len(bnds) != len(columns) or any(
-            not (math.isfinite(lo) and math.isfinite(hi) and lo < hi) for lo, hi in bnds
-        ):
+    return Spec(stats, columns, o, edges, _column_bounds(per_col, columns))
+
+
+def _check_support(stats: Sequence[str], backend: str, dp: bool) -> None:
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    for s in stats:
+        if s not in SUPPORT:
             raise ConfigurationError(
-                f"bounds must give finite (low, high) with low < high for each of the "
-                f"{len(columns)} columns, got {bounds!r}")
-    return Spec(stats, columns, edges, quantile_n, quantile_method, target, iterations,
-                None if learning_rate is None else float(learning_rate), bnds)
+                f"unknown statistic {s!r}; available: {', '.join(SUPPORT)}")
+        if backend not in SUPPORT[s]:
+            raise UnsupportedOperationError(
+                f"{s} is not supported by backend {backend!r}; use backend="
+                f"{' or '.join(repr(b) for b in SUPPORT[s])}")
+        if dp and s not in DP_SUPPORTED:
+            raise UnsupportedOperationError(
+                f"{s} has no differentially private release in Veil (DP covers "
+                f"{', '.join(DP_SUPPORTED)}); drop epsilon or the statistic")
+
+
+def _edges(bins: Sequence[float] | None) -> tuple[float, ...]:
+    if bins is None:
+        raise ConfigurationError("histogram needs bin edges: bins=[e0, e1, ..., ek]")
+    arr = np.asarray(bins, dtype=np.float64)
+    if arr.ndim != 1 or arr.size < 2 or not np.all(np.isfinite(arr)) or np.any(
+        np.diff(arr) <= 0
+    ):
+        raise ConfigurationError(
+            f"bins must be >= 2 finite, strictly increasing edges, got {arr.tolist()}")
+    return tuple(float(e) for e in arr)
+
+
+def _column_bounds(bounds: Sequence[tuple[float, float]] | None,
+                   columns: Sequence[str]) -> tuple[tuple[float, float], ...] | None:
+    if bounds is None:
+        return None
+    bnds = tuple((float(lo), float(hi)) for lo, hi in bounds)
+    if len(bnds) != len(columns) or any(
+        not (math.isfinite(lo) and math.isfinite(hi) and lo < hi) for lo, hi in bnds
+    ):
+        raise ConfigurationError(
+            f"bounds must give finite (low, high) with low < high for each of the "
+            f"{len(columns)} columns, got {bounds!r}")
+    return bnds
 
 
 # --- sufficient statistics --------------------------------------------------------------------
@@ -339,91 +364,6 @@ def _ols(spec: Spec, m2: np.ndarray, sums: np.ndarray, n: float) -> Regression:
     return Regression(sol[:-1], float(sol[-1]), tuple(spec.columns[j] for j in f))
 
 
-# --- order statistics ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """value = (x[a] * (den - num) + x[a + 1] * num) / den over the sorted column ``col``."""
-
-    key: str
-    col: int
-    a: int
-    num: int
-    den: int
-
-    @property
-    def exact(self) -> bool:
-        return self.num == 0 or self.num == self.den
-
-    @property
-    def index(self) -> int:
-        return self.a + 1 if self.num == self.den else self.a
-
-
-def order_targets(spec: Spec, n: int) -> list[Target]:
-    """The order-statistic positions each requested statistic needs, given ``n`` rows."""
-    if n < 1:
-        raise ConfigurationError("order statistics need at least one row")
-    out: list[Target] = []
-    for col in range(spec.d):
-        for key in ORDER:
-            if key not in spec.stats:
-                continue
-            if key == "min":
-                out.append(Target(key, col, 0, 0, 1))
-            elif key == "max":
-                out.append(Target(key, col, n - 1, 0, 1))
-            elif key == "median_low":
-                out.append(Target(key, col, (n - 1) // 2, 0, 1))
-            elif key == "median_high":
-                out.append(Target(key, col, n // 2, 0, 1))
-            elif key == "median":
-                if n % 2:
-                    out.append(Target(key, col, n // 2, 0, 1))
-                else:
-                    out.append(Target(key, col, n // 2 - 1, 1, 2))
-            else:
-                out.extend(_quantile_targets(spec, col, n))
-    return out
-
-
-def _quantile_targets(spec: Spec, col: int, n: int) -> list[Target]:
-    q = spec.quantile_n
-    if n < 2:
-        raise ConfigurationError("quantiles need at least two rows")
-    res = []
-    for i in range(1, q):
-        if spec.quantile_method == "inclusive":
-            j, delta = divmod(i * (n - 1), q)
-            if j >= n - 1:  # only reachable for i == q; keep the index valid
-                j, delta = n - 2, q
-            res.append(Target("quantiles", col, j, delta, q))
-        else:
-            m = n + 1
-            j = i * m // q
-            j = 1 if j < 1 else n - 1 if j > n - 1 else j
-            delta = i * m - j * q
-            res.append(Target("quantiles", col, j - 1, delta, q))
-    return res
-
-
-def assemble_order(spec: Spec, targets: Sequence[Target], values: Sequence[float]) -> dict:
-    """Group per-target values back into per-statistic, per-column arrays."""
-    out: dict[str, Any] = {}
-    for key in ORDER:
-        if key not in spec.stats:
-            continue
-        if key == "quantiles":
-            out[key] = np.array([[v for t, v in zip(targets, values)
-                                  if t.key == key and t.col == c] for c in range(spec.d)])
-        else:
-            arr = np.zeros(spec.d)
-            for t, v in zip(targets, values):
-                if t.key == key:
-                    arr[t.col] = v
-            out[key] = arr
-    return out
-
-
 # --- plaintext oracle ------------------------------------------------------------------------
 def plain_results(x: np.ndarray, spec: Spec) -> dict[str, Any]:
     """The plaintext answer (numpy / :mod:`statistics`) over all rows ``x`` (n × d)."""
@@ -452,9 +392,9 @@ def plain_results(x: np.ndarray, spec: Spec) -> dict[str, Any]:
             fn = getattr(pystats, s)
             out[s] = np.array([fn(x[:, j].tolist()) for j in range(spec.d)])
         elif s == "quantiles":
-            out[s] = np.array([pystats.quantiles(x[:, j].tolist(), n=spec.quantile_n,
-                                                 method=spec.quantile_method)
-                               for j in range(spec.d)]).reshape(spec.d, spec.quantile_n - 1)
+            out[s] = np.array([pystats.quantiles(x[:, j].tolist(), n=spec.quantiles_n,
+                                                 method=spec.method)
+                               for j in range(spec.d)]).reshape(spec.d, spec.quantiles_n - 1)
         elif s == "min":
             out[s] = x.min(axis=0)
         elif s == "max":
@@ -474,7 +414,8 @@ def logistic_plain(x: np.ndarray, spec: Spec) -> Regression:
     """Reference for the joint logistic regression: the *same* algorithm in float64.
 
     Full-batch gradient descent with Nesterov momentum (:data:`LOGIT_MOMENTUM`) for
-    ``spec.iterations`` steps (default :data:`LOGIT_ITERATIONS`) of size :func:`logit_step`, on
+    ``spec.iterations`` steps (default
+    :data:`~veil.protocols.stats.options.LOGIT_ITERATIONS`) of size :func:`logit_step`, on
     features standardised with the pooled mean and population standard deviation, starting at
     zero; coefficients are mapped back to the original feature scale. ``converged``: gradient
     norm at most :data:`LOGIT_TOLERANCE` after the last step (standardised problem). The default
