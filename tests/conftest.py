@@ -40,17 +40,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
-
-
-def skip_known_seal_abort(proc) -> None:
-    """Known defect, not yet fixed: SEAL 4.1.1 (inside TenSEAL 0.3.18) aborts the process with an
-    uncaught ``std::__ios_failure`` on some rare malformed ciphertexts (about 1 fuzz run in 4;
-    the mutated bytes depend on encryption randomness). Python cannot catch an abort; the fix is
-    a structural check of SEAL's serialization header before TenSEAL parses (see the session
-    note). Any other crash or escape still fails."""
-    import signal
-
-    import pytest
-
-    if proc.returncode == -signal.SIGABRT and "std::__ios_failure" in proc.stderr:
-        pytest.xfail("known SEAL 4.1 abort on a malformed ciphertext (std::__ios_failure)")

@@ -120,3 +120,23 @@ def test_parties_die_with_their_launcher(tmp_path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def stuck_job(party):
+    """Party 1 stays alive (its heartbeats go on) in a long local phase; party 0 waits for it."""
+    x = party.share(torch.arange(4.0) if party.rank == 0 else None, src=0)
+    if party.rank == 1:
+        with party.phase("slow local work"):
+            time.sleep(60)
+    with party.phase("reveal"):
+        return party.reveal(x, to=[0])
+
+
+def test_alive_but_stuck_party_is_named_with_its_phase(warm) -> None:
+    with pytest.raises(PartyFailure) as info:
+        mpc.run(stuck_job, parties=2, timeout=TIMEOUT)
+    err, text = info.value, str(info.value)
+    assert err.rank == 1, text
+    assert "party 1 is alive" in text and "'slow local work'" in text, text
+    assert "party 0 was in phase 'reveal" in text, text
+    assert "unknown party" not in text, text

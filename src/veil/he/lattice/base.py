@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Self
 from veil.errors import ConfigurationError, KeyMismatchError, SerializationError
 from veil.he import serialize as envelope
 from veil.he.lattice.native import check_header_field, cpp, frame, translate, unframe
+from veil.he.lattice.sealcheck import check_blob
 
 __all__ = ["SealContext", "SealTensor"]
 
@@ -110,6 +111,7 @@ class SealContext:
         p = cls.params_from(desc, what)
         if envelope.params_digest(p.describe()) != env.params_hash:
             raise SerializationError(f"{what}: parameter hash does not match the header")
+        check_blob(blobs[0], kind="context", what=what)  # SEAL aborts on some malformed blobs
         try:
             native = cpp().TenSEALContext.deserialize(blobs[0])
         except Exception as exc:  # TenSEAL raises ValueError/RuntimeError/TypeError here

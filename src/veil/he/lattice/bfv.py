@@ -38,6 +38,7 @@ from veil.he.lattice.native import (
     to_array,
     translate,
 )
+from veil.he.lattice.sealcheck import check_blob
 from veil.he.params import BFVParams
 
 __all__ = ["BFVContext", "BFVTensor"]
@@ -155,6 +156,7 @@ class BFVContext(SealContext):
             raise SerializationError(f"{what}: {len(blobs)} ciphertexts for {size} values")
         ctor, chunks = cpp().BFVVector, []
         for blob, n in zip(blobs, expected):
+            check_blob(blob, kind="tensor", what=what)  # SEAL aborts on some malformed blobs
             try:
                 chunk = ctor(self._native, blob)
                 cts = chunk.ciphertext()

@@ -35,6 +35,7 @@ from veil.he.lattice.native import (
     to_array,
     translate,
 )
+from veil.he.lattice.sealcheck import check_blob
 from veil.he.lattice.tensor import CKKSTensor, polyval_depth
 from veil.he.lattice.util import level_of
 from veil.he.params import CKKSParams
@@ -302,6 +303,7 @@ def _load_tensor(ctx: CKKSContext, data: bytes, max_bytes: int) -> CKKSTensor:
     ctor = cpp().CKKSVector
     chunks, levels = [], []
     for blob, n in zip(blobs, expected):
+        check_blob(blob, kind="tensor", what=what)  # SEAL aborts on some malformed blobs
         try:
             chunk = ctor(ctx._native, blob)
             cts = chunk.ciphertext()

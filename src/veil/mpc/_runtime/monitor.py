@@ -228,7 +228,8 @@ class Monitor:
         if box:
             return box[0]
         if self.rank == 0:
-            return None, "could not be identified (the session store does not answer)"
+            return None, ("the failing party could not be identified (the session store does "
+                          "not answer)")
         return 0, "does not answer (its session store hangs: stopped or cut off)"
 
     def _diagnose(self) -> tuple[int | None, str]:
@@ -256,4 +257,14 @@ class Monitor:
             return 0, "is unreachable (its session store does not answer)"
         if stale:
             return stale[0], "stopped sending heartbeats (dead, stopped or cut off)"
-        return None, "every party still sends heartbeats"
+        return self._stuck(list(before))
+
+    def _stuck(self, others: list[int]) -> tuple[int | None, str]:
+        """Every other process is alive: name one that is not where this one waits."""
+        with self._lock:
+            own = self._phase
+        elsewhere = [r for r in others if self.peer_phase(r) != own]
+        if elsewhere:
+            return elsewhere[0], "is alive (it still sends heartbeats) but did not get here"
+        return None, (f"every party is alive and in phase {own!r}, yet a message did not arrive "
+                      "in time (a party computing for longer than the timeout, or the network)")

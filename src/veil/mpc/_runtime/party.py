@@ -386,8 +386,11 @@ def _run_dealer(crypten: Any, store: Any, monitor: Monitor) -> None:
 
 def _failure_from(state: _State, culprit: int | None, how: str) -> PartyFailure:
     ws = state.config.world_size
+    if culprit is None:  # nobody to blame: say what this party saw
+        return PartyFailure(f"{rank_label(state.rank, ws)} timed out in phase {state.phase!r}: "
+                            f"{how}", rank=None, phase=state.phase)
     theirs = ""
-    if culprit is not None and state.monitor is not None:
+    if state.monitor is not None:
         theirs = f"; its last phase: {state.monitor.peer_phase(culprit)!r}"
     return PartyFailure(
         f"{rank_label(culprit, ws)} {how} while {rank_label(state.rank, ws)} was in phase "
