@@ -68,6 +68,8 @@ def test_subpackage_access_is_lazy() -> None:
         (errors.PolicyViolation, PermissionError),
         (errors.AggregationAborted, RuntimeError),
         (errors.RemoteServiceError, ConnectionError),
+        (errors.AuthenticationError, ConnectionError),
+        (errors.CertificateError, ConnectionError),
     ],
 )
 def test_error_hierarchy(cls: type, builtin: type) -> None:
@@ -75,6 +77,14 @@ def test_error_hierarchy(cls: type, builtin: type) -> None:
     assert issubclass(cls, builtin)
     assert issubclass(errors.InsecureParametersError, errors.ConfigurationError)
     assert issubclass(errors.UnsupportedLayerError, errors.UnsupportedOperationError)
+
+
+def test_remote_errors_keep_their_class_status_and_phase_through_pickle() -> None:
+    import pickle
+
+    for cls in (errors.RemoteServiceError, errors.AuthenticationError, errors.CertificateError):
+        back = pickle.loads(pickle.dumps(cls("refused", status=401, phase="predict")))
+        assert type(back) is cls and (back.status, back.phase) == (401, "predict")
 
 
 def test_every_public_error_is_listed_and_builtin_backed() -> None:

@@ -23,6 +23,8 @@ __all__ = [
     "PolicyViolation",
     "AggregationAborted",
     "RemoteServiceError",
+    "AuthenticationError",
+    "CertificateError",
 ]
 
 
@@ -109,9 +111,17 @@ class RemoteServiceError(VeilError, ConnectionError):
         self.phase = phase
 
     def __reduce__(self):
-        return (_rebuild_remote_error, (str(self), self.status, self.phase))
+        return (_rebuild_remote_error, (type(self), str(self), self.status, self.phase))
 
 
-def _rebuild_remote_error(message: str, status: int | None,
+class AuthenticationError(RemoteServiceError):
+    """The server refused the client's credentials (HTTP 401): missing, unknown or bad token."""
+
+
+class CertificateError(RemoteServiceError):
+    """The server's TLS certificate could not be verified (unknown CA, wrong host, expired)."""
+
+
+def _rebuild_remote_error(cls: type[RemoteServiceError], message: str, status: int | None,
                           phase: str | None) -> RemoteServiceError:
-    return RemoteServiceError(message, status=status, phase=phase)
+    return cls(message, status=status, phase=phase)

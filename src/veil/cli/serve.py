@@ -2,83 +2,126 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+_TLS_CERT = typer.Option(
+    None, "--tls-cert", help="PEM certificate (chain) to serve HTTPS with; needs --tls-key")
+_TLS_KEY = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert")
+_TOKEN_SECRET = typer.Option(
+    None, "--token-secret",
+    help="require API tokens (Authorization: Bearer) made with `veil serve token new NAME "
+    "--secret-file FILE` under this secret file; contexts then belong to the token's NAME")
+_PLAIN = typer.Option(
+    False, "--insecure-plain-http",
+    help="allow plain HTTP on a non-loopback --host (only behind a TLS-terminating proxy)")
+_HOST = typer.Option(
+    "127.0.0.1", "--host",
+    help="interface to listen on (default loopback; others need --tls-cert/--tls-key or "
+    "--insecure-plain-http)")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def serve(
-        model: str = typer.Option(
-            "zoo:digits-mlp", "--model", "-m",
-            help="model to serve: zoo:NAME (veil.models.zoo, batched layout), zoo:NAME:single "
-            "(one row per request, needs Galois keys), linear:digits, or PATH[:single]: your "
-            "own model saved with veil.models.save(net, PATH, input_shape=..., domain=...)",
-        ),
-        input_shape: str = typer.Option(
-            "", "--input-shape",
-            help="model files only: the input shape per row, e.g. 64 or 1,8,8 (must match "
-            "the file's)",
-        ),
-        domain: str = typer.Option(
-            "", "--domain",
-            help="model files only: input range LOW:HIGH (e.g. 0:1), overriding the file's; "
-            "clients refuse inputs outside it",
-        ),
-        host: str = typer.Option(
-            "127.0.0.1", "--host",
-            help="interface to listen on (default loopback; the server has no TLS or auth)",
-        ),
-        port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port"),
-        workers: int = typer.Option(
-            0, "--workers", min=0, max=64,
-            help="evaluation processes (0: one per CPU core, at most 4)",
-        ),
-        queue: int = typer.Option(
-            32, "--queue", min=0, max=10_000,
-            help="requests that may wait for a worker; beyond that the server answers 503",
-        ),
-        deadline: float = typer.Option(
-            120.0, "--deadline", min=0.1, max=3600.0,
-            help="seconds from a complete request to its answer (504 after)",
-        ),
-        max_request_mb: int = typer.Option(
-            0, "--max-request-mb", min=0, max=4096,
-            help="largest prediction request in MiB (0: one full batch of the model)",
-        ),
-        max_context_mb: int = typer.Option(
-            256, "--max-context-mb", min=1, max=4096, help="largest uploaded context (MiB)",
-        ),
-        body_timeout: float = typer.Option(
-            60.0, "--body-timeout", min=0.1, max=3600.0,
-            help="seconds a client may take to send one body (raise it for contexts of "
-            "hundreds of MB over slow links)",
-        ),
-        store: str = typer.Option(
-            "", "--store", help="directory for uploaded contexts (default: a temporary one)",
-        ),
+    group = typer.Typer(help="Serve a model on encrypted inputs (and issue its API tokens).",
+                        no_args_is_help=False, invoke_without_command=True)
+    tokens = typer.Typer(help="API tokens for clients of `veil serve --token-secret`.",
+                         no_args_is_help=True)
+    group.add_typer(tokens, name="token")
+    app.add_typer(group, name="serve")
+
+    @tokens.command("new")
+    def token_new(
+        name: str = typer.Argument(..., help="the client's name (letters, digits, - and _)"),
+        secret_file: Path = typer.Option(
+            ..., "--secret-file", help="the server's 256-bit secret (created 0600 if missing)"),
     ) -> None:
-        """Serve a model on encrypted inputs: clients upload a public CKKS context, then predict."""
-        from pathlib import Path
+        """Print a new token for client NAME (give it to that client only)."""
+        from veil.serve.auth import load_secret, new_token
 
-        from veil.serve.config import MiB, ServerConfig
-        from veil.serve.evaluator import load_evaluator
-        from veil.serve.runner import check_store_dir
-        from veil.serve.runner import serve as run
+        typer.echo(new_token(name, load_secret(secret_file, create=True)))
 
-        if store:
-            check_store_dir(store, "--store")
-        shape = _parse_shape(input_shape) if input_shape else None
-        dom = _parse_domain(domain) if domain else None
-        spec_or_model = model if shape is None and dom is None else \
-            load_evaluator(model, input_shape=shape, domain=dom)
-        kwargs = {} if workers == 0 else {"workers": workers}
-        cfg = ServerConfig(
-            queue_size=queue, request_deadline_s=deadline, body_timeout_s=body_timeout,
-            max_request_bytes=max_request_mb * MiB if max_request_mb else None,
-            max_context_bytes=max_context_mb * MiB,
-            store_dir=Path(store) if store else None, **kwargs,
-        )
-        run(spec_or_model, host=host, port=port, config=cfg)
+    group.callback()(_serve)
+
+
+def _serve(
+    ctx: typer.Context,
+    model: str = typer.Option(
+        "zoo:digits-mlp", "--model", "-m",
+        help="model to serve: zoo:NAME (veil.models.zoo, batched layout), zoo:NAME:single "
+        "(one row per request, needs Galois keys), linear:digits, or PATH[:single]: your "
+        "own model saved with veil.models.save(net, PATH, input_shape=..., domain=...)",
+    ),
+    input_shape: str = typer.Option(
+        "", "--input-shape",
+        help="model files only: the input shape per row, e.g. 64 or 1,8,8 (must match "
+        "the file's)",
+    ),
+    domain: str = typer.Option(
+        "", "--domain",
+        help="model files only: input range LOW:HIGH (e.g. 0:1), overriding the file's; "
+        "clients refuse inputs outside it",
+    ),
+    host: str = _HOST,
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port"),
+    workers: int = typer.Option(
+        0, "--workers", min=0, max=64,
+        help="evaluation processes (0: one per CPU core, at most 4)",
+    ),
+    queue: int = typer.Option(
+        32, "--queue", min=0, max=10_000,
+        help="requests that may wait for a worker; beyond that the server answers 503",
+    ),
+    deadline: float = typer.Option(
+        120.0, "--deadline", min=0.1, max=3600.0,
+        help="seconds from a complete request to its answer (504 after)",
+    ),
+    max_request_mb: int = typer.Option(
+        0, "--max-request-mb", min=0, max=4096,
+        help="largest prediction request in MiB (0: one full batch of the model)",
+    ),
+    max_context_mb: int = typer.Option(
+        256, "--max-context-mb", min=1, max=4096, help="largest uploaded context (MiB)",
+    ),
+    body_timeout: float = typer.Option(
+        60.0, "--body-timeout", min=0.1, max=3600.0,
+        help="seconds a client may take to send one body (raise it for contexts of "
+        "hundreds of MB over slow links)",
+    ),
+    store: str = typer.Option(
+        "", "--store", help="directory for uploaded contexts (default: a temporary one)",
+    ),
+    tls_cert: Path | None = _TLS_CERT,
+    tls_key: Path | None = _TLS_KEY,
+    token_secret: Path | None = _TOKEN_SECRET,
+    insecure_plain_http: bool = _PLAIN,
+) -> None:
+    """Serve a model on encrypted inputs: clients upload a public CKKS context, then predict."""
+    from veil.serve.auth import load_secret
+    from veil.serve.config import MiB, ServerConfig
+    from veil.serve.evaluator import load_evaluator
+    from veil.serve.runner import check_store_dir, check_transport
+    from veil.serve.runner import serve as run
+
+    if ctx.invoked_subcommand is not None:
+        return
+    check_transport(host, tls_cert, tls_key, insecure_plain_http)
+    if store:
+        check_store_dir(store, "--store")
+    secret = load_secret(token_secret) if token_secret is not None else None
+    shape = _parse_shape(input_shape) if input_shape else None
+    dom = _parse_domain(domain) if domain else None
+    spec_or_model = model if shape is None and dom is None else \
+        load_evaluator(model, input_shape=shape, domain=dom)
+    kwargs = {} if workers == 0 else {"workers": workers}
+    cfg = ServerConfig(
+        queue_size=queue, request_deadline_s=deadline, body_timeout_s=body_timeout,
+        max_request_bytes=max_request_mb * MiB if max_request_mb else None,
+        max_context_bytes=max_context_mb * MiB, token_secret=secret,
+        store_dir=Path(store) if store else None, **kwargs,
+    )
+    run(spec_or_model, host=host, port=port, config=cfg, tls_cert=tls_cert, tls_key=tls_key,
+        insecure_plain_http=insecure_plain_http)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

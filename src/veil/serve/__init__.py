@@ -12,6 +12,9 @@ Server side in Python: ``create_app(model, config=ServerConfig(...))`` (an ASGI 
 ``"zoo:NAME[:single]"``, or the path of your own model saved with ``veil.models.save``) or an
 :class:`Evaluator` such as ``CompiledEvaluator(name, net, input_shape, domain=(0, 1))``.
 ``Client.predict`` refuses inputs outside the model's declared domain (``clip=True`` clips them).
+Transport: ``serve(..., tls_cert=, tls_key=)`` / ``veil serve --tls-cert --tls-key`` serve HTTPS;
+``Client`` verifies the certificate (system CAs or ``ca=PATH``). API tokens (``veil serve token
+new NAME``, :mod:`veil.serve.auth`) authenticate clients and own their contexts.
 Security notes: ``docs/security/serve.md``.
 
 Names are imported lazily (``import veil.serve`` does not load FastAPI, numpy or TenSEAL).
@@ -26,6 +29,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "client": ("Client",),
     "app": ("create_app",),
     "runner": ("serve",),
+    "auth": ("new_token", "load_secret"),
     "config": ("ServerConfig",),
     "evaluator": ("Evaluator", "LinearEvaluator", "CompiledEvaluator", "ModelInfo",
                   "load_evaluator"),

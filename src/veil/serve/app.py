@@ -12,7 +12,9 @@ What the server sees: the client's *public* context (encryption, relinearization
 Galois keys), ciphertexts, the batch's row count and sizes and timing. It never sees a secret key
 (a context containing one is refused with 422 and deleted) nor any plaintext. What the client sees:
 the model's outputs for its inputs (as it would from any prediction API) and the public model
-description. See ``docs/security/serve.md``.
+description. With ``ServerConfig.token_secret`` every route but ``/health`` and ``/docs`` needs
+``Authorization: Bearer <token>`` (401 otherwise) and contexts belong to the token's client name.
+See ``docs/security/serve.md``.
 
 Robustness: every body is limited by ``Content-Length`` before it is read and by a byte count while
 it streams; bodies must arrive within ``body_timeout_s`` (408 after) and a client may send at most
@@ -36,13 +38,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from veil.errors import VeilError
 from veil.serve import worker
+from veil.serve.auth import verify_token
 from veil.serve.config import ServerConfig
 from veil.serve.evaluator import Evaluator, load_evaluator
 from veil.serve.limits import Admission, Fail, Pool, Readers, error_response, from_exception
@@ -54,9 +57,38 @@ OCTET = "application/octet-stream"
 CONTEXT_HEADER = "X-Veil-Context"
 
 
+_OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json"})
+
+
 def _client(request: Request) -> str:
-    """The client's identity for quotas and context ownership: its address."""
+    """The client's identity for quotas and context ownership: its token's name, else address."""
+    name = getattr(request.state, "veil_client", None)
+    if name is not None:
+        return str(name)
     return request.client.host if request.client is not None else "unknown"
+
+
+def _authenticator(secret: bytes) -> Callable[[Request], None]:
+    """A dependency requiring ``Authorization: Bearer <token>`` (``veil.serve.auth``)."""
+
+    def authenticate(request: Request) -> None:
+        if request.url.path in _OPEN_PATHS:
+            return
+        raw = request.headers.get("authorization", "")
+        scheme, _, token = raw.partition(" ")
+        if not raw:
+            reason = "missing Authorization header; send Authorization: Bearer <token>"
+        elif scheme.lower() != "bearer" or not token.strip():
+            reason = "the Authorization header must be 'Bearer <token>'"
+        else:
+            name = verify_token(token.strip(), secret)
+            if name is not None:
+                request.state.veil_client = name
+                return
+            reason = "the token is not valid for this server (unknown, altered or revoked)"
+        raise Fail(401, "AuthenticationError", reason, {"WWW-Authenticate": "Bearer"})
+
+    return authenticate
 
 
 class _Server:
@@ -301,8 +333,9 @@ def create_app(model: str | Evaluator = "linear:digits", *,
             await asyncio.to_thread(state.stop)
 
     # no Swagger UI (CDN assets, fails offline): /docs is a local page (docs_page)
+    deps = [] if cfg.token_secret is None else [Depends(_authenticator(cfg.token_secret))]
     app = FastAPI(title="Veil encrypted inference", version=__version__, lifespan=lifespan,
-                  description=__doc__, docs_url=None, redoc_url=None)
+                  description=__doc__, docs_url=None, redoc_url=None, dependencies=deps)
     app.state.veil = state
     _add_plumbing(app)
     _add_read_routes(app, state, state.model_json(__version__))

@@ -20,9 +20,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from veil.errors import (
+    AuthenticationError,
+    CertificateError,
     ConfigurationError,
     DepthExhaustedError,
     KeyMismatchError,
@@ -32,6 +35,7 @@ from veil.errors import (
     VeilError,
 )
 from veil.protocols.inference import PublicPlan
+from veil.serve.auth import client_tls_context, is_loopback
 from veil.serve.evaluator import ModelInfo, check_domain, check_rows, params_from_description
 
 __all__ = ["Client"]
@@ -53,15 +57,33 @@ class Client:
     must have the parameters the server asks for); otherwise one is generated on first use with
     the parameters of ``GET /model``, checked by this client's own security rules: a server cannot
     make the client accept parameters below 128-bit unless ``allow_insecure=True`` is passed here.
+
+    ``https://`` servers must present a certificate valid for the host, signed by a system CA or
+    by ``ca`` (a PEM file: a private CA); otherwise every call raises
+    :class:`~veil.errors.CertificateError`. Plain ``http://`` is allowed to loopback only,
+    unless ``allow_plain_http=True``. ``token`` (from ``veil serve token new``) is sent as
+    ``Authorization: Bearer``; a server refusing it raises
+    :class:`~veil.errors.AuthenticationError`.
     """
 
     def __init__(self, url: str, *, timeout: float = 60.0, upload_timeout: float = 300.0,
                  retries: int = 3, max_response_bytes: int = 256 * 1024 * 1024,
-                 context: Any | None = None, allow_insecure: bool = False) -> None:
+                 context: Any | None = None, allow_insecure: bool = False,
+                 token: str | None = None, ca: str | Path | None = None,
+                 allow_plain_http: bool = False) -> None:
         import httpx
 
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigurationError(f"server url must start with http:// or https://, got {url!r}")
+        host = httpx.URL(url).host
+        if url.startswith("http://") and not is_loopback(host) and not allow_plain_http:
+            raise ConfigurationError(
+                f"refusing plain http:// to {host!r}: the traffic (and any token) could be read "
+                "and altered on the way. Use https://, or pass allow_plain_http=True")
+        if token is not None and (not isinstance(token, str) or not token.isascii()
+                                  or not token.strip() or any(c in token for c in "\r\n ")):
+            raise ConfigurationError("token must be the one-line string `veil serve token new` "
+                                     "printed")
         for name, value in (("timeout", timeout), ("upload_timeout", upload_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got "
@@ -82,7 +104,10 @@ class Client:
         self.retries = retries
         self.max_response_bytes = max_response_bytes
         self.allow_insecure = allow_insecure
-        self._http = httpx.Client(base_url=self.url, timeout=self.timeout, follow_redirects=False)
+        auth = {} if token is None else {"authorization": f"Bearer {token}"}
+        verify = client_tls_context(ca) if url.startswith("https://") else True
+        self._http = httpx.Client(base_url=self.url, timeout=self.timeout, follow_redirects=False,
+                                  headers=auth, verify=verify)
         self._lock = threading.RLock()
         self._context = context
         self._context_id: str | None = None
@@ -135,6 +160,11 @@ class Client:
                                    f"{timeout:g} s ({type(exc).__name__}); raise the timeout or "
                                    "check the server", phase=what) from exc
             except httpx.HTTPError as exc:
+                if _bad_certificate(exc):
+                    raise CertificateError(
+                        f"server {self.url} presented a TLS certificate this client does not "
+                        f"trust ({_bad_certificate(exc)}); pass ca=PATH for a private CA",
+                        phase=what) from exc
                 raise RemoteServiceError(f"could not reach server {self.url} for {what}: "
                                    f"{type(exc).__name__}: {exc}", phase=what) from exc
             if status in ok or status == 404:
@@ -156,6 +186,9 @@ class Client:
         except (ValueError, KeyError, TypeError):
             pass
         text = f"server refused {what} (HTTP {status} {kind}): {message}"
+        if status == 401:
+            return AuthenticationError(text + "; pass Client(url, token=...)", status=status,
+                                       phase=what)
         if status in (400, 413):
             return SerializationError(text)
         if 400 <= status < 500 and status not in (404, 408):
@@ -354,6 +387,20 @@ class Client:
                 self._context_id = None
                 cid = self._upload(force_check=False)
         raise self._translate(status, body, "prediction")
+
+
+def _bad_certificate(exc: BaseException) -> str | None:
+    """The verification failure behind an httpx error, if it was one (else ``None``)."""
+    import ssl
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _in_domain(rows: Any, domain: tuple[float, float] | None, clip: bool) -> Any:

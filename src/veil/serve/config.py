@@ -35,8 +35,9 @@ class ServerConfig:
     may take to send a body (slow senders get 408); ``request_deadline_s`` (predictions) and
     ``context_deadline_s`` (context checks) then bound the time from the complete body to the
     answer, queueing included (504 after it; a worker skips a request whose deadline passed).
-    ``max_contexts`` bounds the on-disk context store. Contexts are owned by the client
-    (address) that uploaded them: each client stores at most ``contexts_per_client`` (its own
+    ``max_contexts`` bounds the on-disk context store. Contexts are owned by the client that
+    uploaded them (its token's name when ``token_secret`` is set, else its address): each
+    client stores at most ``contexts_per_client`` (its own
     least recently used one makes room), and a full store refuses new uploads (507) unless a
     context has gone unused for ``context_idle_s``; no client can evict another's context.
     An uploaded context must match the model's plan, and at most
@@ -60,6 +61,8 @@ class ServerConfig:
     context_idle_s: float = 3600.0
     bodies_per_client: int = 4
     store_dir: Path | None = None
+    # 32 bytes: API tokens required (veil.serve.auth); contexts are then owned by token name
+    token_secret: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         ints = {
@@ -94,6 +97,11 @@ class ServerConfig:
                     f"ServerConfig.{name} must be a number of seconds in (0, 86400), "
                     f"got {value!r}"
                 )
+        if self.token_secret is not None and (
+            not isinstance(self.token_secret, bytes) or len(self.token_secret) != 32
+        ):
+            raise ConfigurationError("ServerConfig.token_secret must be 32 bytes (load it with "
+                                     "veil.serve.auth.load_secret)")
         if self.store_dir is not None and not isinstance(self.store_dir, Path):
             object.__setattr__(self, "store_dir", Path(self.store_dir))
 
