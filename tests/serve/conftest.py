@@ -15,7 +15,9 @@ import pytest
 
 
 class RunningServer:
-    def __init__(self, app) -> None:
+    """``app`` served in a thread on a free loopback port; ``tls=(cert, key)`` serves HTTPS."""
+
+    def __init__(self, app, tls: tuple | None = None) -> None:
         import uvicorn
 
         self.app = app
@@ -23,8 +25,15 @@ class RunningServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_keep_alive=5)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        if tls:
+            from veil.serve.runner import uvicorn_config
+
+            config = uvicorn_config(app, host="127.0.0.1", port=0, cfg=app.state.veil.cfg,
+                                    log_level="warning", tls_cert=tls[0], tls_key=tls[1])
+        else:
+            config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                                    timeout_keep_alive=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)

@@ -13,13 +13,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from tests.serve.conftest import RunningServer
 
 from veil import errors
 from veil.errors import AuthenticationError, CertificateError
@@ -67,38 +67,6 @@ def _pki(directory: Path, name: str) -> tuple[Path, Path, Path]:
     return paths
 
 
-class TLSServer:
-    """``create_app(...)`` over HTTPS on a free loopback port, in a thread."""
-
-    def __init__(self, app, cert: Path, key: Path) -> None:
-        import uvicorn
-
-        from veil.serve.runner import uvicorn_config
-
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}"
-        cfg = uvicorn_config(app, host="127.0.0.1", port=0, cfg=app.state.veil.cfg,
-                             log_level="warning", tls_cert=cert, tls_key=key)
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> TLSServer:
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "no TLS server"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pki")
@@ -116,7 +84,8 @@ def tls_server(pki):
 
     cfg = ServerConfig(workers=1, queue_size=2, max_contexts=1, contexts_per_client=1,
                        token_secret=load_secret(pki["secret"]))
-    with TLSServer(create_app("linear:digits", config=cfg), pki["cert"], pki["key"]) as srv:
+    app = create_app("linear:digits", config=cfg)
+    with RunningServer(app, tls=(pki["cert"], pki["key"])) as srv:
         yield srv
 
 
