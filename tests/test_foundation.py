@@ -63,6 +63,7 @@ def test_subpackage_access_is_lazy() -> None:
         (errors.KeyMismatchError, ValueError),
         (errors.DepthExhaustedError, ArithmeticError),
         (errors.SerializationError, ValueError),
+        (errors.UnsealError, ValueError),
         (errors.PartyFailure, RuntimeError),
         (errors.PrivacyBudgetExceeded, RuntimeError),
         (errors.PolicyViolation, PermissionError),

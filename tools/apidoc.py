@@ -17,6 +17,10 @@ from typing import Any
 
 MODULES = (
     "veil.errors",
+    "veil.trust.seal",
+    "veil.trust.identity",
+    "veil.trust.tls",
+    "veil.trust.manifest",
     "veil.he",
     "veil.he.serialize",
     "veil.mpc",

@@ -18,6 +18,7 @@ __all__ = [
     "KeyMismatchError",
     "DepthExhaustedError",
     "SerializationError",
+    "UnsealError",
     "PartyFailure",
     "PrivacyBudgetExceeded",
     "PolicyViolation",
@@ -65,6 +66,14 @@ class DepthExhaustedError(VeilError, ArithmeticError):
 
 class SerializationError(VeilError, ValueError):
     """A payload is malformed, truncated, oversized, of the wrong kind or for other parameters."""
+
+
+class UnsealError(VeilError, ValueError):
+    """A sealed secret could not be opened: wrong passphrase or key, altered or truncated file.
+
+    Raised by :mod:`veil.trust.seal` when authenticated decryption fails; the message never
+    shows the secret or the plaintext.
+    """
 
 
 class PartyFailure(VeilError, RuntimeError):

@@ -32,7 +32,8 @@ CASES = {
                                                       "--plot", "P"]),
     "serve": ("veil.serve.runner", "serve", ["serve"]),
     "party": ("veil.mpc.host", "run_party",
-              ["party", "--rank", "0", "--world-size", "2", "--master", "127.0.0.1:1",
+              ["party", "--rank", "0", "--world-size", "2", "--insecure-plaintext",
+               "--master", "127.0.0.1:1",
                "--job", "selftest"]),
 }
 

@@ -48,7 +48,8 @@ def _import_seconds() -> float:
 def test_an_unreachable_master_is_reported_within_the_timeout() -> None:
     port = _closed_port()
     start_cost = _import_seconds()
-    proc, elapsed = _veil_party("--rank", "1", "--world-size", "2", "--master",
+    proc, elapsed = _veil_party("--rank", "1", "--world-size", "2", "--insecure-plaintext",
+                                "--master",
                                 f"127.0.0.1:{port}", "--job", "selftest", "--timeout", "3")
     assert proc.returncode == 1, proc.stderr
     line = _one_line_error(proc.stderr)
@@ -58,7 +59,7 @@ def test_an_unreachable_master_is_reported_within_the_timeout() -> None:
 
 
 def test_an_unknown_device_is_refused_before_connecting() -> None:
-    proc, _ = _veil_party("--rank", "1", "--world-size", "2", "--master",
+    proc, _ = _veil_party("--rank", "1", "--world-size", "2", "--insecure-plaintext", "--master",
                           f"127.0.0.1:{_closed_port()}", "--job", "selftest", "--device",
                           "quantum", "--timeout", "60")
     assert proc.returncode == 2, proc.stderr
@@ -86,7 +87,7 @@ def test_stats_job_arguments_are_checked_before_joining(tmp_path, args, needle) 
             .replace("L", str(tmp_path / "ledger.jsonl")) if a != "--ledger" else a
             for a in args]
     # nobody hosts the master: a check that waited for the session would hit the timeout
-    proc, _ = _veil_party("--rank", "1", "--world-size", "2", "--master",
+    proc, _ = _veil_party("--rank", "1", "--world-size", "2", "--insecure-plaintext", "--master",
                           f"127.0.0.1:{_closed_port()}", "--job", "stats", "--timeout", "60",
                           *args)
     assert proc.returncode == 2, proc.stderr
@@ -100,7 +101,8 @@ def test_a_dp_release_through_veil_party_charges_each_partys_ledger(tmp_path) ->
         csv = tmp_path / f"p{rank}.csv"
         csv.write_text("a\n" + "\n".join(str(10 + (i * 7 + rank) % 50) for i in range(40)) + "\n")
         procs.append(subprocess.Popen(
-            [VEIL, "party", "--rank", str(rank), "--world-size", "2", "--master",
+            [VEIL, "party", "--rank", str(rank), "--world-size", "2", "--insecure-plaintext",
+                   "--master",
              f"127.0.0.1:{port}", "--job", "stats", "--timeout", "60",
              *(["--host-dealer"] if rank == 0 else []),
              "--arg", f"source={csv}", "--arg", "columns=a", "--arg", "stats=mean",
@@ -134,7 +136,8 @@ def test_ctrl_c_ends_a_waiting_party_at_once() -> None:
     import psutil
 
     port = _closed_port()
-    proc = subprocess.Popen([VEIL, "party", "--rank", "0", "--world-size", "2", "--master",
+    proc = subprocess.Popen([VEIL, "party", "--rank", "0", "--world-size", "2",
+                             "--insecure-plaintext", "--master",
                              f"127.0.0.1:{port}", "--job", "selftest", "--host-dealer",
                              "--timeout", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

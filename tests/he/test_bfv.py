@@ -115,7 +115,7 @@ def test_keys_and_serialization(ctx: BFVContext) -> None:
     np.testing.assert_array_equal(ctx.decrypt(ctx.load_tensor(data)), 3 * X)
     with pytest.raises(KeyMismatchError):
         other.load_tensor(data)
-    sec = BFVContext.load(ctx.serialize(include_secret_key=True))
+    sec = BFVContext.load(ctx.serialize(include_secret_key=True, expose_secret=True))
     np.testing.assert_array_equal(sec.decrypt(ctx.encrypt(X)), X)
 
 

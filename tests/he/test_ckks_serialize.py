@@ -23,7 +23,7 @@ def test_public_serialization_has_no_secret_key_bytes(ctx: CKKSContext, tmp_path
     ctx._native.secret_key().save(str(path))
     sk = path.read_bytes()
     probes = [sk[i : i + 64] for i in range(100, len(sk) - 64, max(1, len(sk) // 8))]
-    secret_bytes = ctx.serialize(include_secret_key=True)
+    secret_bytes = ctx.serialize(include_secret_key=True, expose_secret=True)
     assert all(p in secret_bytes for p in probes)  # the probe can find the key when present
     public_bytes = ctx.serialize()
     assert not any(p in public_bytes for p in probes)
@@ -34,7 +34,7 @@ def test_public_serialization_has_no_secret_key_bytes(ctx: CKKSContext, tmp_path
 
 def test_secret_context_roundtrip_requires_the_flag(ctx: CKKSContext) -> None:
     x = np.linspace(-1, 1, 50)
-    loaded = CKKSContext.load(ctx.serialize(include_secret_key=True))
+    loaded = CKKSContext.load(ctx.serialize(include_secret_key=True, expose_secret=True))
     assert loaded.has_secret_key and loaded.key_id == ctx.key_id and loaded.params == SMALL
     np.testing.assert_allclose(loaded.decrypt(ctx.encrypt(x)), x, atol=1e-3)
     pub = CKKSContext.load(ctx.serialize())
@@ -42,7 +42,7 @@ def test_secret_context_roundtrip_requires_the_flag(ctx: CKKSContext) -> None:
     with pytest.raises(ConfigurationError, match="public context"):
         pub.decrypt(pub.encrypt(x))
     with pytest.raises(ConfigurationError, match="no secret key"):
-        pub.serialize(include_secret_key=True)
+        pub.serialize(include_secret_key=True, expose_secret=True)
     with pytest.raises(TypeError):
         ctx.serialize(True)  # type: ignore[misc]
 
@@ -82,7 +82,7 @@ def test_context_load_with_expected_params(ctx: CKKSContext) -> None:
 
 
 def test_kind_mismatch_between_envelope_and_content(ctx: CKKSContext) -> None:
-    e = env.unpack(ctx.serialize(include_secret_key=True), kind=KIND_SECRET)
+    e = env.unpack(ctx.serialize(include_secret_key=True, expose_secret=True), kind=KIND_SECRET)
     relabelled = env.pack(KIND_PUBLIC, e.body, params_hash=e.params_hash)
     with pytest.raises(SerializationError, match="does not match"):
         CKKSContext.load(relabelled)  # a 'public' payload that carries a secret key

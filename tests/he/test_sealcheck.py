@@ -136,7 +136,7 @@ def test_saved_abort_payload_is_a_serialization_error_in_a_subprocess() -> None:
 @pytest.mark.parametrize("secret", [False, True])
 def test_valid_ckks_contexts_and_tensors_load_and_decrypt(ckks: CKKSContext, secret: bool) -> None:
     for ctx in (ckks, CKKSContext.generate(ckks.params, galois_keys=False)):
-        loaded = CKKSContext.load(ctx.serialize(include_secret_key=secret))
+        loaded = CKKSContext.load(ctx.serialize(include_secret_key=secret, expose_secret=True))
         assert loaded.has_galois_keys == ctx.has_galois_keys
         x = np.linspace(-1, 1, 1500)
         t = ctx.load_tensor(loaded.encrypt(x).serialize())
@@ -146,7 +146,7 @@ def test_valid_ckks_contexts_and_tensors_load_and_decrypt(ckks: CKKSContext, sec
 @pytest.mark.parametrize("secret", [False, True])
 def test_valid_bfv_contexts_and_tensors_load_and_decrypt(bfv: BFVContext, secret: bool) -> None:
     for ctx in (bfv, BFVContext.generate(bfv.params, galois_keys=False)):
-        loaded = BFVContext.load(ctx.serialize(include_secret_key=secret))
+        loaded = BFVContext.load(ctx.serialize(include_secret_key=secret, expose_secret=True))
         assert loaded.has_galois_keys == ctx.has_galois_keys
         x = np.arange(-700, 800)
         t = ctx.load_tensor(loaded.encrypt(x).serialize())
@@ -181,7 +181,7 @@ CONTEXT_MUTATIONS = [
 def test_mutated_nested_context_objects_are_refused(ckks: CKKSContext, path: list[int],
                                                     pos: int, new: bytes, msg: str) -> None:
     # a secret context carries no relin/Galois keys (TenSEAL makes them again from the secret key)
-    _, _, blobs = _blob(ckks.serialize(include_secret_key=path[0] == 3))
+    _, _, blobs = _blob(ckks.serialize(include_secret_key=path[0] == 3, expose_secret=True))
     blob = _replace(blobs[0], path, lambda obj: _seal(_patch(_members(obj), pos, new)))
     with pytest.raises(SerializationError, match=msg):
         check_blob(blob, kind="context", what="ctx")
@@ -190,7 +190,7 @@ def test_mutated_nested_context_objects_are_refused(ckks: CKKSContext, path: lis
 def test_unmodified_reencoding_passes(ckks: CKKSContext) -> None:
     """The helpers above change only what a mutation names."""
     for secret, paths in ((False, ([1], [2, 1], [2, 4], [2, 5])), (True, ([3, 1],))):
-        _, _, blobs = _blob(ckks.serialize(include_secret_key=secret))
+        _, _, blobs = _blob(ckks.serialize(include_secret_key=secret, expose_secret=True))
         for path in paths:
             for compr in (0, 1, 2):
                 new = _replace(blobs[0], path, lambda obj, c=compr: _seal(_members(obj), compr=c))

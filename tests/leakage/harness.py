@@ -36,8 +36,9 @@ of run b):
 Masking is the only way a data-dependent value may reach a non-recipient, and a masked value is
 uniform; a plaintext (the leak this harness was built for: CrypTen's ``reveal(dst=r)`` is a gloo
 ring reduce that leaves chunks of the opened output in every party's buffer) is small and
-differs between the datasets. :func:`leaky_reduce_opening` re-creates that leak, as the
-negative control.
+differs between the datasets. :func:`leaky_reduce_opening` re-creates that leak over gloo
+(``transport="gloo"``), as the negative control; over Veil's own transport a reduce reaches its
+root only, so even CrypTen's ``reveal(dst=r)`` would no longer leak this way.
 
 Plugging in another backend or protocol: subclass :class:`Backend` (``parties``,
 ``run(datasets, stats, to, options) -> list[View]``); see :class:`MPCBackend`.
@@ -233,7 +234,10 @@ class MPCBackend(Backend):
             to: Sequence[int] | None, options: dict) -> list[View]:
         from veil import mpc
 
+        # The leaky control runs over gloo, whose ring reduce is the leak it re-creates (Veil's
+        # own transport sends a reduce to its root only: non-roots receive nothing).
         res = mpc.run(_mpc_job, parties=len(datasets), timeout=self.timeout,
+                      transport="gloo" if self.leaky else "local",
                       per_party_args=[(d, list(stats), to, options, self.leaky)
                                       for d in datasets])
         return [View(r, out["returned"], out["messages"]) for r, out in enumerate(res)]

@@ -99,8 +99,9 @@ def test_a_failing_partys_details_reach_no_other_party(case, tmp_path, monkeypat
     remove = _launch._remove_store
 
     def keep(store_dir):
-        for name in os.listdir(store_dir):
-            shutil.copy(os.path.join(store_dir, name), store_copy)
+        for name in os.listdir(store_dir):  # the store file (not the mesh's Unix sockets)
+            if os.path.isfile(os.path.join(store_dir, name)):
+                shutil.copy(os.path.join(store_dir, name), store_copy)
         remove(store_dir)
 
     monkeypatch.setattr(_launch, "_OWN_GRACE", 3.0)  # party 0 has time to read the store

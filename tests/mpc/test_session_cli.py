@@ -44,7 +44,8 @@ def _finish(procs: list[subprocess.Popen[str]], timeout: float) -> list[tuple[in
 
 def test_two_parties_with_the_dealer_hosted_by_party_0() -> None:
     master = f"127.0.0.1:{_free_port()}"
-    common = ["--world-size", "2", "--master", master, "--timeout", "30", "--job", "selftest",
+    common = ["--world-size", "2", "--insecure-plaintext",
+              "--master", master, "--timeout", "30", "--job", "selftest",
               "--arg", "length=3"]
     procs = [_party("--rank", "0", *common, "--arg", "value=1.5", "--host-dealer"),
              _party("--rank", "1", *common, "--arg", "value=-4")]
@@ -59,21 +60,30 @@ def test_two_parties_with_the_dealer_hosted_by_party_0() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--rank", "0", "--world-size", "2", "--master", "nohostport", "--job", "selftest"],
+        (["--rank", "0", "--world-size", "2", "--insecure-plaintext",
+          "--master", "nohostport", "--job", "selftest"],
          "HOST:PORT"),
-        (["--rank", "0", "--world-size", "2", "--master", "h:1", "--job", "nope"],
+        (["--rank", "0", "--world-size", "2", "--insecure-plaintext",
+          "--master", "h:1", "--job", "nope"],
          "--job must be module:function"),
-        (["--rank", "0", "--world-size", "2", "--master", "h:1", "--job", "os:nothing_here"],
+        (["--rank", "0", "--world-size", "2", "--insecure-plaintext",
+          "--master", "h:1", "--job", "os:nothing_here"],
          "cannot import"),
-        (["--rank", "2", "--world-size", "2", "--master", "h:1", "--job", "selftest"],
+        (["--rank", "2", "--world-size", "2", "--insecure-plaintext",
+          "--master", "h:1", "--job", "selftest"],
          "rank must be in 0..1"),
-        (["--rank", "0", "--world-size", "2", "--master", "h:1", "--job", "selftest",
+        (["--rank", "0", "--world-size", "2", "--insecure-plaintext",
+          "--master", "h:1", "--job", "selftest",
           "--provider", "tfp"], "allow_party0_sees_inputs"),
-        (["--dealer", "--rank", "0", "--world-size", "2", "--master", "h:1"], "--dealer takes"),
-        (["--world-size", "2", "--master", "h:1", "--job", "selftest"], "needs --rank"),
-        (["--rank", "1", "--world-size", "2", "--master", "h:1", "--job", "selftest",
+        (["--dealer", "--rank", "0", "--world-size", "2", "--insecure-plaintext",
+          "--master", "h:1"], "--dealer takes"),
+        (["--world-size", "2", "--insecure-plaintext",
+          "--master", "h:1", "--job", "selftest"], "needs --rank"),
+        (["--rank", "1", "--world-size", "2", "--insecure-plaintext",
+          "--master", "h:1", "--job", "selftest",
           "--host-dealer"], "only for party 0"),
-        (["--rank", "0", "--world-size", "2", "--master", "h:1", "--job", "selftest",
+        (["--rank", "0", "--world-size", "2", "--insecure-plaintext",
+          "--master", "h:1", "--job", "selftest",
           "--arg", "no-equals"], "key=value"),
     ],
 )
@@ -114,7 +124,7 @@ def test_a_dead_dealer_is_named_by_every_party(tmp_path) -> None:
     master = f"127.0.0.1:{_free_port()}"
     marker = str(tmp_path / "in-mul")
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
-    common = ["--world-size", "2", "--master", master, "--timeout", "5"]
+    common = ["--world-size", "2", "--insecure-plaintext", "--master", master, "--timeout", "5"]
 
     def start(*args: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "veil.cli", "party", *args, *common],

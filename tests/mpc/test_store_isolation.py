@@ -1,11 +1,11 @@
 """A local session is reachable only from this machine, and only by holders of its secret.
 
 The session store of ``mpc.run`` is a file in a private directory whose name is a random
-secret (``veil.mpc._runtime.party.open_store``); gloo listens on loopback only. From this
-machine's own non-loopback address nothing of the session answers, and a client that connects to
-whatever the
-session's MASTER_PORT names can neither read nor inject store keys (an injected ``err/1`` would
-abort it). (gloo's own loopback ports are not authenticated: see docs/security/mpc.md.)
+secret (``veil.mpc._runtime.party.open_store``), and the parties talk over Unix sockets in the
+same directory (``veil.mpc._runtime.wiring``): no process of the session listens on any TCP or
+UDP port, so nothing answers from this machine's addresses, loopback included, and a client
+that connects to whatever the session's MASTER_PORT names can neither read nor inject store keys
+(an injected ``err/1`` would abort it).
 """
 
 from __future__ import annotations
@@ -105,17 +105,18 @@ def test_nothing_of_a_local_session_is_reachable_off_loopback_or_without_its_sec
         time.sleep(0.3)
         procs = {p.pid for p in psutil.Process().children(recursive=True)}
         listening = _listening(procs)
-        # every socket of the session listens on loopback only ...
-        assert listening, "the parties listen on nothing (gloo should listen on loopback)"
-        assert all(ip in ("127.0.0.1", "::1") for ip, _ in listening), listening
-        # ... so from this machine's own external address, each of those ports refuses
-        for _, port in listening:
-            with socket.socket() as s:
-                s.settimeout(2)
-                assert s.connect_ex((external, port)) != 0, f"{external}:{port} answered"
-        # the store is a file in a directory only this user may enter, named by the secret
+        # no process of the session listens on any network port, loopback included
+        assert listening == [], listening
+        # the store is a file in a directory only this user may enter, named by the secret,
+        # and the parties' sockets are Unix sockets in that directory (0600)
         (path,) = stores
-        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        store_dir = os.path.dirname(path)
+        assert stat.S_IMODE(os.stat(store_dir).st_mode) == 0o700
+        socks = [n for n in os.listdir(store_dir) if n.endswith(".sock")]
+        assert len(socks) == 3, socks  # two parties and the dealer
+        for n in socks:
+            st = os.stat(os.path.join(store_dir, n))
+            assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
         assert len(os.path.basename(path)) == 64
         for pid in procs:  # the secret is in no process's command line or environment
             try:
@@ -127,7 +128,6 @@ def test_nothing_of_a_local_session_is_reachable_off_loopback_or_without_its_sec
         # MASTER_PORT (where party 0 used to host a TCPStore): no store answers there, so a
         # client cannot list keys or inject err/1 (which would abort the session)
         (master_port,) = ports
-        assert master_port not in [p for _, p in listening]
         for host in ("127.0.0.1", external):
             assert not _store_client(host, master_port), f"a store answered on {host}"
     finally:

@@ -110,7 +110,8 @@ def test_header_check_against_the_plan() -> None:
     with pytest.raises(errors.ConfigurationError, match="differ"):
         check_context_header(body, _plan((2048, (27, 27), 21), False))
     with pytest.raises(errors.ConfigurationError, match="SECRET"):
-        check_context_header(ctx.serialize(include_secret_key=True), _plan(params, False))
+        check_context_header(ctx.serialize(include_secret_key=True, expose_secret=True),
+                             _plan(params, False))
     for bad in (b"", b"garbage" * 10, ctx.encrypt([1.0]).serialize(), body[:80]):
         with pytest.raises(errors.SerializationError):
             check_context_header(bad, _plan(params, False))

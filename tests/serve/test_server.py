@@ -122,7 +122,7 @@ def test_fresh_client_generates_keys_and_uploads_once(digits_server, digits_data
 
 
 def test_context_with_secret_key_is_rejected_and_not_stored(digits_server, client_ctx) -> None:
-    body = client_ctx.serialize(include_secret_key=True)
+    body = client_ctx.serialize(include_secret_key=True, expose_secret=True)
     n_before = len(digits_server.state.store)
     resp = digits_server.post("/contexts", body)
     _assert_error(resp, 422, "ConfigurationError", "secret key")

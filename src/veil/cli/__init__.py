@@ -1,4 +1,4 @@
-"""The ``veil`` command line: ``veil demo | party | stats | audit | serve | bench``.
+"""The ``veil`` command line: ``veil demo | party | identity | stats | audit | serve | bench``.
 
 Each subcommand lives in its own module of this package with a ``register(app)`` function, so
 commands stay small and independent. Heavy imports (torch, crypten, tenseal) happen inside the
@@ -26,7 +26,7 @@ app = typer.Typer(
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 # Subcommand modules, in help order. Each defines ``register(app: typer.Typer) -> None``.
-_COMMAND_MODULES = ("demo", "party", "stats", "audit", "serve", "bench")
+_COMMAND_MODULES = ("demo", "party", "identity", "stats", "audit", "serve", "bench")
 
 
 def _register_all() -> None:

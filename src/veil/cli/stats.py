@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from veil.cli.audit import PASSPHRASE_ENV_OPTION, PASSPHRASE_FILE_OPTION, SEAL_KEY_FILE_OPTION
 from veil.errors import ConfigurationError, VeilError
 
 # Every statistic of veil.protocols.stats.spec.SUPPORT (a test keeps the two in step), listed
@@ -226,20 +227,32 @@ def _delimiter(text: str) -> str:
     return delimiter
 
 
-def _open_audit(audit: Path | None, key_file: Path | None) -> Any:
-    """The audit log of ``--audit`` (keyed by ``--audit-key-file``), checked before the
-    release, not after it; ``None`` without ``--audit``."""
-    from veil.cli.audit import read_key_file
+def _open_audit(audit: Path | None, key_file: Path | None, passphrase_env: str | None = None,
+                passphrase_file: Path | None = None, seal_key_file: Path | None = None) -> Any:
+    """The audit log of ``--audit`` (keyed by ``--audit-key-file``: a sealed file, opened with
+    --passphrase-env / --passphrase-file / --seal-key-file or the environment, or a legacy
+    plain one), checked before the release, not after it; ``None`` without ``--audit``."""
+    from veil.cli.audit import check_unused_sources, read_key_file
     from veil.privacy import AuditLog
 
     if key_file is not None and audit is None:
         raise ConfigurationError("--audit-key-file needs --audit")
+    if key_file is None:
+        check_unused_sources("--audit-key-file", passphrase_env, passphrase_file, seal_key_file)
     if audit is None:
         return None
-    key = read_key_file(key_file, "--audit-key-file") if key_file else None
+    key = read_key_file(key_file, "--audit-key-file", passphrase_env=passphrase_env,
+                        passphrase_file=passphrase_file,
+                        seal_key_file=seal_key_file) if key_file else None
     log = AuditLog(audit, key=key)
     log.check()
     return log
+
+
+_AUDIT_KEY_FILE = typer.Option(
+    None, "--audit-key-file", metavar="FILE",
+    help="HMAC key for --audit: a sealed file from `veil audit key new FILE` (a legacy plain "
+         "file of ≥ 16 random bytes is read with a warning)")
 
 
 def register(app: typer.Typer) -> None:
@@ -284,9 +297,10 @@ def register(app: typer.Typer) -> None:
                                            help="δ budget per dataset (--ledger)"),
         audit: Annotated[Path | None, typer.Option(
             "--audit", help="append a record to this log")] = None,
-        audit_key_file: Annotated[Path | None, typer.Option(
-            "--audit-key-file", help="HMAC key for --audit (a file of ≥ 16 random bytes)")
-        ] = None,
+        audit_key_file: Path | None = _AUDIT_KEY_FILE,
+        passphrase_env: str | None = PASSPHRASE_ENV_OPTION,
+        passphrase_file: Path | None = PASSPHRASE_FILE_OPTION,
+        seal_key_file: Path | None = SEAL_KEY_FILE_OPTION,
         timeout: float = typer.Option(300.0, "--timeout", min=1.0,
                                       help="seconds before giving up"),
     ) -> None:
@@ -298,7 +312,8 @@ def register(app: typer.Typer) -> None:
         names = [n.strip() for n in dataset_name or []]
         _check_paths(data, names, ledger, audit)
         delimiter = _delimiter(delimiter)
-        audit_log = _open_audit(audit, audit_key_file)
+        audit_log = _open_audit(audit, audit_key_file, passphrase_env, passphrase_file,
+                                seal_key_file)
         edges = parse_bins(bins)
         sources: list[Any] = ([str(p) for p in data] if delimiter == "," else
                               _read_csvs(data, delimiter))

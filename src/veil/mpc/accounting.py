@@ -6,8 +6,17 @@ the dtype, and ``world_size`` peers even for the two-member dealer group). Veil'
 :func:`wrap_call` (a few integer additions each) and the MPC tensor operations with
 :func:`wrap_op`, so the counts are always available and cheap.
 
-The model (what one party counts; ``n`` = payload bytes of the tensor, ``p`` = members of the
-group the call runs in):
+Over Veil's own transport (``veil.mpc._runtime.backend``, the default) every collective is
+built on point-to-point messages and the counts are exactly the payload bytes it sends and
+receives (``tests/mpc/test_transport.py`` compares them with the transport's own counters):
+``broadcast`` root ``(p - 1) n`` / others ``n``; ``all_reduce`` the direct exchange, or for
+tensors of at least ``backend.RING_MIN_BYTES`` in groups of 3 or more the ring
+(:func:`veil.mpc._runtime.backend.allreduce_bytes`); ``reduce`` and ``gather`` others send
+``n`` and the root receives ``(p - 1) n``: **non-roots receive nothing**. The table below is
+the model for gloo (``transport="gloo"``, ``veil party --insecure-plaintext``).
+
+The gloo model (what one party counts; ``n`` = payload bytes of the tensor, ``p`` = members of
+the group the call runs in):
 
 ============================  ==================  ======================
 call                          bytes_sent          bytes_received
@@ -157,6 +166,8 @@ def _count(name: str, comm: Any, args: tuple, kwargs: dict, result: Any) -> tupl
     batched = kwargs.get("batched", False)
     n = sum(_nbytes(x) for x in args[0]) if batched else (
         _nbytes(args[0]) if name != "scatter" else 0)
+    if _veil_backend():
+        return _count_veil(name, comm, args, kwargs, result, group, p, n)
     if name == "broadcast":
         src = args[1] if len(args) > 1 else kwargs["src"]
         sends, receives = gloo_broadcast_messages(p, _group_rank(comm, group, rank),
@@ -175,6 +186,38 @@ def _count(name: str, comm: Any, args: tuple, kwargs: dict, result: Any) -> tupl
         return (0, (p - 1) * n, group) if dst == rank else (n, 0, group)
     # scatter(scatter_list, src, ...)
     src = args[1] if len(args) > 1 else kwargs["src"]
+    if src == rank:
+        return sum(_nbytes(x) for i, x in enumerate(args[0]) if i != rank), 0, group
+    return 0, _nbytes(result), group
+
+
+def _veil_backend() -> bool:
+    """Whether this session runs on Veil's own transport (``veil.mpc._runtime.backend``)."""
+    from veil.mpc._runtime import backend
+
+    return backend.current() is not None
+
+
+def _count_veil(name: str, comm: Any, args: tuple, kwargs: dict, result: Any, group: Any,
+                p: int, n: int) -> tuple[int, int, Any]:
+    """Veil's transport: direct messages (see ``veil.mpc._runtime.backend``)."""
+    from veil.mpc._runtime.backend import allreduce_bytes
+
+    rank = comm.get_rank()
+    if name == "broadcast":
+        src = args[1] if len(args) > 1 else kwargs["src"]
+        return ((p - 1) * n, 0, group) if src == rank else (0, n, group)
+    if name == "all_reduce":
+        tensors = args[0] if kwargs.get("batched", False) else [args[0]]
+        me = _group_rank(comm, group, rank)
+        totals = [allreduce_bytes(getattr(x, "_tensor", x), p, me) for x in tensors]
+        return sum(s for s, _ in totals), sum(r for _, r in totals), group
+    if name == "all_gather":
+        return (p - 1) * n, (p - 1) * n, group
+    if name in ("reduce", "gather"):
+        dst = args[1] if len(args) > 1 else kwargs["dst"]
+        return (0, (p - 1) * n, group) if dst == rank else (n, 0, group)
+    src = args[1] if len(args) > 1 else kwargs["src"]  # scatter
     if src == rank:
         return sum(_nbytes(x) for i, x in enumerate(args[0]) if i != rank), 0, group
     return 0, _nbytes(result), group

@@ -12,10 +12,13 @@ and accounting, budget ledger, audit log.
   (:mod:`veil.privacy.accountant`).
 * :class:`BudgetLedger` refuses releases past a dataset's budget (keyed by declared name and
   content fingerprint) and exact releases past ``max_exact`` per dataset (differencing).
-* :class:`AuditLog` / :func:`verify`: append-only, hash-chained record of every release.
+* :class:`AuditLog` / :func:`verify`: append-only, hash-chained record of every release (its
+  HMAC key sealed at rest: :func:`veil.privacy.audit.new_key_file`).
+* :func:`sign_record` / :func:`verify_record`: a released result signed by the identity that
+  computed it (:mod:`veil.privacy.records`).
 
-Imports only the standard library (numpy only inside :func:`sample_gaussian`), so it is cheap
-to import.
+Imports only the standard library (numpy only inside :func:`sample_gaussian`, cryptography only
+inside the key-file and record functions), so it is cheap to import.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from veil.privacy.mechanisms import (
     sample_noise,
 )
 from veil.privacy.policy import DEFAULT_MIN_COHORT, ReleasePolicy
+from veil.privacy.records import read_record, sign_record, verify_record, write_record
 
 __all__ = [
     "AuditLog",
@@ -50,4 +54,8 @@ __all__ = [
     "sample_gaussian",
     "DEFAULT_MIN_COHORT",
     "ReleasePolicy",
+    "sign_record",
+    "verify_record",
+    "write_record",
+    "read_record",
 ]

@@ -20,6 +20,12 @@ What each mode proves:
 * **unkeyed**: the chain proves only internal consistency. Anyone who can write the files can
   recompute a consistent chain and anchor after an edit; it detects accidents, and tampering by
   someone who cannot also replace a head hash you kept elsewhere.
+
+**The key at rest.** :func:`new_key_file` writes a fresh 32-byte key sealed (AES-256-GCM, purpose
+``"veil.audit.key"``) under a :class:`~veil.trust.seal.Secret`, mode 0600; :func:`read_key_file`
+opens it. A plain key file (its raw bytes, as made by ``head -c 32 /dev/urandom``) is still read,
+with a :class:`UserWarning` that it is unencrypted; :func:`seal_key_file` seals it in place
+(same key: logs written with it still verify).
 """
 
 from __future__ import annotations
@@ -30,18 +36,28 @@ import hmac
 import json
 import os
 import re
+import secrets
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veil.errors import ConfigurationError
 
-__all__ = ["AuditLog", "AuditReport", "verify", "GENESIS", "MIN_KEY_BYTES"]
+if TYPE_CHECKING:
+    from veil.trust.seal import Secret
+
+__all__ = ["AuditLog", "AuditReport", "verify", "new_key_file", "read_key_file",
+           "seal_key_file", "GENESIS", "MIN_KEY_BYTES", "KEY_BYTES", "KEY_PURPOSE",
+           "MAX_KEY_FILE_BYTES"]
 
 GENESIS = "0" * 64
 MIN_KEY_BYTES = 16
+KEY_BYTES = 32  # what new_key_file draws
+KEY_PURPOSE = "veil.audit.key"
+MAX_KEY_FILE_BYTES = 4096
 _RESERVED = ("seq", "prev", "hash")
 _MAX_LINE = 1 << 20
 _MAX_ANCHOR = 4096
@@ -352,3 +368,84 @@ def _verify_chain(fh: Any, key: bytes | None, report: AuditReport) -> str:
             return prev
         prev = got_hash
         report.entries += 1
+
+
+# -- the key at rest -----------------------------------------------------------------------------
+
+
+def new_key_file(path: str | os.PathLike[str], secret: Secret, **seal_kw: Any) -> Path:
+    """Write a fresh random :data:`KEY_BYTES`-byte audit key to the new file ``path``, sealed
+    under ``secret`` (mode 0600; an existing file is never replaced). ``seal_kw`` go to
+    :func:`veil.trust.seal.seal` (``scrypt_log2_n`` for tests)."""
+    from veil.trust.seal import write_sealed
+
+    return write_sealed(path, secrets.token_bytes(KEY_BYTES), secret, purpose=KEY_PURPOSE,
+                        overwrite=False, **seal_kw)
+
+
+def _read_raw(path: Path, what: str) -> bytes:
+    if not path.exists():
+        raise ConfigurationError(f"{what} {path}: no such file")
+    if not path.is_file():
+        raise ConfigurationError(f"{what} {path}: not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigurationError(f"{what} {path}: cannot read it ({exc.strerror})") from exc
+    if len(raw) > MAX_KEY_FILE_BYTES:
+        raise ConfigurationError(f"{what} {path}: over {MAX_KEY_FILE_BYTES} bytes; is it the key "
+                                 "file? (make one with `veil audit key new FILE`)")
+    return raw
+
+
+def read_key_file(path: str | os.PathLike[str],
+                  secret: Secret | Callable[[], Secret] | None = None, *,
+                  what: str = "audit key file") -> bytes:
+    """The HMAC key in ``path``: sealed by :func:`new_key_file` (opened with ``secret``), or a
+    legacy plain file of raw bytes (read with a :class:`UserWarning`).
+
+    ``secret`` may be a callable returning the :class:`~veil.trust.seal.Secret`; it is called
+    only when the file is sealed (a command line asks for a passphrase only then). ``what``
+    names the file in messages (a command line passes its flag). A wrong secret raises
+    :class:`~veil.errors.UnsealError`; a sealed file without a secret, a missing, oversized or
+    too short key :class:`~veil.errors.ConfigurationError`.
+    """
+    from veil.trust.seal import is_sealed, unseal
+
+    p = Path(path)
+    raw = _read_raw(p, what)
+    if is_sealed(raw):
+        if secret is None:
+            raise ConfigurationError(
+                f"{what} {p} is sealed; pass the Secret it was sealed with (CLI: "
+                "--passphrase-env VAR, --passphrase-file FILE or --seal-key-file FILE, or set "
+                "VEIL_PASSPHRASE or VEIL_KEY_FILE)")
+        key = unseal(raw, secret() if callable(secret) else secret, purpose=KEY_PURPOSE,
+                     max_bytes=MAX_KEY_FILE_BYTES)
+    else:
+        key = raw
+        if len(key) >= MIN_KEY_BYTES:
+            warnings.warn(
+                f"{what} {p} is not encrypted: anyone who can read it can forge this audit log; "
+                f"seal it in place with `veil audit key seal {p}` (the key stays the same, so "
+                "existing logs still verify)", UserWarning, stacklevel=2)
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigurationError(f"{what} {p}: {len(key)} bytes, a key needs at least "
+                                 f"{MIN_KEY_BYTES} (make one with `veil audit key new FILE`)")
+    return key
+
+
+def seal_key_file(path: str | os.PathLike[str], secret: Secret, **seal_kw: Any) -> Path:
+    """Seal the legacy plain key file ``path`` in place under ``secret`` (atomically, mode
+    0600); the key itself is unchanged. An already sealed file is refused."""
+    from veil.trust.seal import is_sealed, write_sealed
+
+    p = Path(path)
+    raw = _read_raw(p, "audit key file")
+    if is_sealed(raw):
+        raise ConfigurationError(f"audit key file {p} is sealed already; nothing to do")
+    if len(raw) < MIN_KEY_BYTES:
+        raise ConfigurationError(f"audit key file {p}: {len(raw)} bytes, a key needs at least "
+                                 f"{MIN_KEY_BYTES}; make a new one with `veil audit key new FILE`")
+    return write_sealed(p, raw, secret, purpose=KEY_PURPOSE, overwrite=True, **seal_kw)

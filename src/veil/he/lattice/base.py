@@ -5,18 +5,24 @@ and reads the context envelopes (``<scheme>.context.public`` / ``<scheme>.contex
 the common part of a tensor envelope. A scheme sets the class attributes ``scheme``,
 ``kind_public``, ``kind_secret`` and implements two hooks: ``params_from`` (the parameter set from
 a header's description) and ``check_native`` (a deserialized native context against it).
-:class:`SealTensor` is the encrypted tensor's shape, size and context.
+:class:`SealTensor` is the encrypted tensor's shape, size and context. A secret context is
+written sealed under a :class:`~veil.trust.seal.Secret` (or, with ``expose_secret=True``, in the
+clear), by the rule of :mod:`veil.he.atrest`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from veil.errors import ConfigurationError, KeyMismatchError, SerializationError
 from veil.he import serialize as envelope
+from veil.he.atrest import SEAL_OVERHEAD, check_secret, open_secret, read_limited, seal_secret
 from veil.he.lattice.native import check_header_field, cpp, frame, translate, unframe
 from veil.he.lattice.sealcheck import check_blob
+from veil.trust.seal import SCRYPT_LOG2_N, Secret, atomic_write
 
 __all__ = ["SealContext", "SealTensor"]
 
@@ -80,12 +86,35 @@ class SealContext:
         return out
 
     # -- context envelopes -----------------------------------------------------------------------
-    def serialize(self, *, include_secret_key: bool = False) -> bytes:
-        """Envelope of this context. Public by default (no secret-key bytes at all);
-        ``include_secret_key=True`` is needed to serialize a secret context's key."""
+    def serialize(self, *, include_secret_key: bool = False, secret: Secret | None = None,
+                  expose_secret: bool = False, scrypt_log2_n: int = SCRYPT_LOG2_N) -> bytes:
+        """Envelope of this context. Public by default (no secret-key bytes at all).
+
+        ``include_secret_key=True`` serializes the secret key too, and then needs one of:
+        ``secret=Secret.passphrase(...)`` / ``Secret.key_file(...)`` (:mod:`veil.trust.seal`),
+        which seals the envelope with AES-256-GCM for purpose ``"veil.ckks.secret-context"``
+        (``"veil.bfv.secret-context"`` for BFV), the form to store; or ``expose_secret=True``,
+        the **plaintext** secret context (tests and in-memory use only: whoever reads it can
+        decrypt everything under this key). ``scrypt_log2_n`` is the sealing cost (tests only).
+        """
         if include_secret_key and not self.has_secret_key:
             raise ConfigurationError("include_secret_key=True but this context has no secret key")
-        secret = bool(include_secret_key)
+        if not include_secret_key:
+            if secret is not None:
+                raise ConfigurationError(
+                    "secret= seals a secret context: pass include_secret_key=True with it, or "
+                    "drop secret= for the public context (which needs no sealing)")
+            return self._envelope(False)
+        return seal_secret(lambda: self._envelope(True), what=f"{self.scheme} secret context",
+                           purpose=self.secret_purpose(), secret=secret,
+                           expose_secret=expose_secret, scrypt_log2_n=scrypt_log2_n)
+
+    @classmethod
+    def secret_purpose(cls) -> str:
+        """The sealing purpose of this scheme's secret contexts (``"veil.ckks.secret-context"``)."""
+        return f"veil.{cls.scheme.lower()}.secret-context"
+
+    def _envelope(self, secret: bool) -> bytes:
         with translate(f"serializing the {self.scheme} context"):
             native = self._native if secret or not self.has_secret_key else self.public()._native
             blob = native.serialize(True, secret, True, True)
@@ -94,10 +123,33 @@ class SealContext:
         return envelope.pack(self.kind_secret if secret else self.kind_public,
                              frame(header, [blob]), params_hash=self._params_hash)
 
+    def save(self, path: str | os.PathLike[str], secret: Secret, *, overwrite: bool = False,
+             scrypt_log2_n: int = SCRYPT_LOG2_N) -> Path:
+        """Write this secret context sealed under ``secret`` to ``path`` (mode 0600,
+        atomically; an existing file is refused unless ``overwrite=True``). For a public
+        context write ``ctx.serialize()`` (no secret needed). Read it with :meth:`load_file`."""
+        data = self.serialize(include_secret_key=True, secret=check_secret(secret, "save"),
+                              scrypt_log2_n=scrypt_log2_n)
+        return atomic_write(path, data, mode=0o600, overwrite=overwrite)
+
     @classmethod
-    def load(cls, data: bytes, *, max_bytes: int = envelope.DEFAULT_MAX_BYTES,
-             params: Any = None) -> Self:
-        """Load a context; pass ``params`` to insist on specific parameters."""
+    def load_file(cls, path: str | os.PathLike[str], secret: Secret | None = None, *,
+                  max_bytes: int = envelope.DEFAULT_MAX_BYTES, params: Any = None) -> Self:
+        """Load the context in file ``path`` (sealed by :meth:`save`, or a plain envelope)."""
+        data = read_limited(Path(path), f"{cls.scheme} context file", max_bytes + SEAL_OVERHEAD)
+        return cls.load(data, secret=secret, max_bytes=max_bytes, params=params)
+
+    @classmethod
+    def load(cls, data: bytes, *, secret: Secret | None = None,
+             max_bytes: int = envelope.DEFAULT_MAX_BYTES, params: Any = None) -> Self:
+        """Load a context; pass ``params`` to insist on specific parameters.
+
+        A sealed secret context (``serialize(include_secret_key=True, secret=...)``) needs the
+        same ``secret``; a wrong one raises :class:`~veil.errors.UnsealError`. Plain envelopes
+        (public, or exposed secret contexts) load without one.
+        """
+        data = open_secret(data, what=f"{cls.scheme} secret context",
+                           purpose=cls.secret_purpose(), secret=secret, max_bytes=max_bytes)
         env = envelope.unpack(data, kind=(cls.kind_public, cls.kind_secret), max_bytes=max_bytes,
                               params_hash=None if params is None else
                               envelope.params_digest(params.describe()))

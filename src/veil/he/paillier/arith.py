@@ -211,17 +211,17 @@ def raw_encrypt(n: int, m: int, r: int) -> mpz:
 
 
 class SecretNoPickle:
-    """Refuses pickle, copy and deepcopy: they would hand out p and q without the explicit
-    ``serialize(expose_secret=True)``. Parallel workers get the integers they need explicitly
-    (``_paillier_parallel``)."""
+    """Refuses pickle, copy and deepcopy: they would hand out p and q without an explicit
+    ``serialize(secret=...)`` (sealed) or ``serialize(expose_secret=True)``. Parallel workers
+    get the integers they need explicitly (``_paillier_parallel``)."""
 
     __slots__ = ()
 
     def __reduce__(self) -> Any:
         raise UnsupportedOperationError(
             f"{self!r} holds the secret factors p and q and cannot be pickled or copied; send "
-            "its public_key, or serialize(expose_secret=True) on purpose (and encrypt it in "
-            "transit)")
+            "its public_key, or store it sealed with serialize(secret=Secret.passphrase(...)) "
+            "or save(path, secret)")
 
 
 class CrtKey:

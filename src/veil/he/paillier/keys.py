@@ -22,6 +22,8 @@ Paillier ciphertexts with ``g = n + 1``, so phe decrypts them and Veil decrypts 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,13 @@ from veil.errors import (
     InsecureParametersError,
     KeyMismatchError,
     SerializationError,
+)
+from veil.he.atrest import (
+    SEAL_OVERHEAD,
+    check_secret,
+    open_secret,
+    read_limited,
+    seal_secret,
 )
 from veil.he.encoding import (
     DEFAULT_FLOAT_PRECISION,
@@ -55,6 +64,9 @@ from veil.he.paillier.core import (
 from veil.he.paillier.packed import PackedPaillierVector, encrypt_packed
 from veil.he.paillier.parallel import encrypt_residues
 from veil.he.paillier.vector import PaillierVector, object_array
+from veil.trust.seal import SCRYPT_LOG2_N, Secret, atomic_write
+
+KEY_PURPOSE = "veil.paillier.private-key"
 
 __all__ = ["PaillierKeyPair", "PaillierPublicKey", "PaillierPrivateKey"]
 
@@ -207,24 +219,46 @@ class PaillierPrivateKey(pm.SecretNoPickle):
             )
         return v._decrypt_with(self._crt, workers)
 
-    def serialize(self, *, expose_secret: bool = False) -> bytes:
-        """Envelope of kind ``paillier.private_key``; refuses unless ``expose_secret=True``.
+    def serialize(self, *, secret: Secret | None = None, expose_secret: bool = False,
+                  scrypt_log2_n: int = SCRYPT_LOG2_N) -> bytes:
+        """This key's bytes: sealed under ``secret``, or the plaintext envelope.
 
-        The payload holds p and q in the clear: anyone who reads it can decrypt everything
-        encrypted under this key. Encrypt it at rest and in transit.
+        With ``secret`` (``Secret.passphrase(...)`` / ``Secret.key_file(...)`` from
+        :mod:`veil.trust.seal`) the envelope of kind ``paillier.private_key`` is sealed with
+        AES-256-GCM for purpose ``"veil.paillier.private-key"``; this is the form to store.
+        ``expose_secret=True`` (and no secret) returns the **plaintext** envelope, which holds
+        p and q in the clear: anyone who reads it can decrypt everything encrypted under this
+        key; use it for tests and in-memory hand-overs only. Neither raises
+        :class:`ConfigurationError`. ``scrypt_log2_n`` is :func:`veil.trust.seal.seal`'s cost
+        (tests only; leave the default for real keys).
         """
-        if expose_secret is not True:
-            raise ConfigurationError(
-                "refusing to serialize a private key: the payload reveals p and q to whoever "
-                "reads it; pass expose_secret=True if that is intended"
-            )
-        return pack_key(wire.KIND_PRIVATE, [self._crt.p, self._crt.q], self._pk._hash)
+
+        def plain() -> bytes:
+            return pack_key(wire.KIND_PRIVATE, [self._crt.p, self._crt.q], self._pk._hash)
+
+        return seal_secret(plain, what="Paillier private key", purpose=KEY_PURPOSE,
+                           secret=secret, expose_secret=expose_secret,
+                           scrypt_log2_n=scrypt_log2_n)
+
+    def save(self, path: str | os.PathLike[str], secret: Secret, *, overwrite: bool = False,
+             scrypt_log2_n: int = SCRYPT_LOG2_N) -> Path:
+        """Write this key sealed under ``secret`` to ``path`` (mode 0600, atomically; an
+        existing file is refused unless ``overwrite=True``); read it with :meth:`load_file`."""
+        data = self.serialize(secret=check_secret(secret, "save"), scrypt_log2_n=scrypt_log2_n)
+        return atomic_write(path, data, mode=0o600, overwrite=overwrite)
 
     @classmethod
     def load(
-        cls, data: bytes, *, allow_insecure: bool = False, max_bytes: int = KEY_MAX_BYTES
+        cls, data: bytes, *, secret: Secret | None = None, allow_insecure: bool = False,
+        max_bytes: int = KEY_MAX_BYTES
     ) -> PaillierPrivateKey:
-        """Load a private key (its public key is rebuilt from p·q and checked)."""
+        """Load a private key (its public key is rebuilt from p·q and checked).
+
+        Sealed bytes (from ``serialize(secret=...)``) need the same ``secret``; a wrong one
+        raises :class:`~veil.errors.UnsealError`. A plaintext envelope loads without one.
+        """
+        data = open_secret(data, what="Paillier private key", purpose=KEY_PURPOSE,
+                           secret=secret, max_bytes=max_bytes)
         params_hash, (p, q) = open_key(data, wire.KIND_PRIVATE, "Paillier private key",
                                        max_bytes, [pm.MAX_BITS // 16 + 1] * 2)
         n = p * q
@@ -238,6 +272,14 @@ class PaillierPrivateKey(pm.SecretNoPickle):
         self._pk = PaillierPublicKey._trusted(n)
         self._crt = pm.CrtKey(p, q)
         return self
+
+    @classmethod
+    def load_file(cls, path: str | os.PathLike[str], secret: Secret | None, *,
+                  allow_insecure: bool = False) -> PaillierPrivateKey:
+        """Load the key :meth:`save` wrote to ``path`` (its size is checked before reading)."""
+        return cls.load(read_limited(Path(path), "Paillier private key file",
+                                     KEY_MAX_BYTES + SEAL_OVERHEAD),
+                        secret=secret, allow_insecure=allow_insecure)
 
     def to_phe(self) -> Any:
         """The same key as a ``phe.PaillierPrivateKey`` (with its phe public key)."""

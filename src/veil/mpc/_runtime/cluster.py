@@ -1,18 +1,15 @@
-"""One party (or the dealer) of a session that spans several hosts, over TCP.
+"""One member (party or dealer) of a session that spans several hosts.
 
-``veil party --rank R --world-size N --master HOST:PORT --job module:function`` calls
-:func:`run_party` on each of N hosts. Party 0 hosts the session store at ``HOST:PORT`` (so
-``HOST`` must be party 0's address, reachable by every other host); gloo then connects every pair
-of processes directly. With the default dealer provider the dealer is one more process:
+``veil party --manifest FILE --as NAME`` calls :func:`run_member`: the manifest names every
+member, its address and its certificate; every byte between members and to party 0's session
+store goes over mutually authenticated TLS 1.3 (:mod:`veil.mpc._runtime.wiring`). The dealer,
+if the manifest lists one, is one more member (rank N) on a host of its own.
 
-* ``veil party --dealer --world-size N --master HOST:PORT`` on a host of its own (recommended:
-  the dealer must not collude with any party, see ``docs/security/mpc.md``), or
-* ``veil party --rank 0 --host-dealer ...``: party 0 starts the dealer as a child process on its
-  own host. Convenient, but whoever controls party 0's host can then read the dealer's memory,
-  which gives it every input (as ``provider="tfp"`` would).
-
-Nothing else needs to be set: ``RENDEZVOUS``, ``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``,
-``MASTER_PORT``, the gloo timeout and network interface are derived here.
+The older plaintext form, ``veil party --rank R --world-size N --master HOST:PORT
+--insecure-plaintext``, calls :func:`run_party` / :func:`run_dealer`: party 0 hosts a TCPStore
+at ``HOST:PORT`` and gloo connects every pair of processes, unencrypted and unauthenticated.
+``--host-dealer`` makes party 0 fork the dealer on its own host (whoever controls party 0's host
+can then read the dealer's memory, which gives it every input, as ``provider="tfp"`` would).
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from typing import Any
 from veil.errors import ConfigurationError
 from veil.mpc.providers import DEFAULT_TIMEOUT, make_config
 
-__all__ = ["run_party", "run_dealer"]
+__all__ = ["run_party", "run_dealer", "run_member"]
 
 
 def run_party(
@@ -94,6 +91,57 @@ def run_dealer(
     config = make_config(world_size=world_size, provider="dealer", timeout=timeout)
     parse_master(master)
     run_process(None, rank=world_size, master=master, config=config, fail_fast=_fail_fast)
+
+
+def run_member(
+    job: Callable[..., Any] | None,
+    *,
+    manifest: Any,
+    identity: Any,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    timeout: float | None = None,
+    provider: str = "dealer",
+    allow_party0_sees_inputs: bool = False,
+    device: str = "auto",
+    precision_bits: int = 16,
+    bind: tuple[str, int] | None = None,
+    _fail_fast: Callable[[Any], None] | None = None,
+) -> Any:
+    """Run the member of ``manifest`` that ``identity`` is (a party, or the dealer).
+
+    Every byte to the other members (and to party 0's session store) goes over mutually
+    authenticated TLS 1.3, pinned to the certificates the manifest lists; see
+    :mod:`veil.mpc._runtime.wiring`. ``job`` is ignored for the dealer. ``timeout`` defaults
+    to the manifest's, then to 60 s. ``bind``: listen there instead of on our manifest address
+    (behind NAT). Returns the job's result (``None`` for the dealer).
+    """
+    from veil.mpc._runtime.party import run_process
+    from veil.mpc._runtime.wiring import manifest_wiring
+
+    wiring = manifest_wiring(manifest, identity, bind=bind)
+    me = manifest.by_fingerprint(identity.fingerprint)
+    if manifest.dealer is None and provider == "dealer":
+        raise ConfigurationError(
+            f"the manifest {manifest.source or ''} lists no [dealer], and provider='dealer' "
+            "needs one; add the dealer's entry, or pass provider='tfp' (party 0 then sees "
+            "every input) with allow_party0_sees_inputs=True")
+    if manifest.dealer is not None and provider != "dealer":
+        raise ConfigurationError(
+            f"the manifest lists a dealer but provider={provider!r}; drop the [dealer] entry "
+            "or use provider='dealer'")
+    config = make_config(world_size=manifest.world_size, provider=provider,
+                         timeout=timeout or manifest.timeout or DEFAULT_TIMEOUT,
+                         allow_party0_sees_inputs=allow_party0_sees_inputs,
+                         precision_bits=precision_bits, device=device)
+    if not me.is_dealer:
+        from veil.mpc.device import resolve
+
+        resolve(config.device, rank=me.rank)
+    first = manifest.by_rank(0)
+    return run_process(None if me.is_dealer else job, rank=me.rank,
+                       master=first.address, config=config, args=tuple(args), kwargs=kwargs,
+                       fail_fast=_fail_fast, wiring=wiring)
 
 
 def _start_local_dealer(master: str, config: Any) -> tuple[Any, list[Any]]:

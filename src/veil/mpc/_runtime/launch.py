@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -39,6 +40,7 @@ from typing import Any
 from veil.errors import ConfigurationError, PartyFailure
 from veil.mpc._runtime.jobs import JobRef, job_ref, resolve_job
 from veil.mpc._runtime.monitor import rank_label
+from veil.mpc._runtime.wiring import TRANSPORTS, Wiring, local_wiring, tls_local_wiring
 from veil.mpc.providers import DEFAULT_TIMEOUT, SessionConfig, make_config
 
 __all__ = ["run", "JobRef", "job_ref", "resolve_job", "honour_sigint"]
@@ -128,8 +130,8 @@ def _die_with_parent() -> None:
 
 
 def child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | None,
-                args: tuple[Any, ...], out: Any, life: Any, store_path: str | None = None
-                ) -> None:
+                args: tuple[Any, ...], out: Any, life: Any, store_path: str | None = None,
+                wiring: Wiring | None = None) -> None:
     """Entry point of every local party / dealer process."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
@@ -162,7 +164,8 @@ def child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | None
 
         job = resolve_job(ref) if ref is not None else None
         result = run_process(job, rank=rank, master=master, config=config, args=args,
-                             reporter=report, fail_fast=finish_failed, store_path=store_path)
+                             reporter=report, fail_fast=finish_failed, store_path=store_path,
+                             wiring=wiring)
     except PartyFailure as failure:
         finish_failed(failure)
     except BaseException as exc:
@@ -190,6 +193,7 @@ def run(
     allow_party0_sees_inputs: bool = False,
     device: str = "auto",
     precision_bits: int = 16,
+    transport: str = "local",
 ) -> list[Any]:
     """Run ``job(party, *args, *per_party_args[rank])`` in ``parties`` processes on this machine.
 
@@ -199,28 +203,26 @@ def run(
     behind. ``provider="dealer"`` (default) adds a
     dealer process that holds no inputs; ``provider="tfp"`` lets party 0 generate the triples and
     needs ``allow_party0_sees_inputs=True``.
+
+    ``transport``: ``"local"`` (default: Unix sockets in a private directory, see
+    :mod:`veil.mpc._runtime.wiring`), ``"tls"`` (mutually authenticated TLS 1.3 on loopback
+    with ephemeral identities, the multi-host code path) or ``"gloo"`` (torch's plaintext gloo
+    on loopback, whose ports any local process can connect to: for comparisons only).
     """
     config = make_config(world_size=parties, provider=provider, timeout=timeout,
                          allow_party0_sees_inputs=allow_party0_sees_inputs,
                          precision_bits=precision_bits, device=device)
+    if transport not in TRANSPORTS:
+        raise ConfigurationError(f"transport must be one of {TRANSPORTS}, got {transport!r}; "
+                                 "'local' is the secure default")
     ref = job_ref(job)
     args = tuple(args)
-    if per_party_args is not None:
-        try:
-            per_party = [tuple(a) for a in per_party_args]
-        except TypeError as exc:
-            raise ConfigurationError(
-                "per_party_args must be a list with one tuple of arguments per party, got "
-                f"{per_party_args!r}") from exc
-        if len(per_party) != parties:
-            raise ConfigurationError(
-                f"per_party_args must hold one tuple per party ({parties}), got {len(per_party)}")
-    else:
-        per_party = [() for _ in range(parties)]
+    per_party = _per_party(per_party_args, parties)
     ctx = _context()
     master = f"127.0.0.1:{_free_port()}"  # no store listens there: see _private_store
     store_dir, store_path = _private_store()
     total = parties + (1 if config.has_dealer else 0)
+    wiring = _wiring(transport, store_dir, total, parties)
     procs: list[Any] = []
     conns: dict[Any, int] = {}
     lifelines: list[Any] = []
@@ -236,7 +238,7 @@ def run(
                     target=child_main, daemon=True,
                     name=f"veil-mpc-{rank_label(rank, parties)}",
                     args=(rank, master, config, ref if rank < parties else None, job_args,
-                          out_w, life_r, store_path))
+                          out_w, life_r, store_path, _own(wiring, rank)))
                 proc.start()
                 out_w.close()
                 life_r.close()
@@ -251,6 +253,37 @@ def run(
         for c in list(conns) + lifelines:
             c.close()
         _remove_store(store_dir)
+
+
+def _per_party(per_party_args: Sequence[Sequence[Any]] | None, parties: int
+               ) -> list[tuple[Any, ...]]:
+    if per_party_args is None:
+        return [() for _ in range(parties)]
+    try:
+        per_party = [tuple(a) for a in per_party_args]
+    except TypeError as exc:
+        raise ConfigurationError(
+            "per_party_args must be a list with one tuple of arguments per party, got "
+            f"{per_party_args!r}") from exc
+    if len(per_party) != parties:
+        raise ConfigurationError(
+            f"per_party_args must hold one tuple per party ({parties}), got {len(per_party)}")
+    return per_party
+
+
+def _wiring(transport: str, store_dir: str, total: int, parties: int) -> Wiring | None:
+    if transport == "local":
+        return local_wiring(store_dir, total)
+    if transport == "tls":
+        return tls_local_wiring(total, parties)
+    return None  # "gloo"
+
+
+def _own(wiring: Wiring | None, rank: int) -> Wiring | None:
+    """What party ``rank`` gets: only its own private key travels to it."""
+    if wiring is None or not wiring.identities:
+        return wiring
+    return dataclasses.replace(wiring, identities={rank: wiring.identities[rank]})
 
 
 def _private_store() -> tuple[str, str]:

@@ -17,10 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
 import socket
-import sys
-import threading
 import time
 import traceback
 import warnings
@@ -29,10 +26,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from veil.errors import ConfigurationError, PartyFailure, VeilError
+from veil.errors import AuthenticationError, ConfigurationError, PartyFailure, VeilError
 from veil.mpc import accounting
 from veil.mpc._crypten import install
 from veil.mpc._runtime.monitor import TICK, Monitor, rank_label
+from veil.mpc._runtime.wiring import Links, Wiring, open_links
 from veil.mpc.providers import SessionConfig
 
 __all__ = ["run_process", "parse_master", "open_store", "Reporter"]
@@ -142,6 +140,12 @@ def _set_op_timeouts(crypten: Any, timeout: timedelta) -> None:
     """After the rendezvous: every process group waits at most ``timeout`` per operation."""
     from torch.distributed import distributed_c10d as c10d
 
+    from veil.mpc._runtime import backend
+
+    if backend.current() is not None:
+        backend.set_timeout(timeout.total_seconds())
+        return
+
     comm = crypten.comm.get()
     groups = [c10d._get_default_group()] + [
         g for g in (getattr(comm, n, None) for n in ("main_group", "ttp_group", "ttp_comm_group"))
@@ -195,11 +199,14 @@ def _check_rank(rank: int, config: SessionConfig) -> int:
     return total
 
 
-def _set_environment(rank: int, ws: int, host: str, port: int, *, local: bool) -> None:
+def _set_environment(rank: int, ws: int, host: str, port: int, *, local: bool,
+                     backend: str = "gloo") -> None:
     """The variables CrypTen reads, and the interface gloo binds to."""
-    env = {"DISTRIBUTED_BACKEND": "gloo", "RENDEZVOUS": "env://", "WORLD_SIZE": str(ws),
+    env = {"DISTRIBUTED_BACKEND": backend, "RENDEZVOUS": "env://", "WORLD_SIZE": str(ws),
            "RANK": str(rank), "MASTER_ADDR": host, "MASTER_PORT": str(port)}
     os.environ.update(env)
+    if backend != "gloo":
+        return
     iface = _interface_towards(host, port)
     if local:  # local session: gloo listens on loopback, whatever the caller set
         os.environ["GLOO_SOCKET_IFNAME"] = _interface_towards("127.0.0.1", port) or "lo"
@@ -208,16 +215,32 @@ def _set_environment(rank: int, ws: int, host: str, port: int, *, local: bool) -
 
 
 def _open_stores(host: str, port: int, *, rank: int, total: int, config: SessionConfig,
-                 timeout: timedelta, store_path: str | None) -> tuple[Any, Monitor]:
-    """The session store and the monitor (with its own connection); PartyFailure if neither
-    can be opened within ``timeout``."""
+                 timeout: timedelta, store_path: str | None, wiring: Wiring | None
+                 ) -> tuple[Any, Monitor, Links | None]:
+    """The session store and the monitor (with its own connection), and with a Veil transport
+    the mesh (listening, not yet connected); PartyFailure if they cannot be opened within
+    ``timeout``."""
     ws = config.world_size
+    links = None
     try:
-        store = open_store(host, port, rank=rank, timeout=timeout, path=store_path)
+        if wiring is not None and wiring.secure:
+            links = open_links(wiring, rank, timeout=timeout, store_path=store_path,
+                               open_file_store=lambda path: open_store(
+                                   host, port, rank=-1, timeout=timeout, path=path))
+            store, mon_store = links.store, links.monitor_store
+        else:
+            store = open_store(host, port, rank=rank, timeout=timeout, path=store_path)
+            mon_store = open_store(host, port, rank=-1, timeout=timeout, path=store_path)
         monitor = Monitor(rank=rank, world_size=ws, total=total, timeout=config.timeout,
-                          store=open_store(host, port, rank=-1, timeout=timeout,
-                                           path=store_path))
+                          store=mon_store)
+    except AuthenticationError as exc:
+        if links is not None:
+            links.close()
+        raise PartyFailure(f"{rank_label(rank, ws)} was refused by party 0: {exc}",
+                           rank=0, phase="rendezvous") from exc
     except Exception as exc:
+        if links is not None:
+            links.close()
         where = (f"could not open the session store {store_path}" if store_path is not None
                  else f"could not host the session store on {host}:{port}" if rank == 0 else
                  f"could not reach party 0's session store at {host}:{port} within "
@@ -226,21 +249,26 @@ def _open_stores(host: str, port: int, *, rank: int, total: int, config: Session
             f"{rank_label(rank, ws)} {where}: {type(exc).__name__}: {_short(exc)}. Check that "
             "party 0 runs, that --master names its address and a free port, and the firewall",
             rank=None if rank == 0 else 0, phase="rendezvous") from exc
-    return store, monitor
+    return store, monitor, links
 
 
 def _rendezvous(crypten: Any, store: Any, state: _State, *, total: int, rdv_s: float,
-                timeout: timedelta) -> None:
-    """Veil's patches, then ``crypten.init()`` through our store; PartyFailure naming who is
-    missing if it fails."""
+                timeout: timedelta, links: Links | None) -> None:
+    """Veil's patches, then ``crypten.init()`` through our store (or, with a Veil transport,
+    over the connected mesh); PartyFailure naming who is missing if it fails."""
     rank, ws = state.rank, state.config.world_size
     install(crypten)  # before init: keys are agreed inside crypten.init()
     try:
-        with _patched_process_groups(store, timedelta(seconds=rdv_s)), \
+        pg_store = store
+        if links is not None:
+            pg_store = _connect_mesh(links, rank, ws, rdv_s, config=state.config)
+        with _patched_process_groups(pg_store, timedelta(seconds=rdv_s)), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
             crypten.init()
         _set_op_timeouts(crypten, timeout)
+    except PartyFailure:
+        raise
     except Exception as exc:
         missing = [r for r in range(total) if r != rank and not store.check([f"hello/{r}"])]
         who = ", ".join(rank_label(r, ws) for r in missing) or "a party"
@@ -250,6 +278,24 @@ def _rendezvous(crypten: Any, store: Any, state: _State, *, total: int, rdv_s: f
             f"{rdv_s:g} s ({type(exc).__name__}: {_short(exc)}). Start every party "
             f"with the same --world-size and --master{hint}",
             rank=missing[0] if missing else None, phase="rendezvous") from exc
+
+
+def _connect_mesh(links: Links, rank: int, ws: int, rdv_s: float, *,
+                  config: SessionConfig) -> Any:
+    """Connect every pair of processes (authenticated), make the mesh the ``veil`` backend's
+    transport; returns the (process-local) store torch's own rendezvous then uses."""
+    import torch.distributed as dist
+
+    from veil.mpc._runtime import backend
+
+    try:
+        links.mesh.connect(rdv_s)
+    except AuthenticationError as exc:
+        raise PartyFailure(f"rendezvous failed at {rank_label(rank, ws)}: {exc}",
+                           rank=None, phase="rendezvous") from exc
+    backend.register()
+    backend.attach(links.mesh, config.timeout)
+    return dist.HashStore()  # nothing goes through it: the mesh is already connected
 
 
 def _run_job(crypten: Any, store: Any, state: _State, job: Callable[..., Any] | None,
@@ -276,7 +322,7 @@ def _run_job(crypten: Any, store: Any, state: _State, job: Callable[..., Any] | 
 
 
 def _teardown(crypten: Any, store: Any, state: _State, monitor: Monitor,
-              timeout: timedelta) -> None:
+              timeout: timedelta, links: Links | None = None) -> None:
     """After a clean run: stop the heartbeats, end CrypTen, keep party 0's store up for the
     dealer."""
     monitor.stop()
@@ -285,6 +331,12 @@ def _teardown(crypten: Any, store: Any, state: _State, monitor: Monitor,
     if state.rank == 0 and state.config.has_dealer:
         with contextlib.suppress(Exception):  # keep the store up until the dealer is done
             store.wait(["dealer_done"], timeout)
+    if links is not None and state.rank != 0:
+        with contextlib.suppress(Exception):  # party 0 serves the store: it goes last
+            store.set(f"bye/{state.rank}", "1")
+    if links is not None and state.rank == 0:
+        with contextlib.suppress(Exception):
+            store.wait([f"bye/{r}" for r in range(1, state.config.world_size)], timeout)
 
 
 def _start_monitor(state: _State, monitor: Monitor,
@@ -320,6 +372,7 @@ def run_process(
     reporter: Reporter | None = None,
     fail_fast: Callable[[PartyFailure], None] | None = None,
     store_path: str | None = None,
+    wiring: Wiring | None = None,
 ) -> Any:
     """Run one process of a session and return the job's result (``None`` for the dealer).
 
@@ -328,25 +381,30 @@ def run_process(
     heartbeat thread when another process is known to have failed while this one is blocked.
     ``store_path`` (local sessions): the session store is a file there instead of a TCP store
     hosted by party 0, and gloo listens on the loopback interface only (see :func:`open_store`).
+    ``wiring``: the transport (:mod:`.wiring`); ``None`` is gloo.
     """
     import torch
 
     host, port = parse_master(master)
     total = _check_rank(rank, config)
     state = _State(rank=rank, config=config, phases=["rendezvous"], reporter=reporter)
-    _set_environment(rank, config.world_size, host, port, local=store_path is not None)
+    secure = wiring is not None and wiring.secure
+    _set_environment(rank, config.world_size, host, port, local=store_path is not None,
+                     backend="veil" if secure else "gloo")
     timeout = timedelta(seconds=config.timeout)
     rdv_s = max(config.timeout, RENDEZVOUS_MIN_S)
     crypten = _configure_crypten(config)
     # Reaching party 0's store waits --timeout (not the longer rendezvous bound): an unreachable
     # master is reported within the time the user asked for.
-    store, monitor = _open_stores(host, port, rank=rank, total=total, config=config,
-                                  timeout=timeout, store_path=store_path)
+    store, monitor, links = _open_stores(host, port, rank=rank, total=total, config=config,
+                                         timeout=timeout, store_path=store_path,
+                                         wiring=wiring)
     store.set_timeout(timedelta(seconds=rdv_s))
     _start_monitor(state, monitor, fail_fast)
     try:
         state.set_phase("rendezvous")
-        _rendezvous(crypten, store, state, total=total, rdv_s=rdv_s, timeout=timeout)
+        _rendezvous(crypten, store, state, total=total, rdv_s=rdv_s, timeout=timeout,
+                    links=links)
         accounting.reset()  # count only the job's traffic in party.comm_stats()
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // total))
         if rank == config.world_size:
@@ -356,7 +414,7 @@ def run_process(
             result = None
         else:
             result = _run_job(crypten, store, state, job, args, kwargs)
-        _teardown(crypten, store, state, monitor, timeout)
+        _teardown(crypten, store, state, monitor, timeout, links)
         return result
     except Exception as exc:
         failure = _report_failure(exc, state, monitor)
@@ -365,6 +423,15 @@ def run_process(
         raise failure from exc
     finally:
         monitor.stop()
+        if links is not None:
+            _close_links(links)
+
+
+def _close_links(links: Links) -> None:
+    from veil.mpc._runtime import backend
+
+    backend.detach()
+    links.close()
 
 
 def _run_dealer(crypten: Any, store: Any, monitor: Monitor) -> None:
@@ -420,43 +487,3 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     # no square brackets: gloo puts source paths in them, which terminals' markup misreads
     text = str(exc).replace("\n", " ").replace("[", "(").replace("]", ")").rstrip(". ")
     return text if len(text) <= limit else text[:limit] + "…"
-
-
-def exit_on_interrupt(code: int = 130) -> None:
-    """``veil party``: Ctrl-C (SIGINT) ends this process at once with ``code``.
-
-    The main thread spends most of a session inside torch.distributed's C++ code (rendezvous,
-    gloo operations), where a Python signal handler would only run once that call returns, up
-    to the rendezvous timeout later. The C-level handler writes to a wake-up pipe instead, and a
-    daemon thread reads it, prints one line and exits. Children (``--host-dealer``) die with
-    this process (``PR_SET_PDEATHSIG``). Only from the main thread; otherwise a no-op.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-
-    def watch() -> None:
-        with contextlib.suppress(OSError):
-            os.read(read_fd, 1)
-        with contextlib.suppress(Exception):
-            sys.stderr.write("interrupted\n")
-            sys.stderr.flush()
-        os._exit(code)
-
-    signal.signal(signal.SIGINT, lambda *_: None)  # the wake-up pipe needs a Python handler
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    threading.Thread(target=watch, name="veil-party-interrupt", daemon=True).start()
-
-
-def print_failure_and_exit(failure: PartyFailure, *, hosts_store: bool = False) -> None:
-    """Fail-fast handler for ``veil party``: report on stderr and end the process now.
-
-    Party 0 (``hosts_store``) first keeps the session store up for :data:`LINGER` seconds so
-    that the others can still read who failed.
-    """
-    sys.stderr.write(f"error: PartyFailure: {failure}\n")
-    sys.stderr.flush()
-    if hosts_store:
-        time.sleep(LINGER)
-    os._exit(1)
