@@ -22,6 +22,7 @@ from pathlib import Path
 
 from veil.errors import ConfigurationError, SerializationError
 from veil.trust.seal import MAGIC, SCRYPT_LOG2_N, Secret, is_sealed, seal, unseal
+from veil.trust.seal import read_limited as seal_read_limited
 
 __all__ = ["seal_secret", "open_secret", "read_limited", "check_secret",
            "SEAL_OVERHEAD"]
@@ -79,27 +80,7 @@ def open_secret(data: bytes, *, what: str, purpose: str, secret: Secret | None,
 
 def read_limited(path: Path, what: str, max_bytes: int) -> bytes:
     """The bytes of file ``path`` (a ``what``), its size checked against ``max_bytes`` first."""
-    try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise ConfigurationError(f"{what} {str(path)!r} is not a regular file; give the file "
-                                     "written by save()")
-        if size > max_bytes:
-            raise SerializationError(
-                f"{what} {str(path)!r} is {size} bytes, more than the {max_bytes} allowed; "
-                "check that it is the file written by save()")
-        with path.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise ConfigurationError(f"{what} {str(path)!r} does not exist; check the path") \
-            from None
-    except OSError as exc:
-        raise ConfigurationError(f"could not read {what} {str(path)!r} "
-                                 f"({exc.strerror or exc}); check its permissions") from exc
-    if len(data) > max_bytes:
-        raise SerializationError(f"{what} {str(path)!r} grew past {max_bytes} bytes while "
-                                 "being read")
-    return data
+    return seal_read_limited(path, what, max_bytes, fix="check the path (the file save() wrote)")
 
 
 def check_secret(secret: object, action: str) -> Secret:

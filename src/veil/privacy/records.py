@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from veil.errors import AuthenticationError, ConfigurationError, SerializationError
+from veil.trust.seal import read_limited
 
 if TYPE_CHECKING:
     from veil.trust.identity import Identity
@@ -291,23 +292,8 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The record in file ``path`` (at most 1 MiB), checked for shape, not yet verified: call
     :func:`verify_record` with the signer's certificate before trusting it."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if not p.is_file():
-            raise ConfigurationError(f"{str(p)!r} is not a file; give a record written by "
-                                     "write_record")
-        if size > MAX_RECORD_BYTES:
-            raise SerializationError(f"{str(p)!r} is {size} bytes, more than the "
-                                     f"{MAX_RECORD_BYTES} a record may have")
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_RECORD_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigurationError(f"record {str(p)!r} does not exist; check the path") from None
-    except OSError as exc:
-        raise ConfigurationError(f"could not read record {str(p)!r} "
-                                 f"({exc.strerror or exc}); check its permissions") from exc
-    if len(raw) > MAX_RECORD_BYTES:
-        raise SerializationError(f"{str(p)!r} grew past {MAX_RECORD_BYTES} bytes while read")
+    raw = read_limited(p, "record", MAX_RECORD_BYTES,
+                       fix="check the path (a record written by write_record)")
     try:
         doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too

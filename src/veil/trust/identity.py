@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from veil.errors import ConfigurationError, KeyMismatchError, SerializationError
-from veil.trust.seal import Secret, atomic_write, read_sealed, write_sealed
+from veil.trust.seal import Secret, atomic_write, read_limited, read_sealed, write_sealed
 
 __all__ = ["Identity", "fingerprint_of", "load_certificate", "tls_files", "FINGERPRINT_RE",
            "KEY_PURPOSE", "MAX_CERTIFICATE_BYTES", "DEFAULT_DAYS", "MAX_DAYS"]
@@ -91,22 +91,8 @@ def fingerprint_of(certificate_pem: bytes) -> str:
 def load_certificate(path: str | os.PathLike) -> bytes:
     """The PEM certificate in file ``path`` (at most 64 KiB), checked to be one certificate."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if not p.is_file():
-            raise ConfigurationError(f"{str(p)!r} is not a file; give a certificate (.crt)")
-        if size > MAX_CERTIFICATE_BYTES:
-            raise SerializationError(
-                f"{str(p)!r} is {size} bytes, more than the {MAX_CERTIFICATE_BYTES} a "
-                "certificate may have; check that the path names the certificate")
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_CERTIFICATE_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigurationError(f"certificate {str(p)!r} does not exist; check the path or "
-                                 "make an identity with `veil identity new NAME`") from None
-    except OSError as exc:
-        raise ConfigurationError(f"could not read certificate {str(p)!r} "
-                                 f"({exc.strerror or exc}); check its permissions") from exc
+    raw = read_limited(p, "certificate", MAX_CERTIFICATE_BYTES,
+                       fix="check the path or make an identity with `veil identity new NAME`")
     try:
         cert = _parse_pem(raw)
     except SerializationError as exc:

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from veil.errors import ConfigurationError, SerializationError, UnsealError
 
 __all__ = ["Secret", "new_key_file", "seal", "unseal", "is_sealed", "write_sealed",
-           "read_sealed", "atomic_write", "MAGIC", "PASSPHRASE_ENV", "KEY_FILE_ENV",
+           "read_sealed", "read_limited", "atomic_write", "MAGIC", "PASSPHRASE_ENV", "KEY_FILE_ENV",
            "SCRYPT_LOG2_N", "MIN_SCRYPT_LOG2_N", "MAX_SCRYPT_LOG2_N", "KEY_FILE_BYTES"]
 
 MAGIC = b"VEILSEAL\x01"
@@ -408,26 +408,38 @@ def write_sealed(path: str | os.PathLike, data: bytes, secret: Secret, *, purpos
                         overwrite=overwrite)
 
 
-def read_sealed(path: str | os.PathLike, secret: Secret, *, purpose: str,
-                max_bytes: int = _DEFAULT_MAX) -> bytes:
-    """The data sealed in file ``path``; its size is checked before anything is read."""
+def read_limited(path: str | os.PathLike, what: str, max_bytes: int, *,
+                 fix: str = "check the path") -> bytes:
+    """The bytes of file ``path`` (a ``what``), its size checked against ``max_bytes`` before
+    anything is read (and again after: it may grow meanwhile). ``fix``: the hint for a missing
+    file."""
     p = Path(path)
     try:
         size = p.stat().st_size
         if not p.is_file():
-            raise ConfigurationError(f"{str(p)!r} is not a file; give a sealed file")
+            raise ConfigurationError(f"{what} {str(p)!r} is not a regular file; {fix}")
         if size > max_bytes:
             raise SerializationError(
-                f"{str(p)!r} is {size} bytes, more than max_bytes={max_bytes}; check that it "
-                "is the sealed file meant")
+                f"{what} {str(p)!r} is {size} bytes, more than max_bytes={max_bytes}; check "
+                "that the path names the file meant")
         with p.open("rb") as fh:
-            blob = fh.read(max_bytes + 1)
+            data = fh.read(max_bytes + 1)
     except FileNotFoundError:
-        raise ConfigurationError(f"sealed file {str(p)!r} does not exist; check the path") \
-            from None
+        raise ConfigurationError(f"{what} {str(p)!r} does not exist; {fix}") from None
     except OSError as exc:
-        raise ConfigurationError(f"could not read {str(p)!r} ({exc.strerror or exc}); check "
-                                 "its permissions") from exc
+        raise ConfigurationError(f"could not read {what} {str(p)!r} ({exc.strerror or exc}); "
+                                 "check its permissions") from exc
+    if len(data) > max_bytes:
+        raise SerializationError(f"{what} {str(p)!r} grew past {max_bytes} bytes while being "
+                                 "read")
+    return data
+
+
+def read_sealed(path: str | os.PathLike, secret: Secret, *, purpose: str,
+                max_bytes: int = _DEFAULT_MAX) -> bytes:
+    """The data sealed in file ``path``; its size is checked before anything is read."""
+    p = Path(path)
+    blob = read_limited(p, "sealed file", max_bytes)
     try:
         return unseal(blob, secret, purpose=purpose, max_bytes=max_bytes)
     except (UnsealError, SerializationError) as exc:
