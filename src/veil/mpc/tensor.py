@@ -10,8 +10,8 @@ What is revealed to whom:
   ``src`` unless every party passes ``shape=``.
 * :func:`reveal` — with ``to=None`` every party learns the value (all-reduce of the shares). With
   ``to=[r, ...]`` every party sends its share point-to-point to each recipient only; parties not
-  in ``to`` receive nothing and get ``None``. (CrypTen's own ``get_plain_text(dst=r)`` uses a
-  gloo reduce, whose tree may hand partial sums of shares to intermediate parties; it is not used.)
+  in ``to`` receive nothing and get ``None``. (CrypTen's own ``get_plain_text(dst=r)`` is a
+  ``reduce``; over gloo its ring hands partial sums of shares to other parties; it is not used.)
 """
 
 from __future__ import annotations

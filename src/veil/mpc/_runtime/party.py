@@ -261,7 +261,7 @@ def _rendezvous(crypten: Any, store: Any, state: _State, *, total: int, rdv_s: f
     try:
         pg_store = store
         if links is not None:
-            pg_store = _connect_mesh(links, rank, ws, rdv_s, config=state.config)
+            pg_store = _connect_mesh(links, rank, ws, rdv_s)
         with _patched_process_groups(pg_store, timedelta(seconds=rdv_s)), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -280,10 +280,11 @@ def _rendezvous(crypten: Any, store: Any, state: _State, *, total: int, rdv_s: f
             rank=missing[0] if missing else None, phase="rendezvous") from exc
 
 
-def _connect_mesh(links: Links, rank: int, ws: int, rdv_s: float, *,
-                  config: SessionConfig) -> Any:
+def _connect_mesh(links: Links, rank: int, ws: int, rdv_s: float) -> Any:
     """Connect every pair of processes (authenticated), make the mesh the ``veil`` backend's
-    transport; returns the (process-local) store torch's own rendezvous then uses."""
+    transport; returns the (process-local) store torch's own rendezvous then uses. Until
+    :func:`_set_op_timeouts` runs after ``crypten.init()``, waits get the rendezvous bound (key
+    agreement is part of the rendezvous, as with gloo)."""
     import torch.distributed as dist
 
     from veil.mpc._runtime import backend
@@ -294,7 +295,7 @@ def _connect_mesh(links: Links, rank: int, ws: int, rdv_s: float, *,
         raise PartyFailure(f"rendezvous failed at {rank_label(rank, ws)}: {exc}",
                            rank=None, phase="rendezvous") from exc
     backend.register()
-    backend.attach(links.mesh, config.timeout)
+    backend.attach(links.mesh, rdv_s)
     return dist.HashStore()  # nothing goes through it: the mesh is already connected
 
 

@@ -54,9 +54,9 @@ def reveal(party: Any, x: Any, to: Sequence[int] | None) -> np.ndarray | None:
     """Open the shared ``x`` to the parties in ``to`` (all when None), in float64.
 
     A restricted opening is point to point (:func:`veil.mpc.tensor.open_ring`): every party
-    sends its share to each recipient only, so non-recipients receive nothing (CrypTen's
-    ``reveal(dst=r)`` is a gloo ring ``reduce`` that leaves chunks of the opened value in every
-    party's buffer)."""
+    sends its share to each recipient only, so non-recipients receive nothing, whatever the
+    transport (CrypTen's ``reveal(dst=r)`` is a ``reduce``: over gloo a ring that leaves chunks of
+    the opened value in every party's buffer)."""
     if to is None:
         return open_to_all(party, x)
     inner = x._tensor
