@@ -94,7 +94,11 @@ def test_for_depth_picks_smallest_secure_ring(depth: int) -> None:
 def test_for_depth_too_deep_names_the_limit() -> None:
     with pytest.raises(ConfigurationError, match="deepest circuit"):
         CKKSParams.for_depth(25)
-    assert CKKSParams.for_depth(25, precision_bits=30, integer_bits=9).depth == 25
+    assert CKKSParams.for_depth(7, precision_bits=30, integer_bits=9).depth == 7
+    # 25 levels of 30 bits fit the 128-bit budget at N=32768, but SEAL's 30-bit primes = 1 mod
+    # 65536 lie up to 1.75% below 2**30: TenSEAL's scale reset would drift results by 54%
+    with pytest.raises(ConfigurationError, match=r"drift by up to 54\.3% over 25 level"):
+        CKKSParams.for_depth(25, precision_bits=30, integer_bits=9)
 
 
 def test_for_depth_matches_default_and_custom_integer_bits() -> None:

@@ -16,7 +16,8 @@ FAST = {"precision_bits": 30, "integer_bits": 9}  # depth 4 fits N=8192 at 128 b
 
 
 def _run(net, ctx_params, x, layout, input_shape, *, galois=False):
-    plan = models.plan(net, input_shape, layout=layout, **FAST)
+    extra = {"single_layout": "generic"} if layout == "single" else {}  # TenSEAL's own path
+    plan = models.plan(net, input_shape, layout=layout, **FAST, **extra)
     ctx = he.CKKSContext.generate(ctx_params or plan.params, galois_keys=galois)
     server_ctx = ctx.public()
     assert not server_ctx.has_secret_key
@@ -105,7 +106,7 @@ def test_residual_and_concat_batched_match_torch():
 @pytest.mark.slow
 def test_cnn_poly_single_sample_im2col_and_second_conv(zoo):
     entry = zoo.load("digits-cnn-poly")
-    plan = models.plan(entry.model, (1, 8, 8), layout="single")
+    plan = models.plan(entry.model, (1, 8, 8), layout="single", single_layout="generic")
     assert plan.input_encoding["kind"] == "im2col"
     assert [s.kind for s in plan.stages] == ["im2col", "poly", "affine", "poly", "affine"]
     ctx = he.CKKSContext.generate(plan.params, galois_keys=True)
@@ -148,6 +149,9 @@ def test_compile_checks_context_before_running(zoo):
         models.compile(net, small.public(), models.plan(net, (64,)))
     logreg = zoo.load("digits-logreg").model
     with pytest.raises(ConfigurationError, match="Galois"):
+        models.compile(logreg, small.public(), models.plan(logreg, (64,), layout="single",
+                                                           single_layout="generic"))
+    with pytest.raises(ConfigurationError, match="SlotContext"):
         models.compile(logreg, small.public(), models.plan(logreg, (64,), layout="single"))
     with pytest.raises(ConfigurationError, match="layout"):
         models.plan(net, (64,), layout="diagonal")

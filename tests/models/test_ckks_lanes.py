@@ -14,7 +14,7 @@ from veil.models.ckks.lanes import encode_taps
 
 
 def _ctx_and_model(net, shape):
-    plan = models.plan(net, shape, layout="single")
+    plan = models.plan(net, shape, layout="single", single_layout="taps")
     ctx = he.CKKSContext.generate(plan.params, galois_keys=True)
     compiled = models.compile(net, ctx.public(), plan)
     return plan, ctx, compiled
@@ -28,7 +28,7 @@ def _predict(ctx, compiled, x):
 def test_zoo_fast_cnn_uses_taps_layout_and_matches_plaintext(zoo):
     entry = zoo.load("digits-cnn-fast")
     plan, ctx, compiled = _ctx_and_model(entry.model, (1, 8, 8))
-    assert plan.lanes is not None and plan.note == ""
+    assert plan.lanes is not None and plan.note.startswith("chosen") and "taps" in plan.note
     assert plan.input_encoding["kind"] == "taps" and plan.input_encoding["taps"] == 9
     assert plan.depth == 5 and plan.params.poly_modulus_degree == 8192
     assert plan.params.security_bits >= 128
@@ -83,7 +83,10 @@ def test_random_models_with_padding_stride_batchnorm(mix):
 def test_models_of_other_shapes_fall_back_with_a_reason(zoo):
     cnn = zoo.load("digits-cnn-poly").model  # 3x3 second convolution after pooling
     plan = models.plan(cnn, (1, 8, 8), layout="single")
-    assert plan.lanes is None and "spatial grid" in plan.note
+    assert plan.lanes is None and "spatial grid" in plan.note and plan.packed is not None
+    with pytest.raises(ConfigurationError, match="spatial grid"):
+        models.plan(cnn, (1, 8, 8), layout="single", single_layout="taps")
+    plan = models.plan(cnn, (1, 8, 8), layout="single", single_layout="generic")
     assert plan.input_encoding["kind"] == "im2col"
     mlp = zoo.load("digits-mlp-poly").model  # dense first layer: 64 taps
     plan = models.plan(mlp, (64,), layout="single")

@@ -10,7 +10,8 @@ from veil.errors import ConfigurationError
 
 def test_names_and_accuracy(zoo):
     assert zoo.names() == ["digits-cnn", "digits-cnn-fast", "digits-cnn-poly", "digits-logreg",
-                           "digits-mlp", "digits-mlp-poly"]
+                           "digits-mlp", "digits-mlp-poly", "digits28-cnn", "digits28-cnn5",
+                           "digits28-mlp"]
     for name in zoo.names():
         entry = zoo.load(name)
         assert entry.accuracy > 0.9, (name, entry.accuracy)

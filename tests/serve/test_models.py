@@ -102,7 +102,7 @@ def test_single_sample_layout_with_galois_keys(tmp_path, running_server) -> None
     from veil.serve.evaluator import CompiledEvaluator
 
     net = _tiny_net()
-    ev = CompiledEvaluator("tiny-single", net, (6,), layout="single")
+    ev = CompiledEvaluator("tiny-single", net, (6,), layout="single", domain=(-2.0, 2.0))
     assert ev.info.galois_keys
     app = create_app(ev, config=ServerConfig(workers=1, queue_size=1, store_dir=tmp_path,
                                              request_deadline_s=600))

@@ -162,14 +162,14 @@ def test_worker_reloads_a_stored_context_beyond_the_request_limit(tmp_path) -> N
     import hashlib
     import time
 
-    from veil import he, models
+    from veil import models
     from veil.models import zoo
     from veil.protocols.inference import KIND_ENCRYPTED, pack_frames, unpack_frames
     from veil.serve import worker
     from veil.serve.evaluator import load_evaluator
 
     ev = load_evaluator("zoo:digits-logreg:single")
-    ctx = he.CKKSContext.generate(ev.info.params, galois_keys=True)
+    ctx = ev.plan.keygen()  # the plan's kind of context (packed layout: a SlotContext)
     public = ctx.public().serialize()
     cid = hashlib.sha256(public).hexdigest()
     (tmp_path / f"{cid}.ctx").write_bytes(public)

@@ -49,7 +49,8 @@ def _serve(
     model: str = typer.Option(
         "zoo:digits-mlp", "--model", "-m",
         help="model to serve: zoo:NAME (veil.models.zoo, batched layout), zoo:NAME:single "
-        "(one row per request, needs Galois keys), linear:digits, or PATH[:single]: your "
+        "(one row per request in the layout the plan chooses, usually packed: Galois keys for "
+        "just its rotations; GET /model: layout_choice), linear:digits, or PATH[:single]: your "
         "own model saved with veil.models.save(net, PATH, input_shape=..., domain=...)",
     ),
     input_shape: str = typer.Option(

@@ -13,6 +13,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "params": ("CKKSParams", "BFVParams"),
     "lattice.ckks": ("CKKSContext", "CKKSTensor", "linear_combination"),
     "lattice.bfv": ("BFVContext", "BFVTensor"),
+    "lattice.slots": ("SlotContext", "SlotVector"),
+    "lattice.slotparams": ("SlotParams",),
     "paillier": ("PaillierKeyPair", "PaillierPublicKey", "PaillierPrivateKey", "PaillierVector",
                  "PackedPaillierVector"),
     "encoding": ("FixedPointEncoding",),

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from veil.errors import ConfigurationError, InsecureParametersError
 
 __all__ = ["CKKSParams", "BFVParams", "MAX_LOG_Q", "max_log_q", "is_prime", "batching_prime",
-           "seal_primes"]
+           "seal_primes", "MAX_SCALE_DRIFT"]
 
 #: Max total log2(q) per ring dimension and security level (HE standard, ternary secret).
 MAX_LOG_Q: dict[int, dict[int, int]] = {
@@ -93,6 +94,44 @@ def _check_security(n: int, total: int, allow_insecure: bool, cls: str) -> None:
         )
 
 
+#: Largest :attr:`CKKSParams.scale_drift` that :meth:`CKKSParams.for_depth` accepts (6.25 %).
+MAX_SCALE_DRIFT = 2.0**-4
+
+
+def _pick_ring(cls: Any, depth: int, precision_bits: int, integer_bits: int,
+               allow_insecure: bool) -> Any:
+    """``for_depth``'s choice: the smallest fitting ring as ``cls`` (CKKSParams), or why that ring
+    computes badly; raises :class:`ConfigurationError` when no ring is large enough."""
+    q0 = precision_bits + integer_bits + 1
+    bits = (q0,) + (precision_bits,) * depth + (q0,)
+    total = sum(bits)
+    fits = [n for n in _DEGREES
+            if total <= MAX_LOG_Q[128][n] and precision_bits >= int(math.log2(2 * n)) + 2]
+    if not fits:
+        if not allow_insecure:
+            deepest = (MAX_LOG_Q[128][_DEGREES[-1]] - 2 * q0) // precision_bits
+            raise ConfigurationError(
+                f"depth {depth} needs {total} bits of coefficient modulus, more than the "
+                f"{MAX_LOG_Q[128][_DEGREES[-1]]} bits allowed at N=32768 for 128-bit "
+                f"security; the deepest circuit at precision_bits={precision_bits} is "
+                f"{deepest}: lower the depth (smaller polynomial degree) or precision_bits")
+        fits = [_DEGREES[-1]]
+    n = fits[0]
+    try:
+        params = cls(n, bits, precision_bits, allow_insecure=allow_insecure)
+    except ConfigurationError as exc:  # too few primes = 1 mod 2N of that size
+        return f"SEAL cannot build N={n}, {bits}: {exc}"
+    if params.scale_drift > MAX_SCALE_DRIFT:
+        rel = params.rescale_relative_error
+        return (f"at N={n} the {precision_bits}-bit primes SEAL picks (= 1 mod {2 * n}) lie up "
+                f"to {100 * rel:.3g}% below 2**{precision_bits}, and TenSEAL resets the scale "
+                f"to 2**{precision_bits} after every rescale, so results would drift by up to "
+                f"{100 * params.scale_drift:.3g}% over {depth} level(s) (for_depth accepts "
+                f"{100 * MAX_SCALE_DRIFT:.3g}%, MAX_SCALE_DRIFT; build CKKSParams directly "
+                "to accept more)")
+    return params
+
+
 @dataclass(frozen=True)
 class CKKSParams:
     """CKKS parameters: ring degree ``N``, RNS prime sizes and the encoding scale ``2**scale_bits``.
@@ -136,6 +175,7 @@ class CKKSParams:
         if not isinstance(self.allow_insecure, bool):
             raise ConfigurationError(f"allow_insecure must be a bool, got {self.allow_insecure!r}")
         _check_security(n, sum(bits), self.allow_insecure, "CKKSParams")
+        seal_primes(n, bits)  # SEAL must find them all: refuse here, not at key generation
 
     # -- presets -----------------------------------------------------------------------------
     @classmethod
@@ -152,11 +192,16 @@ class CKKSParams:
         integer_bits: int = 19,
         allow_insecure: bool = False,
     ) -> CKKSParams:
-        """Smallest secure parameters with ``depth`` rescales.
+        """Smallest secure parameters with ``depth`` rescales that compute accurately.
 
         The scale is ``2**precision_bits``; results may hold ``|x| < 2**integer_bits``
         (``q0 = precision_bits + integer_bits + 1`` bits, at most 60). Raises
-        :class:`ConfigurationError` when no ring degree up to 32768 fits.
+        :class:`ConfigurationError` when no ring degree up to 32768 fits, or when SEAL's
+        rescaling primes at the smallest fitting degree lie so far below ``2**precision_bits``
+        that TenSEAL's scale reset would distort results by more than :data:`MAX_SCALE_DRIFT`
+        (:attr:`scale_drift`; small ``precision_bits`` at large ``N``), naming the smallest
+        ``precision_bits`` that works. (A larger ``N`` never helps: its primes, ``1 mod 2N``,
+        are a subset of the smaller ring's.)
         """
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise ConfigurationError(f"depth must be an int >= 0, got {depth!r}")
@@ -167,19 +212,24 @@ class CKKSParams:
                 f"{_MAX_PRIME_BITS} bits (precision_bits >= 20, integer_bits >= 0); got "
                 f"precision_bits={precision_bits}, integer_bits={integer_bits}"
             )
-        bits = (q0,) + (precision_bits,) * depth + (q0,)
-        total = sum(bits)
-        for n in _DEGREES:
-            if total <= MAX_LOG_Q[128][n] and precision_bits >= int(math.log2(2 * n)) + 2:
-                return cls(n, bits, precision_bits, allow_insecure=allow_insecure)
-        if allow_insecure:
-            return cls(_DEGREES[-1], bits, precision_bits, allow_insecure=True)
-        deepest = (MAX_LOG_Q[128][_DEGREES[-1]] - 2 * q0) // precision_bits
+        found = _pick_ring(cls, depth, precision_bits, integer_bits, allow_insecure)
+        if isinstance(found, CKKSParams):
+            return found
+        better = None
+        for pb in range(precision_bits + 1, _MAX_PRIME_BITS - integer_bits):
+            try:
+                if isinstance(_pick_ring(cls, depth, pb, integer_bits, allow_insecure),
+                              CKKSParams):
+                    better = pb
+                    break
+            except ConfigurationError:  # no ring is large enough: more bits will not help
+                break
+        hint = (f"use precision_bits >= {better} (CKKSParams.for_depth({depth}, "
+                f"precision_bits={better}, integer_bits={integer_bits})) or a smaller depth"
+                if better else f"no precision_bits fits depth {depth}: lower the depth")
         raise ConfigurationError(
-            f"depth {depth} needs {total} bits of coefficient modulus, more than the "
-            f"{MAX_LOG_Q[128][_DEGREES[-1]]} bits allowed at N=32768 for 128-bit security; "
-            f"the deepest circuit at precision_bits={precision_bits} is {deepest}: lower the "
-            "depth (smaller polynomial degree) or precision_bits"
+            f"CKKSParams.for_depth({depth}, precision_bits={precision_bits}, integer_bits="
+            f"{integer_bits}): {found}; {hint}"
         )
 
     # -- derived -----------------------------------------------------------------------------
@@ -209,6 +259,13 @@ class CKKSParams:
         by up to this relative error."""
         middle = self.primes[1:-1]
         return max((abs(2.0**self.scale_bits / p - 1) for p in middle), default=0.0)
+
+    @property
+    def scale_drift(self) -> float:
+        """``(1 + rescale_relative_error)**depth - 1``: how far TenSEAL's scale reset can move a
+        value that goes through every level (relative; key-independent). ``for_depth`` keeps it
+        below :data:`MAX_SCALE_DRIFT`."""
+        return (1.0 + self.rescale_relative_error) ** self.depth - 1.0
 
     @property
     def security_bits(self) -> int:
@@ -270,6 +327,12 @@ class BFVParams:
         if not isinstance(self.allow_insecure, bool):
             raise ConfigurationError(f"allow_insecure must be a bool, got {self.allow_insecure!r}")
         _check_security(n, sum(bits), self.allow_insecure, "BFVParams")
+        if t in seal_primes(n, bits):
+            raise ConfigurationError(
+                f"plain_modulus {t} is also one of the coefficient primes SEAL picks for "
+                f"{bits} at N={n}; SEAL needs them coprime: change one of the bit sizes or "
+                "use another plain_modulus"
+            )
         if self.depth < 0:
             raise ConfigurationError(
                 f"BFVParams: {self.data_bits} data bits of coefficient modulus leave no noise "
@@ -383,14 +446,30 @@ def batching_prime(bits: int, poly_modulus_degree: int) -> int:
 
 def seal_primes(poly_modulus_degree: int, bit_sizes: tuple[int, ...]) -> tuple[int, ...]:
     """The primes SEAL's ``CoeffModulus::Create`` picks: for each size, primes = 1 mod 2N going
-    down from ``2**bits``; entries of equal size take them smallest-first (SEAL pops the back)."""
+    down from ``2**bits``; entries of equal size take them smallest-first (SEAL pops the back).
+
+    Raises :class:`ConfigurationError` when there are fewer such primes of some size than
+    ``bit_sizes`` asks for (SEAL fails with "failed to find enough qualifying primes").
+    """
+    return _seal_primes(int(poly_modulus_degree), tuple(int(b) for b in bit_sizes))
+
+
+@lru_cache(maxsize=512)
+def _seal_primes(poly_modulus_degree: int, bit_sizes: tuple[int, ...]) -> tuple[int, ...]:
     step = 2 * poly_modulus_degree
     table: dict[int, list[int]] = {}
-    for b in set(bit_sizes):
+    for b in sorted(set(bit_sizes)):
         want, found, value = bit_sizes.count(b), [], 2**b - step + 1
         while len(found) < want and value > 2 ** (b - 1):
             if is_prime(value):
                 found.append(value)
             value -= step
+        if len(found) < want:
+            raise ConfigurationError(
+                f"coeff_mod_bit_sizes asks for {want} primes of {b} bits, but only {len(found)} "
+                f"{b}-bit primes are = 1 mod 2N = {step} (SEAL needs that for "
+                f"poly_modulus_degree={poly_modulus_degree}); use fewer {b}-bit primes, larger "
+                "bit sizes or a smaller poly_modulus_degree"
+            )
         table[b] = found
     return tuple(table[b].pop() for b in bit_sizes)

@@ -18,11 +18,22 @@ Models (``names()``):
 ``digits-cnn-fast``  Conv(1→4, 3×3) → x² act → Conv(4→4, 1×1) → x² act → 144 → 10: a CNN shaped
                      for low-latency single-sample CKKS (the taps layout, depth 5, N = 8192)
 
-The ``-poly`` models *are* polynomial networks, so CKKS evaluates exactly what was trained.
+28×28 models (MNIST-sized inputs: the 8×8 digits upscaled bilinearly, ``digits((1, 28, 28))``),
+with the square activation ``x**2`` (:data:`SQUARE`), trained with a small penalty on the
+squared logits so that no value grows large under CKKS (``|logits|`` below about 12):
+
+``digits28-cnn``     Conv(1→4, 7×7, stride 3) → x² → 256 → 64 → x² → 10 (the MNIST CNN of
+                     TenSEAL's tutorial)
+``digits28-cnn5``    Conv(1→8, 5×5, stride 2, padding 1) → x² → AvgPool 2 → 288 → 64 → x² → 10
+``digits28-mlp``     784 → 256 → x² → 128 → x² → 10
+
+The ``-poly``, ``-fast`` and ``digits28-`` models *are* polynomial networks, so CKKS evaluates
+exactly what was trained. Every zoo model takes pixels in ``[0, 1]`` (``ZooEntry.domain``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import pickle
@@ -37,14 +48,16 @@ from torch import nn
 from veil.errors import ConfigurationError
 from veil.models.approx import PolyActivation, check_domain
 
-__all__ = ["ZooEntry", "names", "load", "digits", "cache_dir", "POLY_ACT", "SavedModel", "save",
-           "load_saved"]
+__all__ = ["ZooEntry", "names", "load", "digits", "cache_dir", "POLY_ACT", "SQUARE", "DOMAIN",
+           "SavedModel", "save", "load_saved"]
 
 _VERSION = 1
 _SEED = 20261122
 # The HE-friendly activation: least-squares fit of ReLU on [-4, 4] (0.427 + 0.5x + 0.106x²),
 # rounded. Fixed, not trained; CKKS evaluates it exactly.
 POLY_ACT = (0.43, 0.5, 0.11)
+SQUARE = (0.0, 0.0, 1.0)  # x**2: the activation of the digits28 models
+DOMAIN = (0.0, 1.0)  # the input domain of every zoo model (pixels)
 
 
 @dataclass
@@ -52,7 +65,8 @@ class ZooEntry:
     """A trained zoo model with its held-out digits test set.
 
     ``x_test`` is float32 of shape ``(n, *input_shape)``, pixels in ``[0, 1]``; ``y_test`` the
-    labels. Unpacks as ``model, x_test, y_test = zoo.load(name)``.
+    labels; ``domain`` the declared input range. Unpacks as
+    ``model, x_test, y_test = zoo.load(name)``.
     """
 
     name: str
@@ -61,6 +75,7 @@ class ZooEntry:
     y_test: torch.Tensor
     input_shape: tuple[int, ...]
     accuracy: float
+    domain: tuple[float, float] = DOMAIN
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.x_test, self.y_test))
@@ -90,14 +105,53 @@ def _cnn_fast() -> nn.Module:
     )
 
 
-# name -> (builder, input shape, epochs, learning rate)
-_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int, float]] = {
-    "digits-logreg": (lambda: nn.Sequential(nn.Linear(64, 10)), (64,), 60, 0.05),
-    "digits-mlp": (lambda: _mlp(False), (64,), 60, 0.01),
-    "digits-mlp-poly": (lambda: _mlp(True), (64,), 60, 0.005),
-    "digits-cnn": (lambda: _cnn(False), (1, 8, 8), 40, 0.01),
-    "digits-cnn-poly": (lambda: _cnn(True), (1, 8, 8), 40, 0.005),
-    "digits-cnn-fast": (_cnn_fast, (1, 8, 8), 40, 0.005),
+def _square() -> nn.Module:
+    return PolyActivation(SQUARE)
+
+
+def _cnn28() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 7, stride=3), _square(), nn.Flatten(), nn.Linear(4 * 8 * 8, 64),
+        _square(), nn.Linear(64, 10),
+    )
+
+
+def _cnn28_5() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 5, stride=2, padding=1), _square(), nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 64), _square(), nn.Linear(64, 10),
+    )
+
+
+def _mlp28() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 256), _square(), nn.Linear(256, 128), _square(),
+        nn.Linear(128, 10),
+    )
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How a zoo model is built and trained (``logit_penalty`` weighs ``mean(logits**2)``)."""
+
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+    epochs: int
+    lr: float
+    logit_penalty: float = 0.0
+
+
+_IMAGE28 = (1, 28, 28)
+_MODELS: dict[str, _Recipe] = {
+    "digits-logreg": _Recipe(lambda: nn.Sequential(nn.Linear(64, 10)), (64,), 60, 0.05),
+    "digits-mlp": _Recipe(lambda: _mlp(False), (64,), 60, 0.01),
+    "digits-mlp-poly": _Recipe(lambda: _mlp(True), (64,), 60, 0.005),
+    "digits-cnn": _Recipe(lambda: _cnn(False), (1, 8, 8), 40, 0.01),
+    "digits-cnn-poly": _Recipe(lambda: _cnn(True), (1, 8, 8), 40, 0.005),
+    "digits-cnn-fast": _Recipe(_cnn_fast, (1, 8, 8), 40, 0.005),
+    "digits28-cnn": _Recipe(_cnn28, _IMAGE28, 30, 0.001, 0.03),
+    "digits28-cnn5": _Recipe(_cnn28_5, _IMAGE28, 30, 0.001, 0.03),
+    "digits28-mlp": _Recipe(_mlp28, _IMAGE28, 30, 0.001, 0.03),
 }
 
 
@@ -114,33 +168,48 @@ def cache_dir() -> pathlib.Path:
 
 
 def digits(input_shape: tuple[int, ...] = (64,)) -> tuple[torch.Tensor, ...]:
-    """``(x_train, y_train, x_test, y_test)`` of sklearn's digits, scaled to [0, 1]."""
+    """``(x_train, y_train, x_test, y_test)`` of sklearn's digits, scaled to [0, 1].
+
+    ``input_shape`` of 64 values gives the 8×8 images as they are; of 784 values (e.g.
+    ``(1, 28, 28)``), the images upscaled to 28×28 (bilinear, still in [0, 1]).
+    """
     from sklearn.datasets import load_digits
 
+    size = math.prod(input_shape)
+    if size not in (64, 784):
+        raise ConfigurationError(
+            f"digits come as 8x8 or 28x28 images (64 or 784 values), not {tuple(input_shape)}")
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0
     y = torch.tensor(data.target, dtype=torch.long)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(_SEED))
-    x, y = x[perm].reshape(len(x), *input_shape), y[perm]
+    x, y = x[perm], y[perm]
+    if size == 784:
+        x = torch.nn.functional.interpolate(x.reshape(-1, 1, 8, 8), size=(28, 28),
+                                            mode="bilinear", align_corners=False).clamp(0, 1)
+    x = x.reshape(len(x), *input_shape)
     n_test = 360
     return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
 
 
-def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float) -> None:
+def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: _Recipe) -> None:
     gen = torch.Generator().manual_seed(_SEED + 1)
     with torch.no_grad():  # deterministic init from the local generator
         for p in net.parameters():
             bound = 1.0 / max(1, p.shape[-1] if p.ndim == 1 else p[0].numel()) ** 0.5
             p.copy_(torch.rand(p.shape, generator=gen) * 2 * bound - bound)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
     loss_fn = nn.CrossEntropyLoss()
     net.train()
-    for _ in range(epochs):
+    for _ in range(recipe.epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 64):
             idx = perm[i : i + 64]
             opt.zero_grad()
-            loss = loss_fn(net(x[idx]), y[idx])
+            logits = net(x[idx])
+            loss = loss_fn(logits, y[idx])
+            if recipe.logit_penalty:  # keeps x**2 networks' values small (CKKS precision)
+                loss = loss + recipe.logit_penalty * logits.pow(2).mean()
             loss.backward()
             opt.step()
     net.eval()
@@ -155,8 +224,9 @@ def load(name: str, *, retrain: bool = False) -> ZooEntry:
     """Load zoo model ``name`` (training and caching it on first use) with its test set."""
     if name not in _MODELS:
         raise ConfigurationError(f"no zoo model {name!r}; available: {', '.join(names())}")
-    build, shape, epochs, lr = _MODELS[name]
-    net = build()
+    recipe = _MODELS[name]
+    shape = recipe.input_shape
+    net = recipe.build()
     x_train, y_train, x_test, y_test = digits(shape)
     path = cache_dir() / f"{name}-v{_VERSION}.pt"
     loaded = False
@@ -169,7 +239,7 @@ def load(name: str, *, retrain: bool = False) -> ZooEntry:
                 pickle.UnpicklingError):
             loaded = False  # corrupt or foreign cache file: retrain below
     if not loaded:
-        _train(net, x_train, y_train, epochs, lr)
+        _train(net, x_train, y_train, recipe)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)

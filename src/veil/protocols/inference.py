@@ -22,6 +22,7 @@ the model's public plan) and ciphertexts, which reveal nothing about the values 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, fields
 from typing import Any
@@ -98,12 +99,17 @@ def unpack_frames(
 PLAN_VERSION = 1
 LAYOUTS = ("batched", "single")
 PARAM_KEYS = frozenset({"scheme", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits"})
+SCHEME_KEYS: dict[str, frozenset[str]] = {  # "ckks": TenSEAL; "ckks-slots": veil.he SlotParams
+    "ckks": PARAM_KEYS, "ckks-slots": PARAM_KEYS | {"output_scale_bits"}}
 ENCODING_KEYS: dict[str, frozenset[str]] = {
     "features": frozenset({"kind"}),
     "vector": frozenset({"kind"}),
     "im2col": frozenset({"kind", "kernel_size", "stride", "padding"}),
     "taps": frozenset({"kind", "taps", "lanes", "outputs", "gather"}),
+    "packed": frozenset({"kind", "mode", "ciphertexts", "outputs", "slots", "period", "copies",
+                         "babies", "rotations", "domain", "calibrated"}),  # + "gather"
 }
+MAX_ROTATIONS = 256  # veil.he.lattice.slots.MAX_STEPS
 
 
 def _int(v: Any, low: int = 0) -> bool:
@@ -196,11 +202,18 @@ def _check_fields(d: dict[str, Any]) -> None:
     if not isinstance(d["galois_keys"], bool):
         raise _bad("galois_keys", d["galois_keys"])
     p = d["params"]
-    if (not isinstance(p, dict) or set(p) != PARAM_KEYS or p["scheme"] != "ckks"
-            or not _int(p["poly_modulus_degree"], 1) or not _ints(p["coeff_mod_bit_sizes"], 1)
-            or not _int(p["scale_bits"], 1)):
+    if (not isinstance(p, dict) or SCHEME_KEYS.get(p.get("scheme")) != set(p)
+            or not _int(p["poly_modulus_degree"], 2) or not _ints(p["coeff_mod_bit_sizes"], 1)
+            or not _int(p["scale_bits"], 1) or not _int(p.get("output_scale_bits", 1), 1)):
         raise _bad("params", p)
-    _check_encoding(d["input_encoding"])
+    packed = d["input_encoding"].get("kind") == "packed" if isinstance(
+        d["input_encoding"], dict) else False
+    if packed != (p["scheme"] == "ckks-slots") or packed and d["layout"] != "single":
+        raise SerializationError(
+            "public plan: the packed encoding goes with the single layout and ckks-slots "
+            f"parameters, got layout {d['layout']!r:.20} and parameters {p!r:.120}; upgrade "
+            "Veil on the client or the server")
+    _check_encoding(d["input_encoding"], p)
     st = d["stages"]
     if not isinstance(st, list) or not all(
             isinstance(s, list) and len(s) == 5 and all(isinstance(v, str) for v in s[:2])
@@ -208,11 +221,32 @@ def _check_fields(d: dict[str, Any]) -> None:
         raise _bad("stages", st)
 
 
-def _check_encoding(e: Any) -> None:
+def _packed_ok(e: dict[str, Any], params: dict[str, Any]) -> bool:
+    """A packed encoding a client can encrypt with (integer geometry, steps, finite domain)."""
+    gather, domain, rots = e.get("gather", []), e["domain"], e["rotations"]
+    return (e["mode"] in ("gather", "shared", "client-baby")
+            and ("gather" in e) == (e["mode"] != "client-baby")
+            and all(_int(e[k], 1) for k in ("ciphertexts", "outputs", "slots", "period",
+                                              "copies"))
+            and e["slots"] == params["poly_modulus_degree"] // 2
+            and _ints(e["babies"], 0) and isinstance(gather, list)
+            and all(_ints(row, -1) for row in gather)
+            and isinstance(rots, list) and len(rots) <= MAX_ROTATIONS
+            and all(_int(v, 1) and v < e["slots"] for v in rots)
+            and isinstance(e["calibrated"], bool)
+            and isinstance(domain, list) and len(domain) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in domain) and domain[0] < domain[1])
+
+
+def _check_encoding(e: Any, params: dict[str, Any]) -> None:
     kind = e.get("kind") if isinstance(e, dict) else None
-    if not isinstance(kind, str) or ENCODING_KEYS.get(kind) != set(e):
+    keys = set(e) - {"gather"} if kind == "packed" else set(e) if isinstance(e, dict) else None
+    if not isinstance(kind, str) or ENCODING_KEYS.get(kind) != keys:
         raise _bad("input_encoding", e)
     ok = True
+    if kind == "packed":
+        ok = _packed_ok(e, params)
     if kind == "im2col":
         ok = (_ints(e["kernel_size"], 1, 2) and _int(e["stride"], 1)
               and _ints(e["padding"], 0, 2))

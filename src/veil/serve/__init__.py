@@ -2,7 +2,10 @@
 
 The client generates a CKKS context with the parameters the server publishes (``GET /model``),
 uploads only its *public* part once (content-addressed by SHA-256), then sends ciphertexts and
-decrypts the encrypted predictions. The server never sees a secret key or a plaintext.
+decrypts the encrypted predictions. The server never sees a secret key or a plaintext. Models
+served in the packed single-sample layout (``zoo:NAME:single``, usually) take a
+``veil.he.lattice.slots.SlotContext`` with Galois keys for exactly the plan's rotations instead;
+``Client`` makes the right kind (``GET /model``: ``layout_choice``).
 
 >>> from veil.serve import Client                    # doctest: +SKIP
 >>> Client("http://127.0.0.1:8000").predict(x)       # `veil serve --model zoo:digits-mlp`

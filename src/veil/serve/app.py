@@ -21,7 +21,8 @@ it streams; bodies must arrive within ``body_timeout_s`` (408 after) and a clien
 ``bodies_per_client`` at once (429 beyond). Only a *complete* body takes an admission slot:
 evaluations are admitted up to ``workers + queue_size`` at a time (503 + ``Retry-After`` beyond),
 each within ``request_deadline_s`` (504 after), so slow senders cannot hold slots. Contexts must
-match the model's plan (parameters, Galois keys present exactly when needed, size bound of
+match the model's plan (context kind, parameters, Galois keys present exactly when needed and,
+for the packed single-sample layout, for exactly the plan's rotation steps; size bound of
 :func:`veil.serve.store.context_size_limit`) and are owned by the client that uploaded them (see
 :mod:`veil.serve.store`). Every failure is a JSON ``{"error": {type, message, status}}`` (never a
 500 for anything a client sends) and the server keeps serving.
@@ -392,9 +393,10 @@ def _add_body_routes(app: FastAPI, state: _Server) -> None:
 
     @app.post("/contexts", status_code=201, openapi_extra=_BINARY_BODY)
     async def upload_context(request: Request) -> Response:
-        """Upload ``ctx.public().serialize()`` made with the model's plan (parameters, Galois
-        keys exactly when the plan needs them); its id is its SHA-256; it is owned by the
-        uploading client. Secret keys: 422; another plan: 422; full store: 507."""
+        """Upload ``ctx.public().serialize()`` made with the model's plan (a CKKSContext, or
+        a SlotContext for the packed layout; parameters, Galois keys exactly when and for the
+        rotations the plan needs); its id is its SHA-256; it is owned by the uploading client.
+        Secret keys: 422; another plan or context kind: 422; full store: 507."""
         return await state.upload_context(request)
 
     @app.post("/predict", openapi_extra=_PREDICT_API)

@@ -34,9 +34,14 @@ from veil.errors import (
     UnsupportedOperationError,
     VeilError,
 )
-from veil.protocols.inference import PublicPlan
 from veil.serve.auth import client_tls_context, is_loopback
-from veil.serve.evaluator import ModelInfo, check_domain, check_rows, params_from_description
+from veil.serve.evaluator import ModelInfo, check_domain, check_rows
+from veil.serve.plans import (
+    check_context_kind,
+    context_kind,
+    params_from_description,
+    public_plan_from_json,
+)
 
 __all__ = ["Client"]
 
@@ -53,10 +58,14 @@ class Client:
     """Encrypted predictions from a Veil server at ``url`` (e.g. ``"http://127.0.0.1:8000"``).
 
     ``timeout`` bounds every request except the context upload (``upload_timeout``: evaluation
-    keys can be tens of MB). ``context`` reuses an existing secret ``veil.he.CKKSContext`` (it
-    must have the parameters the server asks for); otherwise one is generated on first use with
-    the parameters of ``GET /model``, checked by this client's own security rules: a server cannot
-    make the client accept parameters below 128-bit unless ``allow_insecure=True`` is passed here.
+    keys can be tens of MB). ``context`` reuses an existing secret context of the kind the
+    model's plan runs on (``veil.he.CKKSContext``; for the packed single-sample layout a
+    ``veil.he.lattice.slots.SlotContext`` with exactly the plan's rotations) and the parameters
+    the server asks for (else ConfigurationError / KeyMismatchError on first use); otherwise one
+    is generated on first use from ``GET /model`` (packed layout: Galois keys for exactly
+    ``plan.input_encoding["rotations"]``), its parameters checked by this client's own security
+    rules: a server cannot make the client accept parameters below 128-bit unless
+    ``allow_insecure=True`` is passed here.
 
     ``https://`` servers must present a certificate valid for the host, signed by a system CA or
     by ``ca`` (a PEM file: a private CA); otherwise every call raises
@@ -220,41 +229,52 @@ class Client:
         with self._lock:
             if self._model is None:
                 data = self._json("/model", "model description")
-                try:
-                    domain = data.get("input_domain")
-                    info = ModelInfo(str(data["name"]), PublicPlan.from_dict(data["plan"]),
-                                     str(data.get("description", "")),
-                                     None if domain is None else check_domain(domain))
-                    params = params_from_description(info.plan.params,
-                                                     allow_insecure=self.allow_insecure)
-                    int(data["limits"]["max_request_bytes"])
-                    int(data["limits"]["max_context_bytes"])
-                except (KeyError, TypeError, ValueError) as exc:
-                    if isinstance(exc, VeilError):
-                        raise
-                    raise SerializationError(
-                        f"server's model description is malformed ({exc!r}); is {self.url} a "
-                        "Veil server of the same version?") from exc
-                if self._context is not None and \
-                        self._context.params.describe() != params.describe():
-                    raise KeyMismatchError(
-                        f"the given context has parameters {self._context.params.describe()}, "
-                        f"the server's model needs {params.describe()}; create the context "
-                        "with the server's parameters (or let the Client generate it)")
+                info, params = self._parse_model(data)
+                if self._context is not None:
+                    _check_given_context(self._context, info, params)
                 self._model, self._info, self._params = data, info, params
             return self._model
 
+    def _parse_model(self, data: dict[str, Any]) -> tuple[ModelInfo, Any]:
+        """The ModelInfo and context parameters of a ``GET /model`` answer (strictly checked)."""
+        try:
+            domain = data.get("input_domain")
+            choice = data.get("layout_choice") or {}
+            error = choice.get("predicted_max_error")
+            info = ModelInfo(str(data["name"]), public_plan_from_json(data["plan"]),
+                             str(data.get("description", "")),
+                             None if domain is None else check_domain(domain),
+                             str(choice.get("note", "")), None if error is None else float(error))
+            params = params_from_description(info.plan.params,
+                                             allow_insecure=self.allow_insecure)
+            int(data["limits"]["max_request_bytes"])
+            int(data["limits"]["max_context_bytes"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, VeilError):
+                raise
+            raise SerializationError(
+                f"server's model description is malformed ({exc!r}); is {self.url} a "
+                "Veil server of the same version?") from exc
+        return info, params
+
     @property
     def context(self) -> Any:
-        """The client's secret CKKS context (generated on first use from the server's params)."""
+        """The client's secret context, generated on first use from the server's plan: a
+        ``CKKSContext``, or for the packed layout a ``SlotContext`` with Galois keys for
+        exactly the plan's rotations."""
         with self._lock:
             if self._context is None:
                 self.model()
-                from veil.he import CKKSContext
-
                 assert self._info is not None
-                self._context = CKKSContext.generate(self._params,
-                                                     galois_keys=self._info.galois_keys)
+                if self._info.packed:
+                    from veil.he.lattice.slots import SlotContext
+
+                    self._context = SlotContext.generate(self._params, self._info.rotations)
+                else:
+                    from veil.he import CKKSContext
+
+                    self._context = CKKSContext.generate(self._params,
+                                                         galois_keys=self._info.galois_keys)
             return self._context
 
     def upload_context(self) -> str:
@@ -280,10 +300,15 @@ class Client:
                 self._context_id = cid
                 return cid
         if len(public) > limit:
+            assert self._info is not None
+            how = ("generate it with Galois keys for exactly the plan's rotations "
+                   "(GET /model: plan.input_encoding.rotations), or ask the operator to raise "
+                   "--max-context-mb" if self._info.packed else
+                   "generate it with galois_keys=False when the model needs no rotations "
+                   "(GET /model: plan.galois_keys)")
             raise SerializationError(
-                f"public context of {len(public)} bytes exceeds the server's limit of {limit}; "
-                "generate it with galois_keys=False when the model needs no rotations "
-                "(GET /model: plan.galois_keys)")
+                f"public context ({context_kind(self._info.plan)}) of {len(public)} bytes "
+                f"exceeds the server's limit of {limit}; {how}")
         status, body = self._send("POST", "/contexts", "context upload", content=public,
                                   headers={"content-type": _OCTET},
                                   timeout=self.upload_timeout, ok=(200, 201))
@@ -387,6 +412,21 @@ class Client:
                 self._context_id = None
                 cid = self._upload(force_check=False)
         raise self._translate(status, body, "prediction")
+
+
+def _check_given_context(ctx: Any, info: ModelInfo, params: Any) -> None:
+    """A user's ``Client(context=...)`` against the server's plan: kind, parameters, keys."""
+    check_context_kind(ctx, info.plan, info.name)
+    if ctx.params.describe() != params.describe():
+        raise KeyMismatchError(
+            f"the given context has parameters {ctx.params.describe()}, the server's model "
+            f"needs {params.describe()}; create the context with the server's parameters (or "
+            "let the Client generate it)")
+    if info.packed and tuple(ctx.rotations) != info.rotations:
+        raise KeyMismatchError(
+            f"the given context has Galois keys for rotations {list(ctx.rotations)[:12]}, the "
+            f"server's model needs exactly {list(info.rotations)}; generate it with "
+            "SlotContext.generate(params, rotations) from GET /model (or let the Client do it)")
 
 
 def _bad_certificate(exc: BaseException) -> str | None:

@@ -110,7 +110,8 @@ class ServerConfig:
 
         A fresh ciphertext takes at most ``2 * N * (primes - 1) * 8`` bytes; a ``batched``
         request holds one per input feature (one batch of up to ``slots`` rows), a ``single``
-        one a few. The default allows that with 25 % slack, and never less than 32 MiB.
+        one a few (packed layout: ``input_encoding["ciphertexts"]``). The default allows that
+        with 25 % slack, and never less than 32 MiB.
         """
         if self.max_request_bytes is not None:
             return self.max_request_bytes
@@ -119,8 +120,8 @@ class ServerConfig:
         count = 1
         for d in plan.input_shape:
             count *= int(d)
-        if plan.layout != "batched":
-            count = 4
+        if plan.layout != "batched":  # a few segments; the packed layout says how many
+            count = max(4, int(plan.input_encoding.get("ciphertexts", 0)))
         return max(32 * MiB, int(1.25 * count * ct) + MiB)
 
     @property

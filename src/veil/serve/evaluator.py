@@ -14,7 +14,12 @@ format of :class:`veil.models.EncryptedValues`), and the public description hold
     slot). Linear layers are plaintext-weighted sums of ciphertexts: no rotations, so no Galois
     keys and an uploaded context of about 1 MB. The server learns the row count.
 ``single``
-    one sample packed in a vector (rotations: Galois keys, tens of MB); lower latency for one row.
+    one sample per request, in the layout ``veil.models.plan(..., layout="single")`` chose
+    (``GET /model``: ``layout_choice``): usually the packed layout, on a
+    :class:`veil.he.lattice.slots.SlotContext` with Galois keys for exactly the plan's rotations
+    (``plan.input_encoding["rotations"]``: a public context of a few tens of MB, one ciphertext
+    answer), else the taps or generic layout on a ``CKKSContext`` with SEAL's Galois keys.
+    Lower latency for one row.
 
 Models are named by a spec string (``veil serve --model SPEC``), see :func:`load_evaluator`:
 ``linear:digits`` (built in, numpy only), ``zoo:NAME[:single]`` (``veil.models.zoo``, compiled
@@ -29,8 +34,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from veil.errors import ConfigurationError, KeyMismatchError, SerializationError
+from veil.errors import ConfigurationError, KeyMismatchError
 from veil.protocols.inference import PublicPlan
+from veil.serve.plans import (
+    check_context_kind,
+    is_packed,
+    params_from_description,
+    plan_rotations,
+)
 
 __all__ = [
     "ModelInfo",
@@ -55,13 +66,17 @@ class ModelInfo:
 
     ``plan`` is the model's :class:`~veil.protocols.inference.PublicPlan` (``Plan.public()``):
     layout, input shape and encoding, output size, depth, CKKS parameters (``describe()`` form)
-    and whether Galois keys are needed.
+    and whether Galois keys are needed. ``note`` is ``Plan.note`` (the layout chosen and why)
+    and ``predicted_error`` ``Plan.predicted_error`` (packed layout: the predicted maximum
+    output error for inputs in the domain).
     """
 
     name: str
     plan: PublicPlan
     description: str = ""
     domain: tuple[float, float] | None = None  # declared input range (clients check it)
+    note: str = ""
+    predicted_error: float | None = None
 
     @property
     def layout(self) -> str:
@@ -80,14 +95,29 @@ class ModelInfo:
         return self.plan.galois_keys
 
     @property
+    def packed(self) -> bool:
+        """Whether the model runs in the packed layout (clients need a ``SlotContext``)."""
+        return is_packed(self.plan)
+
+    @property
+    def rotations(self) -> tuple[int, ...]:
+        """Packed layout: the rotation steps the context needs Galois keys for (else ``()``)."""
+        return plan_rotations(self.plan)
+
+    @property
     def params(self) -> Any:
-        """The ``veil.he.CKKSParams`` to generate the client's context with (128-bit checked)."""
+        """The parameters to generate the client's context with (128-bit checked):
+        ``veil.he.CKKSParams``, or ``SlotParams`` for the packed layout."""
         return params_from_description(self.plan.params)
 
     def to_json(self) -> dict[str, Any]:
         domain = None if self.domain is None else [float(v) for v in self.domain]
+        error = None if self.predicted_error is None else float(self.predicted_error)
+        choice = {"layout": self.layout, "encoding": self.plan.input_encoding.get("kind"),
+                  "context": "SlotContext" if self.packed else "CKKSContext",
+                  "note": self.note, "predicted_max_error": error}
         return {"name": self.name, "description": self.description,
-                "plan": self.plan.to_dict(), "input_domain": domain}
+                "plan": self.plan.to_dict(), "input_domain": domain, "layout_choice": choice}
 
 
 class Evaluator(Protocol):
@@ -97,37 +127,25 @@ class Evaluator(Protocol):
     def info(self) -> ModelInfo: ...
 
     def bind(self, ctx: Any) -> BoundModel:
-        """Compile for ``ctx`` (a public ``veil.he.CKKSContext``); raise VeilErrors on misuse."""
+        """Compile for ``ctx`` (a public ``veil.he.CKKSContext``, or ``SlotContext`` for the
+        packed layout); raise VeilErrors on misuse."""
         ...
 
 
-def params_from_description(desc: Any, *, allow_insecure: bool = False) -> Any:
-    """Rebuild ``CKKSParams`` from a ``describe()`` dict, with the caller's own security check.
-
-    A server cannot talk a client into weak parameters: only the caller's ``allow_insecure``
-    counts (nothing in the description can set it).
-    """
-    from veil.he import CKKSParams
-
-    keys = {"scheme", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits"}
-    if not isinstance(desc, dict) or set(desc) != keys or desc["scheme"] != "ckks":
-        raise SerializationError(
-            f"server's CKKS parameters must be an object with exactly {sorted(keys)} and scheme "
-            f"'ckks', got {desc!r:.200}; upgrade Veil on the client or the server"
-        )
-    bits = desc["coeff_mod_bit_sizes"]
-    if not isinstance(bits, list):
-        raise SerializationError(f"coeff_mod_bit_sizes must be a list, got {bits!r:.80}")
-    return CKKSParams(desc["poly_modulus_degree"], tuple(bits), desc["scale_bits"],
-                      allow_insecure=allow_insecure)
-
-
-def _check_params(ctx: Any, want: dict[str, Any]) -> None:
+def _check_context(ctx: Any, info: ModelInfo) -> None:
+    """The context kind, parameters and (packed layout) rotation keys the model's plan needs."""
+    check_context_kind(ctx, info.plan, info.name)
+    want = info.plan.params
     if ctx.params.describe() != want:
         raise KeyMismatchError(
             f"context parameters {ctx.params.describe()} differ from the model's {want}; "
             "generate the context with the parameters of GET /model"
         )
+    if info.packed and tuple(ctx.rotations) != info.rotations:
+        raise KeyMismatchError(
+            f"context has Galois keys for rotations {list(ctx.rotations)[:12]}, the model's "
+            f"plan needs exactly {list(info.rotations)}; generate it with "
+            "SlotContext.generate(params, plan.input_encoding['rotations'])")
 
 
 class LinearEvaluator:
@@ -167,7 +185,7 @@ class LinearEvaluator:
     def bind(self, ctx: Any) -> BoundModel:
         from veil.he.lattice.ckks import linear_combination
 
-        _check_params(ctx, self._info.plan.params)
+        _check_context(ctx, self._info)
         weight_t = self.weight.T.copy()  # (outputs, features): one output per row
         features = self.weight.shape[0]
 
@@ -187,7 +205,9 @@ class CompiledEvaluator:
 
     ``net`` is an ``nn.Module`` or a ``veil.models`` program with weights. ``domain`` is the
     declared input range ``(low, high)``, published in ``GET /model`` so that clients refuse (or
-    clip) inputs outside it before encrypting. ``precision_bits``/``integer_bits`` are passed to
+    clip) inputs outside it before encrypting; the single layout plans for it (the packed
+    layout's parameters and predicted error hold for inputs in it; without one it assumes
+    ``(0, 1)`` and publishes that). ``precision_bits``/``integer_bits`` are passed to
     :func:`veil.models.plan` (smaller values can fit a smaller, faster ring).
     """
 
@@ -198,9 +218,16 @@ class CompiledEvaluator:
         from veil import models
 
         self.net, self.input_shape, self.layout = net, tuple(input_shape), layout
+        domain = check_domain(domain)
+        extra = {} if domain is None or layout != "single" else {"domain": domain}
         self.plan = models.plan(net, self.input_shape, layout=layout,
-                                precision_bits=precision_bits, integer_bits=integer_bits)
-        self._info = ModelInfo(name, self.plan.public(), description, check_domain(domain))
+                                precision_bits=precision_bits, integer_bits=integer_bits,
+                                **extra)
+        public = self.plan.public()
+        if domain is None and is_packed(public):  # the domain the packed plan's error holds for
+            domain = check_domain(public.input_encoding["domain"])
+        self._info = ModelInfo(name, public, description, domain, self.plan.note,
+                               self.plan.predicted_error)
 
     @property
     def info(self) -> ModelInfo:
@@ -209,7 +236,7 @@ class CompiledEvaluator:
     def bind(self, ctx: Any) -> BoundModel:
         from veil import models
 
-        _check_params(ctx, self._info.plan.params)
+        _check_context(ctx, self._info)
         compiled = models.compile(self.net, ctx, self.plan)
 
         def run(cts: Sequence[Any], n_samples: int, windows: int) -> list[Any]:

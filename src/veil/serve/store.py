@@ -27,11 +27,15 @@ from pathlib import Path
 
 from veil.errors import ConfigurationError, SerializationError
 from veil.protocols.inference import PublicPlan
+from veil.serve.plans import context_kind, is_packed, plan_rotations
 
-__all__ = ["ContextStore", "Upload", "context_size_limit", "check_context_header"]
+__all__ = ["ContextStore", "Upload", "context_size_limit", "check_context_header",
+           "CONTEXT_KIND", "SLOT_CONTEXT_KIND"]
 
 CONTEXT_KIND = "ckks.context.public"
 _SECRET_KIND = "ckks.context.secret"
+SLOT_CONTEXT_KIND = "ckks.slots.public"  # veil.he.lattice.slots.KIND_PUBLIC (packed layout)
+_SLOT_SECRET_KIND = "ckks.slots.secret"
 _SLACK_BYTES = 64 * 1024
 
 
@@ -43,15 +47,19 @@ def context_size_limit(plan: PublicPlan) -> int:
     ``2 N K`` 8-byte words; the context holds the public key (one such ciphertext), the
     relinearization key and, only if ``plan.galois_keys``, ``G`` Galois keys. The bound is
     that size plus 2 % and 64 KiB (SEAL's headers; contexts serialize compressed, below it).
+    A packed-layout context (``SlotContext``) holds no public key and one Galois key per
+    rotation step of the plan instead of ``G``.
     """
     params = plan.params
     n = int(params["poly_modulus_degree"])
     k = len(params["coeff_mod_bit_sizes"])
-    galois = plan.galois_keys
     if n < 2 or n & (n - 1) or k < 2:
         raise ConfigurationError(f"model plan has invalid CKKS parameters {params!r:.200}")
-    g = 2 * ((n // 2).bit_length() - 1) if galois else 0
-    words = (1 + (k - 1) * (1 + g)) * 2 * n * k
+    if is_packed(plan):
+        words = (k - 1) * (1 + len(plan_rotations(plan))) * 2 * n * k
+    else:
+        g = 2 * ((n // 2).bit_length() - 1) if plan.galois_keys else 0
+        words = (1 + (k - 1) * (1 + g)) * 2 * n * k
     return int(words * 8 * 1.02) + _SLACK_BYTES
 
 
@@ -60,21 +68,28 @@ def check_context_header(prefix: bytes, plan: PublicPlan) -> None:
 
     ``prefix`` is the first bytes of the upload (the envelope head and the framed JSON header
     are within the first 70 KiB). Raises ``SerializationError`` for a payload that is not a
-    CKKS context, ``ConfigurationError`` for a secret context or one whose parameters or Galois
-    keys differ from the plan. The worker's ``CKKSContext.load`` then checks that the keys
-    really present match this header (and that the digest covers all of it).
+    context, ``ConfigurationError`` for a secret context, the other kind of context (packed
+    layout: ``SlotContext``, else ``CKKSContext``) or one whose parameters or Galois keys
+    (packed: rotation steps) differ from the plan. The worker's ``load`` then checks that the
+    keys really present match this header (and that the digest covers all of it).
     """
     from veil.he import serialize as envelope
 
     if len(prefix) < 6 or prefix[:4] != envelope.MAGIC or prefix[4] != envelope.FORMAT_VERSION:
         raise SerializationError("not a Veil context: upload ctx.public().serialize()")
     kind = prefix[6 : 6 + prefix[5]].decode("ascii", "replace")
-    if kind == _SECRET_KIND:
+    if kind in (_SECRET_KIND, _SLOT_SECRET_KIND):
         raise ConfigurationError(
             "the uploaded context contains a SECRET KEY; the server refuses and did not store "
             "it. Upload ctx.public().serialize() instead (and consider this key exposed)")
-    if kind != CONTEXT_KIND:
-        raise SerializationError(f"wrong payload kind {kind[:64]!r}; expected {CONTEXT_KIND}")
+    want_kind = SLOT_CONTEXT_KIND if is_packed(plan) else CONTEXT_KIND
+    if kind in (CONTEXT_KIND, SLOT_CONTEXT_KIND) and kind != want_kind:
+        raise ConfigurationError(
+            f"the uploaded context is a {kind!r} but the model's plan runs on a "
+            f"{context_kind(plan)} ({want_kind!r}); generate the context for the plan of "
+            "GET /model (the packed layout: SlotContext.generate(params, rotations))")
+    if kind != want_kind:
+        raise SerializationError(f"wrong payload kind {kind[:64]!r}; expected {want_kind}")
     pos = 6 + len(kind) + 32 + 8
     try:
         (hlen,) = struct.unpack_from(">I", prefix, pos)
@@ -86,6 +101,9 @@ def check_context_header(prefix: bytes, plan: PublicPlan) -> None:
         raise SerializationError(f"{kind}: truncated before its header") from exc
     if not isinstance(header, dict):
         raise SerializationError(f"{kind}: header is not an object")
+    if is_packed(plan):
+        _check_slot_header(header, plan)
+        return
     want, galois = plan.params, plan.galois_keys
     if header.get("params") != want:
         raise ConfigurationError(
@@ -96,6 +114,24 @@ def check_context_header(prefix: bytes, plan: PublicPlan) -> None:
             f"context {'has' if header.get('galois') else 'lacks'} Galois keys but the model "
             f"{'needs' if galois else 'does not need'} them (GET /model: plan.galois_keys); "
             f"generate it with galois_keys={galois}")
+
+
+def _check_slot_header(header: dict, plan: PublicPlan) -> None:
+    """A ``ckks.slots.public`` header against a packed plan: parameters and rotation steps."""
+    if header.get("secret") is not False:
+        raise ConfigurationError(
+            "the uploaded context is marked as holding a SECRET KEY; the server refuses and did "
+            "not store it. Upload ctx.public().serialize() instead")
+    if header.get("params") != plan.params:
+        raise ConfigurationError(
+            f"context parameters {header.get('params')!r:.200} differ from the model's "
+            f"{plan.params}; generate the context with the parameters of GET /model")
+    steps, want = header.get("steps"), list(plan_rotations(plan))
+    if steps != want:
+        raise ConfigurationError(
+            f"context has Galois keys for rotation steps {steps!r:.200}, the model's plan needs "
+            f"exactly {want} (GET /model: plan.input_encoding.rotations); generate it with "
+            "SlotContext.generate(params, rotations)")
 
 
 class Upload:

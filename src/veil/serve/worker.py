@@ -31,7 +31,8 @@ def init_worker(evaluator: Any, store_dir: str, cache_size: int) -> None:
     _state["store"] = Path(store_dir)
     _state["cache"] = OrderedDict()
     _state["cache_size"] = cache_size
-    import veil.he.lattice.ckks  # noqa: F401  (pay TenSEAL's import cost at start, not per request)
+    # pay TenSEAL's (and the slot layer's SEAL) import cost at start, not per request
+    from veil.he.lattice import ckks, slots  # noqa: F401
 
 
 def ping(seconds: float = 0.0) -> int:
@@ -44,16 +45,22 @@ def ping(seconds: float = 0.0) -> int:
 
 
 def _load_context(data: bytes, max_bytes: int) -> Any:
+    """The uploaded public context, of the kind the model's plan runs on (packed layout: a
+    ``SlotContext``, else a ``CKKSContext``), loaded under ``max_bytes``."""
     from veil.he import CKKSContext
+    from veil.he.lattice.slots import SlotContext
+    from veil.serve.plans import context_kind, is_packed
 
+    plan = _state["evaluator"].info.plan
+    kind = SlotContext if is_packed(plan) else CKKSContext
     try:
-        ctx = CKKSContext.load(data, max_bytes=max_bytes)
+        ctx = kind.load(data, max_bytes=max_bytes)
     except VeilError:
         raise
-    except Exception as exc:  # TenSEAL's own errors on malformed bytes
+    except Exception as exc:  # SEAL's / TenSEAL's own errors on malformed bytes
         raise SerializationError(
             f"could not load the uploaded context ({type(exc).__name__}: {exc}); send "
-            "ctx.public().serialize() of a veil.he.CKKSContext"
+            f"ctx.public().serialize() of a {context_kind(plan)} made for the plan of GET /model"
         ) from exc
     if ctx.has_secret_key:
         raise ConfigurationError(

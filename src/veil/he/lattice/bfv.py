@@ -31,7 +31,7 @@ from veil.he import serialize as envelope
 from veil.he.lattice.base import SealContext, SealTensor
 from veil.he.lattice.native import (
     as_plain_vector,
-    coeff_bit_sizes,
+    chain_primes,
     cpp,
     is_transparent_error,
     new_native_context,
@@ -39,7 +39,7 @@ from veil.he.lattice.native import (
     translate,
 )
 from veil.he.lattice.sealcheck import check_blob
-from veil.he.params import BFVParams
+from veil.he.params import BFVParams, seal_primes
 
 __all__ = ["BFVContext", "BFVTensor"]
 
@@ -127,9 +127,9 @@ class BFVContext(SealContext):
             key = sc.key_context_data()
             ok = (str(key.parms().scheme()).endswith("BFV")
                   and key.parms().poly_modulus_degree() == p.poly_modulus_degree
-                  and key.total_coeff_modulus_bit_count() == sum(p.coeff_mod_bit_sizes)
                   and key.chain_index() == len(p.coeff_mod_bit_sizes) - 1
-                  and coeff_bit_sizes(native) == list(p.coeff_mod_bit_sizes)
+                  and chain_primes(native) == list(seal_primes(p.poly_modulus_degree,
+                                                               p.coeff_mod_bit_sizes))
                   and native.has_public_key() and native.has_relin_keys()
                   and bool(native.has_galois_keys()) == galois
                   and bool(native.has_secret_key()) == secret)

@@ -27,7 +27,7 @@ from veil.errors import ConfigurationError, SerializationError, VeilError
 from veil.he import serialize as envelope
 from veil.he.lattice.base import SealContext
 from veil.he.lattice.native import (
-    coeff_bit_sizes,
+    chain_primes,
     cpp,
     csprng_gaussian,
     is_torch,
@@ -35,33 +35,18 @@ from veil.he.lattice.native import (
     to_array,
     translate,
 )
+from veil.he.lattice.noise import error_constants, key_switch_levels
 from veil.he.lattice.sealcheck import check_blob
 from veil.he.lattice.tensor import CKKSTensor, polyval_depth
 from veil.he.lattice.util import level_of
 from veil.he.params import CKKSParams
 
 __all__ = ["CKKSContext", "CKKSTensor", "linear_combination", "polyval_depth",
-           "flooding_sigma"]
+           "flooding_sigma", "error_constants"]
 
 KIND_PUBLIC = "ckks.context.public"
 KIND_SECRET = "ckks.context.secret"
 KIND_TENSOR = "ckks.tensor"
-_SIGMA_E = 3.2  # SEAL's error standard deviation
-
-
-def error_constants(params: CKKSParams) -> tuple[float, float]:
-    """(fresh encryption bound, rescale rounding bound) per slot, in value units.
-
-    Average-case model (Costache, Curtis, Hales, Murphy, Ogilvie, Player 2020): SEAL encrypts
-    at the key level and divides by the special prime, so a fresh ciphertext's error is
-    rounding noise, like the error a rescale adds: coefficient variance about ``N/18`` (rounding
-    variance 1/12 times the ternary secret's ``2N/3``), hence a per-slot standard deviation of
-    about ``N/6`` before dividing by the scale. Veil uses 10 standard deviations plus the
-    encoding rounding, ``B = 2 * N / 2**scale_bits`` (Gaussian tail below 2^-70 per slot); it
-    matches measurements on SEAL 4.1 with a margin of about 20x.
-    """
-    b = 2.0 * params.poly_modulus_degree / 2.0**params.scale_bits
-    return b, b
 
 
 def flooding_sigma(error_bound: float, count: int, statistical_security: int = 40) -> float:
@@ -79,7 +64,7 @@ def flooding_sigma(error_bound: float, count: int, statistical_security: int = 4
 class CKKSContext(SealContext):
     """Keys and parameters for CKKS. Create with :meth:`generate` or :meth:`load`."""
 
-    __slots__ = ("_clean_err", "_rescale_err", "_rel")
+    __slots__ = ("_clean_err", "_rescale_err", "_rel", "_ks")
 
     scheme = "CKKS"
     kind_public = KIND_PUBLIC
@@ -90,6 +75,7 @@ class CKKSContext(SealContext):
         super().__init__(native, params, key_id)
         self._clean_err, self._rescale_err = error_constants(params)
         self._rel = params.rescale_relative_error
+        self._ks = key_switch_levels(params)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -105,7 +91,10 @@ class CKKSContext(SealContext):
         """
         params = CKKSParams.default() if params is None else params
         if not isinstance(params, CKKSParams):
-            raise ConfigurationError(f"expected CKKSParams, got {type(params).__name__}")
+            hint = ("; a plan with these parameters uses the packed single-sample layout: make "
+                    "its keys with plan.keygen() (a SlotContext)"
+                    if type(params).__name__ == "SlotParams" else "")
+            raise ConfigurationError(f"expected CKKSParams, got {type(params).__name__}{hint}")
         native = new_native_context(
             "CKKS", params, galois_keys=galois_keys, n_threads=n_threads,
             hint="; SEAL 4.1 only runs parameter sets within the 128-bit table, so "
@@ -195,10 +184,10 @@ class CKKSContext(SealContext):
         Gaussian noise of ``sigma = 2**(statistical_security/2) * sqrt(t.size) * B`` to each
         value, from ``os.urandom``; ``B`` is ``error_bound`` or the tensor's tracked
         ``t.error_bound``. The cost is precision: each value gains noise of std ``sigma`` (about
-        ``0.016`` for one fresh value and ``1.2`` for the sum of 4096 fresh values at N=8192,
-        scale 2**40, lambda=40; see docs/security/he-ckks.md; pass a tighter
-        ``error_bound`` when you can bound the error better). ``statistical_security`` in
-        [30, 128].
+        ``0.016`` for one fresh value and ``25`` for the sum of 4096 fresh values at N=8192,
+        scale 2**40, lambda=40, mostly the Galois keys' noise; see docs/security/he-ckks.md;
+        pass a tighter ``error_bound`` when you can bound the error better).
+        ``statistical_security`` in [30, 128].
         """
         import numpy as np
 
@@ -245,9 +234,8 @@ class CKKSContext(SealContext):
             first, key = sc.first_context_data(), sc.key_context_data()
             ok = (str(first.parms().scheme()).endswith("CKKS")
                   and first.parms().poly_modulus_degree() == p.poly_modulus_degree
-                  and key.total_coeff_modulus_bit_count() == p.total_bits
                   and key.chain_index() == len(p.coeff_mod_bit_sizes) - 1
-                  and coeff_bit_sizes(native) == list(p.coeff_mod_bit_sizes)
+                  and chain_primes(native) == list(p.primes)
                   and native.global_scale == 2.0**p.scale_bits
                   and native.has_public_key() and native.has_relin_keys()
                   and bool(native.has_galois_keys()) == galois

@@ -50,6 +50,15 @@ def cpp() -> Any:
     return import_tenseal()._ts_cpp
 
 
+def sealapi() -> Any:
+    """SEAL's own binding shipped inside TenSEAL (``tenseal.sealapi``): the evaluator, encoder
+    and keys behind :mod:`veil.he.lattice.slots` (rotations by any step, chosen Galois keys)."""
+    import_tenseal()
+    import tenseal.sealapi
+
+    return tenseal.sealapi
+
+
 @contextlib.contextmanager
 def translate(what: str, *, depth_hint: str = "") -> Iterator[None]:
     """Translate TenSEAL/SEAL exceptions raised inside the block into Veil errors."""
@@ -262,18 +271,22 @@ def unframe(body: bytes, what: str) -> tuple[dict[str, Any], list[bytes]]:
     return header, blobs
 
 
-def coeff_bit_sizes(native: Any, limit: int = 64) -> list[int]:
-    """The bit size of each prime of a native context, in ``coeff_mod_bit_sizes`` order.
+def chain_primes(native: Any, limit: int = 64) -> list[int]:
+    """The primes of a native context, in ``coeff_mod_bit_sizes`` order (special prime last).
 
-    SEAL drops one prime per level (the special prime first, then the last data prime), so the
-    differences of the total bit counts down the modulus chain are the primes' sizes.
+    SEAL drops one prime per level (the special prime first, then the last data prime), and
+    each level exposes the low 64 bits of its modulus ``Q_l``; every ``Q_l`` is odd, so each
+    prime (< 2**61) is ``Q_(l+1) / Q_l mod 2**64``, exactly. (Differences of the levels' bit
+    counts are not the primes' sizes: a product of primes well below ``2**b`` loses bits.)
     """
-    totals = []
+    lows = []
     data = native.seal_context().key_context_data()
-    while data is not None and len(totals) <= limit:
-        totals.append(int(data.total_coeff_modulus_bit_count()))
+    while data is not None and len(lows) <= limit:
+        lows.append(int(data.total_coeff_modulus()) % 2**64)
         data = data.next_context_data()
-    return [totals[-1]] + [totals[i] - totals[i + 1] for i in range(len(totals) - 2, -1, -1)]
+    lows.reverse()  # Q_0 = q0, Q_1 = q0 q1, ..., the key level last
+    return [lows[0]] + [lows[i + 1] * pow(lows[i], -1, 2**64) % 2**64
+                        for i in range(len(lows) - 1)]
 
 
 def check_header_field(header: dict[str, Any], key: str, typ: type | tuple[type, ...],

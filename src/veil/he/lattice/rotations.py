@@ -3,8 +3,10 @@
 ``sum``, ``dot``, ``matmul``/``mv`` (and ``@``), ``conv2d_im2col`` and ``block_sum``, as a base
 class of :class:`veil.he.lattice.tensor.CKKSTensor`, which holds the data and the depth and error
 bookkeeping these methods use (``_new``, ``_check_same``, ``_need_levels``, ``_pairwise``,
-``_split``, ``_rs``). Each consumes at most one level; the error bounds follow
-docs/security/he-ckks.md.
+``_split``, ``_rs``). Each consumes at most one level. Error bounds (docs/security/he-ckks.md,
+"Key switching"): the input's error through the linear map, plus the rescale rounding summed over
+the slots each output adds up, plus the noise of every key switch of the rotation circuit
+(:mod:`veil.he.lattice.noise`: the exact rotations TenSEAL does, per Galois key).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any, Self
 
 from veil.errors import ConfigurationError, UnsupportedOperationError
 from veil.he.lattice.native import as_plain_vector, cpp, translate
-from veil.he.lattice.util import as_array, level_of, log2_ceil, plain_matrix
+from veil.he.lattice.noise import Schedule, diagonal_schedule, fold_schedule, sum_schedule
+from veil.he.lattice.util import as_array, level_of, plain_matrix
 
 __all__ = ["RotationOps"]
 
@@ -31,6 +34,18 @@ class RotationOps:
                 "it with CKKSContext.generate(params, galois_keys=True)"
             )
 
+    def _ks_error(self, level: int, schedule: Schedule) -> float:
+        """Bound on the key-switching noise of ``schedule`` run at ``level`` (working scale)."""
+        return schedule.error(self._ctx._ks[level])
+
+    def _sum_schedule(self) -> Schedule:
+        """The rotations of TenSEAL's ``sum`` over every chunk (the same Galois keys in each)."""
+        slots = self._ctx.slots
+        out = Schedule()
+        for i in range(0, self._size, slots):
+            out = out + sum_schedule(min(slots, self._size - i), slots)
+        return out
+
     def _reduce_chunks(self, parts: list[Any]) -> Any:
         acc = parts[0]
         for p in parts[1:]:
@@ -42,7 +57,8 @@ class RotationOps:
         self._need_galois("sum")
         with translate("sum"):
             total = self._reduce_chunks([c.sum() for c in self._chunks])
-        err = self._err * math.sqrt(self._size) + self._rs(0, log2_ceil(self._size))
+        err = self._err * math.sqrt(self._size) + self._ks_error(self._level,
+                                                                 self._sum_schedule())
         return self._new([total], (), self._level, err,
                          self._mag * self._size)
 
@@ -59,8 +75,7 @@ class RotationOps:
             self._need_levels(1, "dot", min(self._level, other._level))
             parts = self._pairwise(other, "dot", "dot")
             err = math.sqrt(self._size) * (self._mag * other._err + other._mag * self._err
-                                           + self._err * other._err)
-            err += self._rs(0, 1 + log2_ceil(self._size))
+                                           + self._err * other._err + self._rs(0))
             mag = self._size * self._mag * other._mag
         else:
             flat = as_plain_vector(other, self._size, "dot")
@@ -70,11 +85,13 @@ class RotationOps:
                 parts = [c.dot(ptd(p)) for c, p in zip(self._chunks, self._split(flat))]
             l1 = float(abs(flat).sum())
             l2 = float(np.sqrt((flat**2).sum()))
-            err = self._err * l2 + self._rs(0, 1 + log2_ceil(self._size))
+            err = self._err * l2 + math.sqrt(self._size) * self._rs(0)
             mag = self._mag * l1
         with translate("dot"):
             total = self._reduce_chunks(parts)
-        return self._new([total], (), level_of(total), err, mag)
+        level = level_of(total)  # rotations run after the product's rescale
+        err += self._ks_error(level, self._sum_schedule())
+        return self._new([total], (), level, err, mag)
 
     def matmul(self, matrix: Any) -> Self:
         """Vector x plain matrix: ``x[n] @ M[n, m] -> [m]``; one level, rotations.
@@ -115,7 +132,15 @@ class RotationOps:
             out = self._reduce_chunks(parts)
         l1 = float(np.abs(m).sum(axis=0).max())
         l2 = float(np.sqrt((m**2).sum(axis=0)).max())
-        err = self._err * l2 + self._rs(0, 1 + math.isqrt(m.shape[0]))
+        # The rotations run on the products before their rescale (scale 2**(2 s)), so their
+        # noise, and that of TenSEAL's accumulators (one encryption of zero per thread plus one;
+        # at most 256 threads counted), shrinks by 2**s. One rescale per chunk.
+        sched = Schedule()
+        for c in self._chunks:
+            sched = sched + diagonal_schedule(c.size(), slots)
+        zeros = math.sqrt(257 * len(self._chunks)) * self._ctx._clean_err
+        ks = (self._ks_error(self._level, sched) + zeros) / 2.0**self._ctx.params.scale_bits
+        err = self._err * l2 + math.sqrt(len(self._chunks)) * self._rs(0) + ks
         return self._new([out], (m.shape[1],), level_of(out), err, self._mag * l1)
 
     def mv(self, matrix: Any) -> Self:
@@ -153,7 +178,8 @@ class RotationOps:
             out = self._chunks[0].conv2d_im2col(k.tolist(), int(windows))
         l1 = float(np.abs(k).sum())
         l2 = float(np.sqrt((k**2).sum()))
-        err = self._err * l2 + self._rs(0, 1 + log2_ceil(k.size * windows))
+        blocks = 1 << (k.size - 1).bit_length()  # TenSEAL pads the kernel to a power of two
+        err = self._err * l2 + self._fold_error(level_of(out), int(windows), blocks)
         return self._new([out], (int(windows),), level_of(out), err, self._mag * l1)
 
     def block_sum(self, weights: Any, block: int) -> Self:
@@ -186,6 +212,14 @@ class RotationOps:
         self._need_levels(1, "block_sum")
         with translate("block_sum"):
             out = self._chunks[0].enc_matmul_plain(w.tolist(), block)
-        err = self._err * float(np.sqrt((w**2).sum())) + self._rs(0, 1 + log2_ceil(nb))
+        err = self._err * float(np.sqrt((w**2).sum())) + self._fold_error(level_of(out), block, nb)
         return self._new([out], (block,), level_of(out), err,
                          self._mag * float(np.abs(w).sum()), padded=True)
+
+    def _fold_error(self, level: int, rows: int, blocks: int) -> float:
+        """Rescale and key-switch noise of TenSEAL's ``enc_matmul_plain``: the product's rescale
+        rounding summed over ``blocks`` slots, and the folds by ``rows * blocks/2, ..., rows``
+        (run after the rescale, at the output's ``level``)."""
+        slots = self._ctx.slots
+        return math.sqrt(blocks) * self._rs(0) + self._ks_error(
+            level, fold_schedule(rows, blocks, slots))

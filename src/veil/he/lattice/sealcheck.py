@@ -217,9 +217,24 @@ def ciphertext(m: Members) -> None:
         raise fail(m.what, "SEAL ciphertext NTT flag is not a boolean")
     size, degree, moduli = m.u64("ciphertext"), m.u64("ciphertext"), m.u64("ciphertext")
     m.take(16, "ciphertext scale/correction factor")
-    if size * degree * moduli * 8 > len(m.b):
+    full = size * degree * moduli
+    if full * 4 > len(m.b):
         raise fail(m.what, "SEAL ciphertext dimensions exceed the object's length")
-    dyn_array(m, size * degree * moduli, "ciphertext data")
+    arr = m.nested("ciphertext data")
+    count = arr.u64("ciphertext data")
+    if count == full:
+        arr.take(8 * count, "ciphertext data")
+        arr.end("ciphertext data")
+    elif size == 2 and count * 2 == full:  # seeded: c1 is regenerated from a PRNG seed
+        arr.take(8 * count, "ciphertext data")
+        arr.end("ciphertext data")
+        seed = m.nested("ciphertext seed")
+        if seed.take(1, "ciphertext seed")[0] not in (1, 2):  # blake2xb, shake256
+            raise fail(m.what, "SEAL ciphertext seed names an unknown PRNG")
+        seed.take(64, "ciphertext seed")
+        seed.end("ciphertext seed")
+    else:
+        raise fail(m.what, "SEAL ciphertext data element count is inconsistent with its object")
     m.end("ciphertext")
 
 

@@ -179,7 +179,8 @@ class CKKSTensor(RotationOps, SealTensor):
         return self._ctx._rescale_err
 
     def _rs(self, mag: float, times: int = 1) -> float:
-        """Key-dependent noise added by ``times`` rescales/key switches (rounding noise).
+        """Key-dependent noise added by ``times`` rescales (rounding noise; rotations' key
+        switches are bounded separately, in :mod:`veil.he.lattice.rotations`).
 
         TenSEAL's scale reset also multiplies a value of magnitude ``mag`` by up to
         ``1 +- params.rescale_relative_error``; that error depends only on the values, reveals

@@ -29,7 +29,10 @@ import numpy as np
 
 from veil.errors import ConfigurationError, DepthExhaustedError, VeilError
 from veil.models.ckks.lanes import LanesModel, LanesSpec, encode_taps
+from veil.models.ckks.packed import PackedSpec
+from veil.models.ckks.packrun import PackedModel, encode_packed
 from veil.models.ckks.plan import Plan, lanes_lowering
+from veil.models.ckks.single import packed_lowering
 from veil.models.ckks.stages import Stage, as_program, check_slots, depths, lower
 from veil.models.ckks.values import EncryptedValues
 from veil.models.ir import Program
@@ -71,6 +74,8 @@ def encrypt_input(ctx: Any, x: Any, plan: Plan | PublicPlan) -> EncryptedValues:
             "use layout='batched' for many samples"
         )
     enc = info.input_encoding
+    if enc["kind"] == "packed":
+        return _encrypt_packed(ctx, arr, enc)
     if enc["kind"] == "taps":
         vecs = encode_taps(arr.reshape(-1), enc, ctx.params.slots)
         return EncryptedValues("single", 1, [ctx.encrypt(v) for v in vecs])
@@ -80,6 +85,23 @@ def encrypt_input(ctx: Any, x: Any, plan: Plan | PublicPlan) -> EncryptedValues:
         t, windows = ctx.encrypt_im2col(img, tuple(enc["kernel_size"]), enc["stride"])
         return EncryptedValues("single", 1, [t], windows)
     return EncryptedValues("single", 1, [ctx.encrypt(arr.reshape(-1))])
+
+
+def _encrypt_packed(ctx: Any, arr: np.ndarray, enc: dict[str, Any]) -> EncryptedValues:
+    """The packed layout's client ciphertexts (a :class:`veil.he.SlotContext` is needed)."""
+    from veil.he.lattice.slots import SlotContext
+
+    if not isinstance(ctx, SlotContext):
+        raise ConfigurationError(
+            f"this plan uses the packed single-sample layout, which needs the context from "
+            f"plan.keygen() (a veil.he.SlotContext), not a {type(ctx).__name__}")
+    lo, hi = enc.get("domain", (-np.inf, np.inf))
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        raise ConfigurationError(
+            f"input values span [{arr.min():g}, {arr.max():g}] outside the declared domain "
+            f"[{lo:g}, {hi:g}] the plan's error guarantee is for; scale the input into it")
+    vecs = encode_packed(arr.reshape(-1), enc, ctx.slots)
+    return EncryptedValues("single", 1, [ctx.encrypt(v) for v in vecs])
 
 
 def decrypt_output(ctx: Any, out: EncryptedValues) -> np.ndarray:
@@ -202,7 +224,7 @@ class CompiledModel:
         return [t for seg in ins for t in seg]
 
 
-def compile(net: Any, ctx: Any, plan: Plan) -> CompiledModel | LanesModel:
+def compile(net: Any, ctx: Any, plan: Plan) -> CompiledModel | LanesModel | PackedModel:
     """Server: prepare ``net`` for encrypted inference under ``ctx`` with ``plan``.
 
     ``plan`` is ``models.plan(net, input_shape, layout=...)``: its layout, input shape, stages
@@ -222,6 +244,8 @@ def compile(net: Any, ctx: Any, plan: Plan) -> CompiledModel | LanesModel:
         raise ConfigurationError("compile needs the model with its weights (server side)")
     if plan.lanes is not None:
         return _compile_lanes(prog, ctx, plan)
+    if plan.packed is not None:
+        return _compile_packed(prog, ctx, plan)
     stages = lower(prog, plan.layout)
     _check_stages(stages, plan)
     used = depths(stages, prog)
@@ -308,3 +332,27 @@ def _compile_lanes(prog: Program, ctx: Any, plan: Plan) -> LanesModel:
         )
     _check_context(ctx, plan, spec.depth, stages, {})
     return LanesModel(spec, ctx, plan.public(), math.prod(prog.input_shape))
+
+
+def _compile_packed(prog: Program, ctx: Any, plan: Plan) -> PackedModel:
+    """The packed-layout model (:mod:`veil.models.ckks.packed`) of a plan that uses it."""
+    from veil.he.lattice.slots import SlotContext
+
+    if not isinstance(ctx, SlotContext):
+        raise ConfigurationError(
+            "this plan uses the packed single-sample layout, which runs on a veil.he."
+            f"SlotContext (plan.keygen().public()), not a {type(ctx).__name__}")
+    stages, spec = packed_lowering(prog, plan.params.slots)
+    if not isinstance(spec, PackedSpec):
+        raise _refit(f"the plan uses the packed layout, which this net does not fit ({spec})",
+                     plan)
+    enc = {**spec.encoding(), "domain": plan.input_encoding.get("domain"),
+           "calibrated": plan.input_encoding.get("calibrated")}
+    if enc != plan.input_encoding:
+        raise _refit("the packed geometry (receptive fields, periods) differs from the plan's",
+                     plan)
+    if ctx.params.describe() != plan.params.describe():
+        raise ConfigurationError(
+            f"the context was made with parameters {ctx.params.describe()}, the plan needs "
+            f"{plan.params.describe()}; make it with plan.keygen()")
+    return PackedModel(spec, ctx, plan.public(), math.prod(prog.input_shape))
