@@ -22,7 +22,8 @@ from typing import Any
 
 from veil.errors import ConfigurationError, InsecureParametersError
 
-__all__ = ["CKKSParams", "BFVParams", "MAX_LOG_Q", "max_log_q", "is_prime", "batching_prime",
+__all__ = ["CKKSParams", "BFVParams", "MAX_LOG_Q", "max_log_q", "security_level", "is_prime",
+           "batching_prime",
            "seal_primes", "MAX_SCALE_DRIFT"]
 
 #: Max total log2(q) per ring dimension and security level (HE standard, ternary secret).
@@ -46,7 +47,7 @@ def max_log_q(poly_modulus_degree: int, security_bits: int = 128) -> int:
         ) from None
 
 
-def _security_bits(n: int, total_bits: int) -> int:
+def security_level(n: int, total_bits: int) -> int:
     """Highest standard level (256/192/128) met, or 0 when below 128 bits."""
     for level in (256, 192, 128):
         if total_bits <= MAX_LOG_Q[level][n]:
@@ -270,7 +271,7 @@ class CKKSParams:
     @property
     def security_bits(self) -> int:
         """256, 192 or 128 by the HE standard table; 0 means below 128 bits (insecure)."""
-        return _security_bits(self.poly_modulus_degree, self.total_bits)
+        return security_level(self.poly_modulus_degree, self.total_bits)
 
     @property
     def integer_bits(self) -> int:
@@ -380,7 +381,7 @@ class BFVParams:
 
     @property
     def security_bits(self) -> int:
-        return _security_bits(self.poly_modulus_degree, sum(self.coeff_mod_bit_sizes))
+        return security_level(self.poly_modulus_degree, sum(self.coeff_mod_bit_sizes))
 
     @property
     def max_abs_value(self) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from veil.errors import ConfigurationError, InsecureParametersError
-from veil.he.params import MAX_LOG_Q
+from veil.he.params import MAX_LOG_Q, security_level
 
 __all__ = ["SlotParams", "MIN_SPECIAL_BITS"]
 
@@ -91,11 +91,8 @@ class SlotParams:
 
     @property
     def security_bits(self) -> int:
-        total = sum(self.coeff_mod_bit_sizes)
-        for level in (256, 192, 128):
-            if total <= MAX_LOG_Q[level][self.poly_modulus_degree]:
-                return level
-        return 0
+        """256, 192 or 128 by the HE standard table; 0 means below 128 bits (insecure)."""
+        return security_level(self.poly_modulus_degree, sum(self.coeff_mod_bit_sizes))
 
     def describe(self) -> dict[str, Any]:
         return {"scheme": "ckks-slots", "poly_modulus_degree": self.poly_modulus_degree,

@@ -32,7 +32,6 @@ outputs and the public plan (sizes, receptive fields), as with the other layouts
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from veil.errors import ConfigurationError
-from veil.models.ckks.stages import affine_matrix
+from veil.models.ckks.stages import ones_pattern
 from veil.models.ckks.values import EncryptedValues
 from veil.protocols.inference import PublicPlan
 
@@ -89,18 +88,6 @@ def _quadratic(stage: Any) -> tuple[float, float, float] | None:
     return a, d, c0 - a * d * d
 
 
-def _ones_pattern(prog: Any, stage: Any, in_shape: tuple[int, ...]) -> np.ndarray:
-    """Nonzero pattern of a stage's map with every weight set to 1 (public geometry)."""
-    ops = []
-    for op in stage.data["ops"]:
-        o = copy.copy(op)
-        if op.params:
-            o.params = {k: v.new_ones(v.shape) for k, v in op.params.items()}
-        ops.append(o)
-    m, _ = affine_matrix(ops, in_shape)
-    return np.abs(m) > 0
-
-
 def analyze(prog: Any, stages: list[Any], shapes: dict[str, tuple[int, ...]],
             slots: int) -> LanesSpec | str:
     """Lower ``stages`` (from ``lower(prog, 'batched')``) to the taps layout, or say why not."""
@@ -126,7 +113,7 @@ def analyze(prog: Any, stages: list[Any], shapes: dict[str, tuple[int, ...]],
     if feats > blocks or lanes > slots:
         return f"{feats} features x {lanes} lanes exceed {slots} slots"
     m0, b0 = a0.data["matrix"], a0.data["bias"]
-    pattern = _ones_pattern(prog, a0, tuple(prog.input_shape))  # (n_in, C1*pos)
+    pattern = ones_pattern(a0, tuple(prog.input_shape))  # (n_in, C1*pos)
     fields = [np.flatnonzero(pattern[:, [c * pos + p for c in range(c1)]].any(axis=1))
               for p in range(pos)]
     taps = max(len(f) for f in fields)

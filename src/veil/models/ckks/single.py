@@ -8,7 +8,6 @@ and picks parameters with :func:`~veil.models.ckks.packbound.choose_params`.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -16,22 +15,10 @@ import numpy as np
 from veil.errors import UnsupportedLayerError
 from veil.models.ckks.packbound import Prediction, choose_params
 from veil.models.ckks.packed import PackedSpec, analyze
-from veil.models.ckks.stages import Stage, affine_matrix, lower, shapes
+from veil.models.ckks.stages import Stage, lower, ones_pattern, shapes
 from veil.models.ir import Program
 
 __all__ = ["packed_candidate", "packed_lowering"]
-
-
-def _pattern(stage: Stage, in_shape: tuple[int, ...]) -> np.ndarray:
-    """Nonzero pattern ``(n_out, n_in)`` of an affine stage with every weight set to 1."""
-    ops = []
-    for op in stage.data["ops"]:
-        o = copy.copy(op)
-        if op.params:
-            o.params = {k: v.new_ones(v.shape) for k, v in op.params.items()}
-        ops.append(o)
-    m, _ = affine_matrix(ops, in_shape)
-    return (np.abs(m) > 0).T
 
 
 def packed_lowering(prog: Program, slots: int) -> tuple[list[Stage], PackedSpec | str]:
@@ -43,7 +30,8 @@ def packed_lowering(prog: Program, slots: int) -> tuple[list[Stage], PackedSpec 
     if not stages or stages[0].kind != "affine" or stages[0].inputs != (prog.input_name,):
         return stages, "the model does not start with an affine layer on its input"
     shape = shapes(prog)
-    patterns = [_pattern(s, tuple(shape[s.inputs[0]])) for s in stages if s.kind == "affine"]
+    patterns = [ones_pattern(s, tuple(shape[s.inputs[0]])).T for s in stages
+                if s.kind == "affine"]
     n_in = int(np.prod(prog.input_shape))
     return stages, analyze(stages, n_in, slots, patterns)
 

@@ -17,7 +17,7 @@ from veil.errors import ConfigurationError, UnsupportedLayerError
 from veil.models.ir import PLAIN_KERNELS, Op, Program
 
 __all__ = ["LAYOUTS", "MAX_DENSE", "Stage", "poly_depth", "affine_matrix", "lower", "depths",
-           "shapes", "check_slots", "as_program"]
+           "shapes", "check_slots", "as_program", "ones_pattern"]
 
 LAYOUTS = ("batched", "single")
 _AFFINE = {"linear", "conv", "scale_shift", "avgpool2d", "adaptive_avgpool2d", "reshape"}
@@ -60,6 +60,23 @@ def affine_matrix(ops: list[Op], in_shape: tuple[int, ...]) -> tuple[Any, Any]:
             "matrix, too large for CKKS inference here; use a smaller model or input"
         )
     return (y[1:] - bias).numpy(), bias.numpy()
+
+
+def ones_pattern(stage: Stage, in_shape: tuple[int, ...]) -> Any:
+    """Nonzero pattern ``(n_in, n_out)`` of an affine stage's map with every weight set to 1:
+    public geometry (zero weights change neither receptive fields nor diagonals)."""
+    import copy
+
+    import numpy as np
+
+    ops = []
+    for op in stage.data["ops"]:
+        o = copy.copy(op)
+        if op.params:
+            o.params = {k: v.new_ones(v.shape) for k, v in op.params.items()}
+        ops.append(o)
+    m, _ = affine_matrix(ops, in_shape)
+    return np.abs(m) > 0
 
 
 def _im2col_ok(op: Op, prog: Program) -> bool:
