@@ -17,13 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 from veil.errors import ConfigurationError, SerializationError
-from veil.protocols.inference import ENCODING_KEYS, PublicPlan
+from veil.protocols.inference import ENCODING_KEYS, SCHEME_KEYS, PublicPlan
 
 __all__ = ["params_from_description", "public_plan_from_json", "is_packed", "plan_rotations",
            "context_kind", "check_context_kind", "CKKS_KEYS", "SLOT_KEYS", "PACKED_KEYS"]
 
-CKKS_KEYS = frozenset({"scheme", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits"})
-SLOT_KEYS = CKKS_KEYS | {"output_scale_bits"}
+CKKS_KEYS = SCHEME_KEYS["ckks"]
+SLOT_KEYS = SCHEME_KEYS["ckks-slots"]
 PACKED_KEYS = ENCODING_KEYS["packed"]
 
 

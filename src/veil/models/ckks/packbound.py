@@ -98,13 +98,12 @@ def predict(spec: PackedSpec, params: Any, domain: tuple[float, float],
     delta = 2.0**params.scale_bits
     sig_f = C_FRESH * math.sqrt(n / 2) * SIGMA_E / delta
     sig_r = C_RESCALE * n / (6 * delta)
-    sig_out = C_RESCALE * n / (6 * 2.0 ** getattr(params, "output_scale_bits",
-                                                  params.scale_bits))
-    sig_ks = C_KEYSWITCH * n * SIGMA_E * math.sqrt(params.depth + 1) / delta**2
     out_delta = 2.0 ** getattr(params, "output_scale_bits", params.scale_bits)
+    sig_out = C_RESCALE * n / (6 * out_delta)
+    sig_ks = C_KEYSWITCH * n * SIGMA_E * math.sqrt(params.depth + 1) / delta**2
     sigma = np.full(spec.n_in, sig_f)
     per_map = []
-    bounds = _intervals(spec, domain) if samples is None else _calibrated(spec, samples)
+    bounds = _bounds(spec, domain, samples)
     for i, (m, (ulo, uhi, _l1, mag)) in enumerate(zip(spec.maps, bounds)):
         w2 = m.weights**2
         last = i == len(spec.maps) - 1
@@ -118,8 +117,17 @@ def predict(spec: PackedSpec, params: Any, domain: tuple[float, float],
         sigma = s
         per_map.append(float(TAIL * sigma.max()))
     out_bound = float(bounds[-1][2].max())
-    int_bits = max(1, math.ceil(math.log2(max(out_bound, 1.0) * 1.01)) + 1)
-    return Prediction(per_map[-1], per_map, out_bound, int_bits)
+    return Prediction(per_map[-1], per_map, out_bound, _integer_bits(out_bound))
+
+
+def _bounds(spec: PackedSpec, domain: tuple[float, float],
+            samples: np.ndarray | None) -> list[tuple[np.ndarray, ...]]:
+    return _intervals(spec, domain) if samples is None else _calibrated(spec, samples)
+
+
+def _integer_bits(out_bound: float) -> int:
+    """Integer bits q0 must hold at the last level for values up to ``out_bound``."""
+    return max(1, math.ceil(math.log2(max(out_bound, 1.0) * 1.01)) + 1)
 
 
 def finest_params(depth: int, n: int, int_bits: int, precision_bits: int | None,
@@ -179,7 +187,7 @@ def choose_params(make_spec: Callable[[int], PackedSpec | str], domain: tuple[fl
         if isinstance(spec, str):
             reason = spec
             continue
-        int_bits = predict(spec, _probe(spec.depth), domain, samples).integer_bits
+        int_bits = _integer_bits(float(_bounds(spec, domain, samples)[-1][2].max()))
         found = _best_for_ring(spec, n, int_bits, domain, precision_bits, allow_insecure,
                                samples)
         if found is None:
@@ -203,8 +211,3 @@ def choose_params(make_spec: Callable[[int], PackedSpec | str], domain: tuple[fl
         "activations there (retrain with weight decay), a smaller input domain, or a larger "
         "tolerance=")
 
-
-def _probe(depth: int) -> Any:
-    from veil.he.lattice.slotparams import SlotParams
-
-    return SlotParams(8192, (40,) + (30,) * depth + (40,), 30, 30, allow_insecure=True)
