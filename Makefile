@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.veil-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint bench docs setup clean
+.PHONY: demo test test-all lint bench docs notebooks setup clean
 
 $(STAMP): pyproject.toml requirements/crypten.txt requirements/torch-cpu.txt tools/bootstrap.sh tools/check_env.py
 	bash tools/bootstrap.sh
@@ -35,6 +35,11 @@ bench: $(STAMP)
 # API reference from the docstrings (docs/api); tests/test_docs.py checks it is current.
 docs: $(STAMP)
 	$(PY) tools/apidoc.py docs/api
+
+# Re-execute the tutorial notebooks and store their outputs and plots (commit the result);
+# tests/test_notebooks.py fails when a notebook's code changed since its outputs were stored.
+notebooks: $(STAMP)
+	$(PY) tools/run_notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks build src/*.egg-info

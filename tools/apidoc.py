@@ -27,6 +27,7 @@ MODULES = (
     "veil.privacy",
     "veil.protocols.secagg",
     "veil.stats",
+    "veil.stats.frames",
     "veil.models",
     "veil.fl",
     "veil.serve",

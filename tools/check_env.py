@@ -7,11 +7,16 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 import sys
 from importlib import metadata
 
 FORBIDDEN = {"torchvision", "tensorboard", "sklearn"}
+# crypten 0.4.1 declares these; Veil installs it with --no-deps and needs none of them
+CRYPTEN_LEFT_OUT = {"future", "sklearn", "tensorboard", "torchvision"}
+_MISSING = re.compile(r"^(\S+) \S+ requires (\S+), which is not installed\.$")
 
 
 def problems(names: set[str], *, gpu_present: bool) -> list[str]:
@@ -19,6 +24,20 @@ def problems(names: set[str], *, gpu_present: bool) -> list[str]:
     if not gpu_present:
         found += sorted(n for n in names if n.startswith("nvidia-"))
     return found
+
+
+def conflicts(pip_check_output: str) -> list[str]:
+    """The lines of ``pip check`` that are not crypten's deliberately missing requirements."""
+    out = []
+    for line in pip_check_output.splitlines():
+        line = line.strip()
+        if not line or line.startswith("No broken requirements"):
+            continue
+        m = _MISSING.match(line)
+        if m and m.group(1).lower() == "crypten" and m.group(2).lower() in CRYPTEN_LEFT_OUT:
+            continue
+        out.append(line)
+    return out
 
 
 def main() -> int:
@@ -30,7 +49,15 @@ def main() -> int:
         print("  remove them (pip uninstall) and re-run `make`; see tools/bootstrap.sh",
               file=sys.stderr)
         return 1
-    print(f"check_env: ok ({len(names)} packages, no CUDA wheels/torchvision/tensorboard/sklearn)")
+    check = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "check"],
+                           capture_output=True, text=True, check=False)
+    broken = conflicts(check.stdout + check.stderr)
+    if broken:
+        print("check_env: dependency conflicts (pip check):\n  " + "\n  ".join(broken),
+              file=sys.stderr)
+        return 1
+    print(f"check_env: ok ({len(names)} packages, no CUDA wheels/torchvision/tensorboard/sklearn;"
+          " crypten's declared future/sklearn/tensorboard/torchvision are left out on purpose)")
     return 0
 
 

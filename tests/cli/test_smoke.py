@@ -8,6 +8,7 @@ to end in tests/serve, multi-host parties in tests/mpc, the demo in tests/test_d
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from tests.cli.procs import run_to_end
 
 VEIL = Path(sys.executable).with_name("veil")
 ENV = {**os.environ, "COLUMNS": "100"}
@@ -51,18 +53,11 @@ def veil(*args: str, cwd: Path, code: int, timeout: float = 180, python_m: bool 
          one_line: bool = True) -> subprocess.CompletedProcess:
     """Run ``veil ARGS``; check the exit code, no traceback, one-line errors, no leftovers."""
     cmd = [sys.executable, "-m", "veil", *args] if python_m else [str(VEIL), *args]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    _assert_nothing_left(proc.pid)
+    done, pid = run_to_end(cmd, cwd=cwd, env=ENV, timeout=timeout)
+    out, err = done.stdout, done.stderr
+    _assert_nothing_left(pid)
     assert "Traceback" not in out + err, out + err
-    assert proc.returncode == code, (proc.returncode, out, err)
+    assert done.returncode == code, (done.returncode, out, err)
     if code not in (0, 1) and one_line:
         lines = err.strip().splitlines()
         assert len(lines) == 1, err
@@ -182,6 +177,16 @@ def test_bench_schemes_tiny(work: Path) -> None:
                "--repeats", "1", "--json", "s.json", "--plot", "s.png", cwd=work, code=0)
     assert "plain" in out.stdout and (work / "s.json").stat().st_size > 0
     assert (work / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_schemes_json_on_stdout(work: Path) -> None:
+    """``--json -``: stdout is the JSON document alone; the table goes to stderr."""
+    out = veil("bench", "schemes", "--ops", "add", "--sizes", "8", "--schemes", "plain,ckks",
+               "--repeats", "1", "--json", "-", "--plot", "s2.png", cwd=work, code=0)
+    doc = json.loads(out.stdout)
+    assert doc["command"] == "schemes" and "environment" in doc
+    assert {r["scheme"] for r in doc["records"]} == {"plain", "ckks"}
+    assert "veil bench schemes" in out.stderr and not (work / "-").exists()
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -292,3 +292,39 @@ def test_the_ledger_charges_the_declared_names_whatever_the_path_spelling(
     again = _veil("stats", "--data", paths[0], "--data", paths[1], *common)  # absolute paths
     assert again.returncode == 1 and "PrivacyBudgetExceeded" in again.stderr
     assert "north" in again.stderr or "south" in again.stderr
+
+
+def test_stats_command_writes_files_and_json(tmp_path: Path) -> None:
+    """Parquet in; --out .csv/.parquet/.json and --json out; the numbers are the pooled ones."""
+    paths = _csvs(tmp_path, 2)
+    pq = tmp_path / "site1.parquet"
+    pd.read_csv(paths[1]).to_parquet(pq, index=False)
+    outs = [tmp_path / "r.csv", tmp_path / "r.parquet", tmp_path / "r.json"]
+    proc = _veil("stats", "--data", paths[0], "--data", str(pq), "--columns", "age,bmi",
+                 "--stats", "count,mean,corr", "--backend", "ckks", "--json",
+                 *[a for p in outs for a in ("--out", str(p))])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)  # stdout is the JSON document and nothing else
+    pooled = _expected(paths)
+    assert doc["statistics"]["count"] == 60 and doc["columns"] == ["age", "bmi"]
+    assert doc["statistics"]["mean"]["age"] == pytest.approx(pooled["age"].mean(), rel=1e-4)
+    assert doc["statistics"]["correlation"]["age"]["bmi"] == pytest.approx(
+        pooled[["age", "bmi"]].corr().loc["age", "bmi"], abs=1e-3)
+    assert "wrote" in proc.stderr and str(outs[0]) in proc.stderr
+    tidy = pd.read_csv(outs[0])
+    assert tidy.equals(pd.read_parquet(outs[1]).astype(tidy.dtypes.to_dict()))
+    mean = tidy[tidy["statistic"] == "mean"].set_index("column")["value"]
+    assert mean["bmi"] == pytest.approx(pooled["bmi"].mean(), rel=1e-4)
+    saved = json.loads(outs[2].read_text())
+    assert saved["statistics"]["mean"] == pytest.approx(doc["statistics"]["mean"])
+
+
+def test_stats_command_refuses_a_bad_out_path_before_running(tmp_path: Path) -> None:
+    paths = _csvs(tmp_path, 2)
+    for bad, words in ((tmp_path / "r.xlsx", "unknown file type '.xlsx'"),
+                       (tmp_path / "no" / "r.csv", "does not exist")):
+        proc = _veil("stats", "--data", paths[0], "--data", paths[1], "--columns", "age",
+                     "--backend", "ckks", "--out", str(bad))
+        assert proc.returncode == 2, proc.stderr
+        assert "--out" in proc.stderr and words in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""

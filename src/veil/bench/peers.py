@@ -244,12 +244,17 @@ def table(rows: list[PeerRow]) -> Any:
     return t
 
 
-def write_json(rows: list[PeerRow], path: str | Path) -> None:
-    """Write the rows, their ratios and the environment (versions, machine, git) as JSON."""
+def json_text(rows: list[PeerRow]) -> str:
+    """The rows, their ratios and the environment (versions, machine, git) as JSON text."""
     doc = {"environment": environment(), "command": "peers",
            "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
            "median_ratio": statistics.median(r.ratio for r in rows) if rows else None}
-    Path(path).write_text(json.dumps(doc, indent=2, default=str))
+    return json.dumps(doc, indent=2, default=str)
+
+
+def write_json(rows: list[PeerRow], path: str | Path) -> None:
+    """Write :func:`json_text` to ``path``."""
+    Path(path).write_text(json_text(rows))
 
 
 def plot(rows: list[PeerRow], path: str | Path) -> None:

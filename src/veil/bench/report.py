@@ -79,9 +79,14 @@ def table(records: Sequence[Record], title: str) -> Any:
     return t
 
 
-def write_json(records: Sequence[Record], path: str | Path, **extra: Any) -> None:
+def json_text(records: Sequence[Record], **extra: Any) -> str:
+    """The records, the environment (versions, machine, git) and ``extra`` as JSON text."""
     doc = {"environment": environment(), **extra, "records": [r.to_json() for r in records]}
-    Path(path).write_text(json.dumps(doc, indent=2, default=str))
+    return json.dumps(doc, indent=2, default=str)
+
+
+def write_json(records: Sequence[Record], path: str | Path, **extra: Any) -> None:
+    Path(path).write_text(json_text(records, **extra))
 
 
 def plot(records: Sequence[Record], path: str | Path, title: str) -> None:

@@ -55,8 +55,14 @@ def _version_callback(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", is_eager=True, callback=_version_callback,
                                  help="Print Veil's version and exit."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                help="Log progress to stderr: -v phases, time, bytes and "
+                                     "rounds per phase; -vv debug."),
 ) -> None:
     """Veil: compute jointly on data nobody shows, and run models on data nobody can read."""
+    from veil.cli.logs import configure
+
+    configure(verbose)
 
 
 def _one_line(text: str) -> str:

@@ -55,11 +55,17 @@ def check_output(path: Path, flag: str) -> None:
         raise ConfigurationError(f"{flag} {path}: not writable")
 
 
+def is_stdout(path: Path) -> bool:
+    """``--json -``: the JSON goes to stdout (tables and messages to stderr)."""
+    return str(path) == "-"
+
+
 def _progress_runner(total: int):  # pragma: no cover - terminal UI
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                        transient=True)
+                        transient=True, console=Console(stderr=True))
     task = progress.add_task("benchmarking", total=total)
 
     def step(msg: str) -> None:
@@ -75,7 +81,8 @@ def schemes(
                               "every element: 1e4 takes minutes on 2 cores)"),
     schemes: str = typer.Option("plain,ckks,bfv,paillier,mpc2,mpc3", help="schemes to compare"),
     repeats: int = typer.Option(3, min=1, max=100, help="timed repeats per measurement"),
-    json_out: Path = typer.Option(SCHEMES_JSON, "--json", help="JSON output"),
+    json_out: Path = typer.Option(SCHEMES_JSON, "--json",
+                                  help="JSON output file ('-': print it on stdout)"),
     plot: Path = typer.Option(SCHEMES_PNG, "--plot", help="PNG plot output"),
 ) -> None:
     """The same jobs under plaintext, CKKS, BFV, Paillier and MPC: time, bytes, error."""
@@ -86,23 +93,29 @@ def schemes(
 
     op_list, size_list = _list(ops, "op", "--ops"), _sizes(sizes)
     scheme_list = _list(schemes, "scheme", "--schemes")
-    check_output(json_out, "--json")
+    to_stdout = is_stdout(json_out)
+    if not to_stdout:
+        check_output(json_out, "--json")
     check_output(plot, "--plot")
     progress, step = _progress_runner(len(op_list) * len(size_list) * len(scheme_list))
     with progress:
         records = run_schemes(op_list, size_list, scheme_list, repeats=repeats, progress=step)
-    console = Console()
+    console = Console(stderr=to_stdout)
     console.print(report.table(records, "veil bench schemes"))
-    report.write_json(records, json_out, command="schemes")
+    if to_stdout:
+        typer.echo(report.json_text(records, command="schemes"))
+    else:
+        report.write_json(records, json_out, command="schemes")
     report.plot(records, plot, "Veil: time and bytes per scheme")
-    console.print(f"wrote {json_out} and {plot}")
+    console.print(f"wrote {plot}" if to_stdout else f"wrote {json_out} and {plot}")
 
 
 @bench_app.command("peers")
 def peers(
     size: str = typer.Option("1e3", help="vector length for the element-wise comparisons"),
     repeats: int = typer.Option(3, min=1, max=100, help="timed repeats per measurement"),
-    json_out: Path = typer.Option(PEERS_JSON, "--json", help="JSON output"),
+    json_out: Path = typer.Option(PEERS_JSON, "--json",
+                                  help="JSON output file ('-': print it on stdout)"),
     plot: Path = typer.Option(PEERS_PNG, "--plot", help="PNG plot output"),
 ) -> None:
     """Veil against raw TenSEAL, phe+gmpy2, raw CrypTen and MPyC on this machine, as ratios."""
@@ -111,16 +124,21 @@ def peers(
     from veil.bench import peers as peer_bench
 
     n = _sizes(size, "--size")[0]
-    check_output(json_out, "--json")
+    to_stdout = is_stdout(json_out)
+    if not to_stdout:
+        check_output(json_out, "--json")
     check_output(plot, "--plot")
     progress, step = _progress_runner(len(peer_bench.COMPARISONS))
     with progress:
         rows = peer_bench.run_peers(n, repeats=repeats, progress=step)
-    console = Console()
+    console = Console(stderr=to_stdout)
     console.print(peer_bench.table(rows))
-    peer_bench.write_json(rows, json_out)
+    if to_stdout:
+        typer.echo(peer_bench.json_text(rows))
+    else:
+        peer_bench.write_json(rows, json_out)
     peer_bench.plot(rows, plot)
-    console.print(f"wrote {json_out} and {plot}")
+    console.print(f"wrote {plot}" if to_stdout else f"wrote {json_out} and {plot}")
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,8 @@ ALIASES = {"corr": "correlation", "cov": "covariance", "std": "stdev", "var": "v
            "logit": "logistic_regression", "hist": "histogram"}
 
 COMMAND_HELP = (
-    "Joint statistics over one CSV per party; prints what was revealed.\n\n"
+    "Joint statistics over one CSV or Parquet file per party; prints what was revealed "
+    "(--json: as JSON; --out: to .csv, .parquet or .json files).\n\n"
     "Statistics (--stats), any backend: " + ", ".join(LINEAR_STATS) + ".\n\n"
     "--backend mpc only: " + ", ".join(ORDER_STATS) + ".\n\n"
     "Aliases: " + ", ".join(f"{a} ({s})" for a, s in ALIASES.items()) + ".\n\n"
@@ -177,14 +178,23 @@ def render(result: Any, console: Any, *, bins: list[float] | None = None) -> Non
                   highlight=False)
 
 
+def _sources(paths: list[Path], delimiter: str) -> list[Any]:
+    """What ``stats.joint`` reads: the paths themselves, or frames read here (``--delimiter``)."""
+    return [str(p) for p in paths] if delimiter == "," else _read_csvs(paths, delimiter)
+
+
 def _read_csvs(paths: list[Path], delimiter: str) -> list[Any]:
-    """Read CSVs with a non-default delimiter here (the API reads comma-separated files)."""
+    """Read CSVs with a non-default delimiter here (the API reads comma-separated files);
+    Parquet files stay paths."""
     import pandas as pd
 
     from veil.stats import MAX_CSV_BYTES
 
-    frames = []
+    frames: list[Any] = []
     for i, path in enumerate(paths):
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frames.append(str(path))
+            continue
         if path.stat().st_size > MAX_CSV_BYTES:
             raise ConfigurationError(f"--data {path}: over the {MAX_CSV_BYTES}-byte limit")
         try:
@@ -255,11 +265,36 @@ _AUDIT_KEY_FILE = typer.Option(
          "file of ≥ 16 random bytes is read with a warning)")
 
 
+_DATA = typer.Option("--data", "-d", help="one CSV or Parquet (.parquet) file per party (≥ 2)")
+_OUT = typer.Option(
+    "--out", "-o", help="also write the results to FILE: .csv or .parquet (tidy long form) or "
+                        ".json; repeat for several")
+_JSON = typer.Option(False, "--json", help="print the results as JSON on stdout, no tables")
+_TIMEOUT = typer.Option(300.0, "--timeout", min=1.0, help="seconds before giving up")
+_DATASET_NAME = typer.Option(
+    "--dataset-name", help="name of each --data file in the ledger and audit log, in the same "
+                           "order (repeat once per --data)")
+
+
+def _emit(result: Any, outs: list[Path], as_json: bool, edges: list[float] | None) -> None:
+    """Write the ``--out`` files, then print the tables (or the JSON document alone)."""
+    from rich.console import Console
+
+    for path in outs:
+        result.write(path)
+    if as_json:
+        typer.echo(result.to_json(indent=2))
+    else:
+        render(result, Console(), bins=edges)
+    if outs:
+        Console(stderr=as_json).print("wrote " + ", ".join(str(p) for p in outs),
+                                      highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("stats", help=COMMAND_HELP)
     def stats_cmd(
-        data: Annotated[list[Path], typer.Option("--data", "-d",
-                                                 help="one CSV per party (≥ 2)")],
+        data: Annotated[list[Path], _DATA],
         columns: str = typer.Option(..., "--columns", "-c", help="comma-separated columns"),
         stats: str = typer.Option(
             "count,mean,stdev", "--stats", "-s",
@@ -289,9 +324,7 @@ def register(app: typer.Typer) -> None:
                                       help="CSV field separator, e.g. ';' or '\\t'"),
         ledger: Annotated[Path | None, typer.Option(
             "--ledger", help="privacy budget ledger file")] = None,
-        dataset_name: Annotated[list[str] | None, typer.Option(
-            "--dataset-name", help="name of each --data file in the ledger and audit log, in "
-                                   "the same order (repeat once per --data)")] = None,
+        dataset_name: Annotated[list[str] | None, _DATASET_NAME] = None,
         budget: float = typer.Option(1.0, "--budget", help="ε budget per dataset (--ledger)"),
         budget_delta: float = typer.Option(1e-5, "--budget-delta",
                                            help="δ budget per dataset (--ledger)"),
@@ -301,34 +334,39 @@ def register(app: typer.Typer) -> None:
         passphrase_env: str | None = PASSPHRASE_ENV_OPTION,
         passphrase_file: Path | None = PASSPHRASE_FILE_OPTION,
         seal_key_file: Path | None = SEAL_KEY_FILE_OPTION,
-        timeout: float = typer.Option(300.0, "--timeout", min=1.0,
-                                      help="seconds before giving up"),
+        timeout: float = _TIMEOUT,
+        out: Annotated[list[Path] | None, _OUT] = None,
+        as_json: bool = _JSON,
     ) -> None:
         from rich.console import Console
 
         from veil import stats as vstats
+        from veil.cli.logs import phase_progress
         from veil.privacy import BudgetLedger
+        from veil.stats import frames
 
         names = [n.strip() for n in dataset_name or []]
         _check_paths(data, names, ledger, audit)
+        outs = [frames.check_output_path(p, "--out") for p in out or []]
         delimiter = _delimiter(delimiter)
         audit_log = _open_audit(audit, audit_key_file, passphrase_env, passphrase_file,
                                 seal_key_file)
         edges = parse_bins(bins)
-        sources: list[Any] = ([str(p) for p in data] if delimiter == "," else
-                              _read_csvs(data, delimiter))
+        sources = _sources(data, delimiter)
         kwargs: dict[str, Any] = {} if iterations is None else {"iterations": iterations}
         try:
-            result = vstats.joint(
-                sources, parse_stats(stats), backend=backend,
-                columns=[c.strip() for c in columns.split(",") if c.strip()], bins=edges,
-                quantiles_n=quantiles_n, target=target, bounds=parse_bounds(bounds),
-                epsilon=epsilon, delta=delta, mechanism=mechanism, min_cohort=min_cohort,
-                ledger=(BudgetLedger(ledger, epsilon=budget, delta=budget_delta)
-                        if ledger else None),
-                dataset_names=names or None, audit=audit_log, timeout=timeout,
-                paillier_bits=paillier_bits, allow_insecure=allow_insecure, **kwargs)
+            with phase_progress(Console(stderr=True), "joint statistics",
+                                enabled=backend == "mpc"):
+                result = vstats.joint(
+                    sources, parse_stats(stats), backend=backend,
+                    columns=[c.strip() for c in columns.split(",") if c.strip()], bins=edges,
+                    quantiles_n=quantiles_n, target=target, bounds=parse_bounds(bounds),
+                    epsilon=epsilon, delta=delta, mechanism=mechanism, min_cohort=min_cohort,
+                    ledger=(BudgetLedger(ledger, epsilon=budget, delta=budget_delta)
+                            if ledger else None),
+                    dataset_names=names or None, audit=audit_log, timeout=timeout,
+                    paillier_bits=paillier_bits, allow_insecure=allow_insecure, **kwargs)
         except VeilError as exc:  # the library names its parameters; say the flags instead
             exc.args = (in_cli_terms(str(exc)), *exc.args[1:])
             raise
-        render(result, Console(), bins=edges)
+        _emit(result, outs, as_json, edges)

@@ -18,12 +18,14 @@ messages, accounting, the decoder fix) is one ordered table, ``veil.mpc._crypten
 applied once per party process by ``veil.mpc._crypten.install``. ``import_crypten()`` returns
 CrypTen as Veil patches it at import (for benchmarks against raw CrypTen);
 :mod:`veil.mpc.host` holds what ``veil party`` needs, :mod:`veil.mpc.accounting` the traffic
-counters.
+counters, :mod:`veil.mpc.logs` the loggers (``veil.mpc.party<r>``, ``veil.mpc.dealer``,
+``veil.mpc.driver``; off unless the application enables them, e.g. :func:`log_to_stderr`).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from veil.errors import PartyFailure
@@ -41,6 +43,9 @@ __all__ = [
     "where",
     "is_shared",
     "import_crypten",
+    "log_to_stderr",
+    "phase_event",
+    "PhaseEvent",
 ]
 
 _LAZY = {
@@ -55,7 +60,14 @@ _LAZY = {
     "where": ("veil.mpc.tensor", "where"),
     "is_shared": ("veil.mpc.tensor", "is_shared"),
     "import_crypten": ("veil.mpc._crypten", "import_crypten"),
+    "log_to_stderr": ("veil.mpc.logs", "log_to_stderr"),
+    "phase_event": ("veil.mpc.logs", "phase_event"),
+    "PhaseEvent": ("veil.mpc.logs", "PhaseEvent"),
 }
+
+# A library emits records and configures nothing: without this handler, Python's last-resort
+# handler would print veil.mpc warnings to stderr in applications that never set up logging.
+logging.getLogger("veil.mpc").addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> Any:

@@ -64,7 +64,7 @@ from typing import Any
 
 from veil.errors import ConfigurationError
 
-__all__ = ["is_installed", "stats", "reset", "operation", "record", "TRACKED_OPS",
+__all__ = ["is_installed", "stats", "totals", "reset", "operation", "record", "TRACKED_OPS",
            "TENSOR_CALLS", "OPERATORS", "wrap_call", "wrap_op", "gloo_reduce_bytes",
            "gloo_broadcast_messages"]
 
@@ -364,6 +364,12 @@ def stats() -> dict[str, Any]:
         "dealer": {"bytes_sent": d[0], "bytes_received": d[1], "rounds": d[2]},
         "operations": {k: _op_dict(v) for k, v in _ledger.ops.items()},
     }
+
+
+def totals() -> tuple[int, int, int]:
+    """``(bytes_sent, bytes_received, rounds)`` of this party since the last :func:`reset`
+    (the totals of :func:`stats`, without building its dicts: cheap enough for every phase)."""
+    return _ledger.sent, _ledger.received, _ledger.rounds
 
 
 def reset() -> None:

@@ -22,19 +22,94 @@ def _who(party: int | None, source: Any) -> str:
     return f"party {party}{label}" if party is not None else f"the data{label}"
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
 def _read_csv(path: Path, who: str) -> Any:
+    """A CSV file (or, by its suffix, a Parquet file) as a DataFrame, size-checked first."""
     if not path.is_file():
-        raise ConfigurationError(f"{who}: no such CSV file {str(path)!r}")
+        kind = "Parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "CSV"
+        raise ConfigurationError(f"{who}: no such {kind} file {str(path)!r}")
     size = path.stat().st_size
     if size > MAX_CSV_BYTES:
         raise ConfigurationError(
             f"{who}: {path} is {size} bytes, over the {MAX_CSV_BYTES}-byte limit; split it")
     import pandas as pd
 
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return _read_parquet(path, who)
     try:
         return pd.read_csv(path)
     except (ValueError, OSError) as exc:
         raise ConfigurationError(f"{who}: cannot read {path} as CSV ({exc})") from exc
+
+
+def _read_parquet(path: Path, who: str) -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            f"{who}: reading {path} needs pyarrow (pip install 'veil[stats]'), or convert it "
+            "to CSV") from exc
+    try:
+        return pq.read_table(path).to_pandas()
+    except (ValueError, OSError, TypeError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigurationError(f"{who}: cannot read {path} as Parquet ({exc})") from exc
+
+
+def _as_frame(source: Any) -> Any:
+    """A pandas DataFrame for DataFrame-like inputs (pandas, pyarrow.Table, polars), else None."""
+    if type(source).__name__ == "DataFrame" and hasattr(source, "columns") and hasattr(
+            source, "iloc"):
+        return source
+    if callable(getattr(source, "to_pandas", None)):  # pyarrow.Table, polars.DataFrame
+        try:
+            return source.to_pandas()
+        except (TypeError, ValueError, ImportError) as exc:
+            raise ConfigurationError(
+                f"cannot convert the {type(source).__name__} to a table of numbers ({exc})"
+            ) from exc
+    return None
+
+
+def _numeric_column(col: Any, name: str, who: str) -> np.ndarray:
+    """One column as float64, or a clear error for categorical, text and other columns."""
+    import pandas as pd
+
+    dtype = col.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        cats = [str(c) for c in list(dtype.categories[:4])]
+        raise ConfigurationError(
+            f"{who}: column {name!r} is categorical (categories {cats}"
+            f"{' …' if len(dtype.categories) > 4 else ''}); encode it as numbers (one 0/1 "
+            "column per category, or codes) or leave it out of the columns")
+    kind = getattr(dtype, "kind", "O")
+    if kind in "biuf":
+        try:
+            return col.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"{who}: column {name!r} (dtype {dtype}) cannot be read as numbers ({exc})"
+            ) from exc
+    if kind in "OSU" or pd.api.types.is_string_dtype(dtype):
+        sample = next((v for v in col if isinstance(v, str)), None)
+        if sample is not None:
+            hint = (" (it looks like a number with a decimal comma: read the file with "
+                    "decimal=',' or fix the export)" if _decimal_comma(sample) else "")
+            raise ConfigurationError(
+                f"{who}: column {name!r} holds text, e.g. {sample[:40]!r}{hint}; joint "
+                "statistics take numeric columns: encode it or leave it out of the columns")
+        raise ConfigurationError(
+            f"{who}: column {name!r} is not numeric (dtype {dtype}); convert or drop it")
+    raise ConfigurationError(
+        f"{who}: column {name!r} has dtype {dtype}, which is not a number (dates and times: "
+        "convert to a number, e.g. days since a reference date); convert or drop it")
+
+
+def _decimal_comma(text: str) -> bool:
+    t = text.strip().lstrip("+-")
+    head, _, tail = t.partition(",")
+    return bool(head) and head.isdigit() and bool(tail) and tail.isdigit()
 
 
 def load_table(
@@ -49,8 +124,8 @@ def load_table(
     frame = None
     if isinstance(source, (str, os.PathLike)):
         frame = _read_csv(Path(source), who)
-    elif type(source).__name__ == "DataFrame" and hasattr(source, "columns"):
-        frame = source
+    else:
+        frame = _as_frame(source)
     if frame is not None:
         names = [str(c) for c in frame.columns]
         if len(frame) == 0:
@@ -63,11 +138,7 @@ def load_table(
                 f"{who} has no column {missing[0]!r}; its columns are {names}")
         out = np.empty((len(frame), len(wanted)))
         for j, c in enumerate(wanted):
-            col = frame[c]
-            if col.dtype.kind not in "biuf":
-                raise ConfigurationError(
-                    f"{who}: column {c!r} is not numeric (dtype {col.dtype}); convert or drop it")
-            out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            out[:, j] = _numeric_column(frame[c], c, who)
         arr, cols, was_1d = out, tuple(wanted), False
     else:
         if hasattr(source, "detach") and hasattr(source, "cpu"):
@@ -76,7 +147,7 @@ def load_table(
             arr = np.asarray(source, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(
-                f"{who}: expected numbers (array, tensor, DataFrame or CSV path), got "
+                f"{who}: expected numbers (array, tensor, DataFrame, CSV or Parquet path), got "
                 f"{type(source).__name__}") from exc
         if arr.ndim == 0:
             raise ConfigurationError(
@@ -142,7 +213,9 @@ def _frame_digest(frame: Any, kind: str) -> str:
     import pandas as pd
 
     cols = sorted(frame.columns, key=str)
-    canon = pd.DataFrame({str(c): (frame[c].astype(np.float64) if frame[c].dtype.kind in "biuf"
+    canon = pd.DataFrame({str(c): (frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
+                                   if getattr(frame[c].dtype, "kind", "O") in "biuf"
+                                   and not isinstance(frame[c].dtype, pd.CategoricalDtype)
                                    else frame[c].astype(str)) for c in cols})
     h = hashlib.sha256(f"veil-table-v1\0{kind}\0{len(canon)}\0".encode())
     for c in canon.columns:
@@ -164,8 +237,9 @@ def fingerprint(source: Any, table: np.ndarray | None = None) -> str:
     """
     if isinstance(source, (str, os.PathLike)):
         return _frame_digest(_read_csv(Path(source), f"the data ({source})"), "frame")
-    if type(source).__name__ == "DataFrame" and hasattr(source, "columns"):
-        return _frame_digest(source, "frame")
+    frame = _as_frame(source)
+    if frame is not None:
+        return _frame_digest(frame, "frame")
     import pandas as pd
 
     if table is None:

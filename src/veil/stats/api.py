@@ -58,12 +58,14 @@ def describe(
 ) -> dict[str, Any] | None:
     """Several statistics in ONE protocol run; returns ``{name: value}``.
 
-    ``data``: numpy array / torch tensor (1-D: one column; 2-D: rows × columns), pandas
-    DataFrame, or a CSV path. Per-column results are arrays in ``columns`` order (floats for 1-D
-    input); ``covariance``/``correlation`` are matrices; ``histogram`` counts per bin of
-    ``bins`` (numpy's edges convention); ``quantiles`` follow :func:`statistics.quantiles`
-    (``quantiles_n``, ``method``); regressions predict ``target`` (default: last column) from
-    the other columns and return :class:`~veil.protocols.stats.spec.Regression`.
+    ``data``: numpy array / torch tensor (1-D: one column; 2-D: rows × columns), a data frame
+    (pandas, ``pyarrow.Table`` or polars; any numeric dtype, nullable ones included), or a CSV
+    or Parquet (``.parquet``/``.pq``) path. Per-column results are arrays in ``columns`` order
+    (floats for 1-D input); ``covariance``/``correlation`` are matrices; ``histogram`` counts
+    per bin of ``bins`` (numpy's edges convention); ``quantiles`` follow
+    :func:`statistics.quantiles` (``quantiles_n``, ``method``); regressions predict ``target``
+    (default: last column) from the other columns and return
+    :class:`~veil.protocols.stats.spec.Regression`.
 
     Release controls: a recipient that would learn an aggregate over fewer than ``min_cohort``
     rows of *other* parties raises :class:`~veil.errors.PolicyViolation` (plain data: fewer

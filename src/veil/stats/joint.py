@@ -12,10 +12,12 @@ Inputs are validated here before any protocol starts: missing values and mismatc
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from veil.privacy import AuditLog, BudgetLedger
 from veil.privacy.policy import DEFAULT_MIN_COHORT
 from veil.protocols.stats import spec as st
 from veil.protocols.stats.options import LOGIT_ITERATIONS, Options
+from veil.stats import frames
 from veil.stats._data import check_distinct, validate_datasets
 from veil.stats._release import Release, noise_in_units, to_plain
 
@@ -44,9 +47,48 @@ class JointResult:
     messages: list[tuple[str, str, str, int]] = field(default_factory=list)
     epsilon: float | None = None
     protocol_seconds: float | None = None  # MPC: slowest party's time inside the job
+    bins: tuple[float, ...] | None = None  # the histogram's edges, when there is one
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
+
+    def to_pandas(self, form: str = "wide") -> Any:
+        """The release as a :class:`pandas.DataFrame`: ``form="wide"`` (statistic × column,
+        like ``DataFrame.describe()``; quantile cut points as rows ``"25%"``, ...) or
+        ``"long"`` (tidy: one row per released number, histograms, quantiles, matrices and
+        regressions included). See :mod:`veil.stats.frames`; ``values`` keeps the raw arrays.
+        """
+        if form == "wide":
+            return frames.wide(self.values, self.columns)
+        if form == "long":
+            return frames.long(self.values, self.columns, self.bins)
+        raise ConfigurationError(f"form must be 'wide' or 'long', got {form!r}")
+
+    to_frame = to_pandas
+
+    def frame(self, name: str) -> Any:
+        """One statistic in its natural shape: a Series per column, a square frame for
+        covariance/correlation, bins (:class:`pandas.Interval`) or cut points × columns, or
+        a Series of regression terms named after the target."""
+        return frames.frame(self.values, self.columns, name, self.bins)
+
+    def to_arrow(self) -> Any:
+        """The long form as a :class:`pyarrow.Table` (for polars: ``polars.from_arrow``)."""
+        import pyarrow as pa
+
+        return pa.Table.from_pandas(self.to_pandas("long"), preserve_index=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready plain data: statistics keyed by column, plus backend, cost and ε."""
+        return frames.to_dict(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        """:meth:`to_dict` as JSON text (``kwargs`` go to :func:`json.dumps`)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the release to ``.csv`` or ``.parquet`` (long form) or ``.json``."""
+        return frames.write(self, path)
 
 
 def joint(
@@ -144,7 +186,7 @@ def run_joint(datasets: Sequence[Any], stats: Sequence[str] | str,
                 if release.dp is None else None, datasets=names)
     return JointResult(to_plain(values, was_1d), backend, len(tables), cols, seconds, nbytes,
                        messages, None if release.dp is None else release.dp.epsilon,
-                       inner_seconds)
+                       inner_seconds, release.spec.bins)
 
 
 def _names(datasets: Sequence[Any], given: Sequence[str] | None, count: int,

@@ -9,7 +9,8 @@ or open sockets). Each party process:
 * puts itself in its own process group (the launcher kills the whole group);
 * asks the kernel to SIGKILL it when its parent (the forkserver, which exits with the launcher)
   dies (``prctl(PR_SET_PDEATHSIG)``), and watches a pipe from the launcher as a second line;
-* reports phases, its result or its failure to the launcher over a pipe.
+* reports phases, its result or its failure to the launcher over a pipe, and, when the
+  launcher's logging is on, its ``veil.*`` log records (JSON, see :mod:`veil.mpc.logs`).
 
 Results come back over ``multiprocessing`` pipes, i.e. they are pickled. That is acceptable here
 because both ends are this user's own processes on this machine; nothing that another party sent
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -38,8 +40,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from veil.errors import ConfigurationError, PartyFailure
+from veil.mpc import logs
 from veil.mpc._runtime.jobs import JobRef, job_ref, resolve_job
-from veil.mpc._runtime.monitor import rank_label
+from veil.mpc._runtime.monitor import check_stopped, rank_label
 from veil.mpc._runtime.wiring import TRANSPORTS, Wiring, local_wiring, tls_local_wiring
 from veil.mpc.providers import DEFAULT_TIMEOUT, SessionConfig, make_config
 
@@ -131,7 +134,7 @@ def _die_with_parent() -> None:
 
 def child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | None,
                 args: tuple[Any, ...], out: Any, life: Any, store_path: str | None = None,
-                wiring: Wiring | None = None) -> None:
+                wiring: Wiring | None = None, log_levels: dict[str, int] | None = None) -> None:
     """Entry point of every local party / dealer process."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
@@ -145,12 +148,17 @@ def child_main(rank: int, master: str, config: SessionConfig, ref: JobRef | None
 
     threading.Thread(target=watchdog, name="veil-mpc-watchdog", daemon=True).start()
 
+    def send(data: bytes) -> None:
+        with lock:
+            out.send_bytes(data)
+
     def report(kind: str, payload: Any) -> None:
         # Plain pickle (not multiprocessing's ForkingPickler, which would pass tensors through
         # shared memory that vanishes when this process exits).
-        data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
-        with lock:
-            out.send_bytes(data)
+        send(pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL))
+
+    if log_levels:
+        logs.forward_records(send, log_levels)
 
     def finish_failed(failure: PartyFailure) -> None:
         with contextlib.suppress(BaseException):
@@ -208,6 +216,8 @@ def run(
     :mod:`veil.mpc._runtime.wiring`), ``"tls"`` (mutually authenticated TLS 1.3 on loopback
     with ephemeral identities, the multi-host code path) or ``"gloo"`` (torch's plaintext gloo
     on loopback, whose ports any local process can connect to: for comparisons only).
+    When this process's ``veil`` loggers are enabled for INFO or DEBUG, the parties log at the
+    same levels and their records are re-emitted here as they arrive (:mod:`veil.mpc.logs`).
     """
     config = make_config(world_size=parties, provider=provider, timeout=timeout,
                          allow_party0_sees_inputs=allow_party0_sees_inputs,
@@ -223,6 +233,7 @@ def run(
     store_dir, store_path = _private_store()
     total = parties + (1 if config.has_dealer else 0)
     wiring = _wiring(transport, store_dir, total, parties)
+    levels, log, t0 = logs.child_levels(), logging.getLogger(logs.DRIVER), time.perf_counter()
     procs: list[Any] = []
     conns: dict[Any, int] = {}
     lifelines: list[Any] = []
@@ -231,28 +242,50 @@ def run(
     try:
         with _main_import(needed=not skip_main):
             for rank in range(total):
-                out_r, out_w = ctx.Pipe(duplex=False)
-                life_r, life_w = ctx.Pipe(duplex=False)
                 job_args = args + per_party[rank] if rank < parties else ()
-                proc = ctx.Process(
-                    target=child_main, daemon=True,
-                    name=f"veil-mpc-{rank_label(rank, parties)}",
-                    args=(rank, master, config, ref if rank < parties else None, job_args,
-                          out_w, life_r, store_path, _own(wiring, rank)))
-                proc.start()
-                out_w.close()
-                life_r.close()
-                procs.append(proc)
+                out_r, life_w = _start(ctx, procs, rank, parties, (
+                    rank, master, config, ref if rank < parties else None, job_args),
+                    (store_path, _own(wiring, rank), levels))
                 conns[out_r] = rank
                 lifelines.append(life_w)
+        logs.milestone(log, f"launched {parties} parties" + " and the dealer" * (
+            total > parties) + f" (transport {transport}, provider {provider})", t0)
         results = _collect(procs, conns, config)
         ok = True
         return results
     finally:
         kill_all(procs, graceful=ok)
+        if levels:
+            _drain_records(procs, conns)
+        logs.milestone(log, f"all {parties} parties done" if ok else "session failed", t0)
         for c in list(conns) + lifelines:
             c.close()
         _remove_store(store_dir)
+
+
+def _start(ctx: Any, procs: list[Any], rank: int, parties: int, head: tuple[Any, ...],
+           tail: tuple[Any, ...]) -> tuple[Any, Any]:
+    """Start one party (or the dealer): ``child_main(*head, out, life, *tail)``; returns the
+    launcher's ends of its result pipe and of its lifeline."""
+    out_r, out_w = ctx.Pipe(duplex=False)
+    life_r, life_w = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=child_main, daemon=True, name=f"veil-mpc-{rank_label(rank, parties)}",
+                       args=(*head, out_w, life_r, *tail))
+    proc.start()
+    out_w.close()
+    life_r.close()
+    procs.append(proc)
+    return out_r, life_w
+
+
+def _drain_records(procs: list[Any], conns: dict[Any, int]) -> None:
+    """After the session: the log records the processes sent after the last report."""
+    for conn, rank in conns.items():
+        with contextlib.suppress(EOFError, OSError):
+            while conn.poll():
+                data = conn.recv_bytes()
+                if logs.is_record_frame(data):
+                    logs.reemit(data, process=procs[rank].name, pid=procs[rank].pid)
 
 
 def _per_party(per_party_args: Sequence[Sequence[Any]] | None, parties: int
@@ -357,8 +390,12 @@ def _collect(procs: list[Any], conns: dict[Any, int], config: SessionConfig) -> 
         rank = open_conns[conn]
         try:
             while conn.poll():
+                data = conn.recv_bytes()
+                if logs.is_record_frame(data):  # only sent while the driver's logging is on
+                    logs.reemit(data, process=procs[rank].name, pid=procs[rank].pid)
+                    continue
                 # Our own child process on this machine (see the module docstring): trusted.
-                kind, payload = pickle.loads(conn.recv_bytes())  # noqa: S301
+                kind, payload = pickle.loads(data)  # noqa: S301
                 if kind == "phase":
                     phases[rank] = str(payload)
                 elif kind == "result" and rank < ws:  # the dealer's "result" is its exit
@@ -395,33 +432,11 @@ def _collect(procs: list[Any], conns: dict[Any, int], config: SessionConfig) -> 
                     deaths[rank] = 0
         if failures and first_blame is None:
             first_blame = time.monotonic()
-        _check_stopped(procs, sentinels, stopped_since, deaths, config.timeout + _GRACE * 2)
+        check_stopped(procs, sentinels, stopped_since, deaths, config.timeout + _GRACE * 2)
     if len(results) == ws:  # every party passed the final barrier: the session succeeded
         return [results[r] for r in range(ws)]
     codes = {r: p.exitcode for r, p in enumerate(procs)}
     raise _choose_failure(failures, deaths, phases, ws, codes)
-
-
-def _proc_state(pid: int) -> str:
-    """One-letter state from /proc (``T`` = stopped); ``?`` where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2:][:1].decode()
-    except (OSError, ValueError):
-        return "?"
-
-
-def _check_stopped(procs: list[Any], alive: dict[Any, int], since: dict[int, float],
-                   deaths: dict[int, int], limit: float) -> None:
-    """Backstop for a stopped (SIGSTOP) party that the others failed to report in time."""
-    now = time.monotonic()
-    for rank in list(alive.values()):
-        if _proc_state(procs[rank].pid) in ("T", "t"):
-            if now - since.setdefault(rank, now) > limit:
-                deaths[rank] = -signal.SIGSTOP
-        else:
-            since.pop(rank, None)
 
 
 def _choose_failure(failures: dict[int, PartyFailure], deaths: dict[int, int],

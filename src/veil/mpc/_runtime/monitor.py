@@ -12,10 +12,12 @@ After a communication error the main thread calls :meth:`Monitor.diagnose` to le
 broke the session. Only integers, phase names and error *categories* (a class name from
 :data:`CATEGORIES`, never a message: messages can hold data values, paths or column names) go
 through the store; nothing received from another party is ever unpickled here.
+:func:`check_stopped` is the local launcher's backstop for a stopped (SIGSTOP) party.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -268,3 +270,25 @@ class Monitor:
             return elsewhere[0], "is alive (it still sends heartbeats) but did not get here"
         return None, (f"every party is alive and in phase {own!r}, yet a message did not arrive "
                       "in time (a party computing for longer than the timeout, or the network)")
+
+
+def proc_state(pid: int) -> str:
+    """One-letter state from /proc (``T`` = stopped); ``?`` where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1].decode()
+    except (OSError, ValueError):
+        return "?"
+
+
+def check_stopped(procs: list[Any], alive: dict[Any, int], since: dict[int, float],
+                  deaths: dict[int, int], limit: float) -> None:
+    """Backstop for a stopped (SIGSTOP) party that the others failed to report in time."""
+    now = time.monotonic()
+    for rank in list(alive.values()):
+        if proc_state(procs[rank].pid) in ("T", "t"):
+            if now - since.setdefault(rank, now) > limit:
+                deaths[rank] = -signal.SIGSTOP
+        else:
+            since.pop(rank, None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import socket
 import time
@@ -27,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from veil.errors import AuthenticationError, ConfigurationError, PartyFailure, VeilError
-from veil.mpc import accounting
+from veil.mpc import accounting, logs
 from veil.mpc._crypten import install
 from veil.mpc._runtime.monitor import TICK, Monitor, rank_label
 from veil.mpc._runtime.wiring import Links, Wiring, open_links
@@ -387,7 +388,10 @@ def run_process(
     import torch
 
     host, port = parse_master(master)
-    total = _check_rank(rank, config)
+    total, ws = _check_rank(rank, config), config.world_size
+    t0, log = time.perf_counter(), logging.getLogger(logs.logger_name(rank, ws))
+    log.info("%s started (%d parties, transport %s, device %s)", rank_label(rank, ws), ws,
+             wiring.kind if wiring else "gloo", config.device)
     state = _State(rank=rank, config=config, phases=["rendezvous"], reporter=reporter)
     secure = wiring is not None and wiring.secure
     _set_environment(rank, config.world_size, host, port, local=store_path is not None,
@@ -406,6 +410,7 @@ def run_process(
         state.set_phase("rendezvous")
         _rendezvous(crypten, store, state, total=total, rdv_s=rdv_s, timeout=timeout,
                     links=links)
+        logs.milestone(log, "session connected", t0)
         accounting.reset()  # count only the job's traffic in party.comm_stats()
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // total))
         if rank == config.world_size:
@@ -416,8 +421,11 @@ def run_process(
         else:
             result = _run_job(crypten, store, state, job, args, kwargs)
         _teardown(crypten, store, state, monitor, timeout, links)
+        logs.milestone(log, "dealer finished" if rank == ws else "job finished", t0, counts=True)
         return result
     except Exception as exc:
+        raised = exc.__cause__ if isinstance(exc, PartyFailure) and exc.__cause__ else exc
+        log.info("failed in phase %r (%s)", state.phase, type(raised).__name__)  # class only
         failure = _report_failure(exc, state, monitor)
         if failure is exc:
             raise
