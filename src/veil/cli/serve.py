@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -16,6 +20,20 @@ _TOKEN_SECRET = typer.Option(
 _PLAIN = typer.Option(
     False, "--insecure-plain-http",
     help="allow plain HTTP on a non-loopback --host (only behind a TLS-terminating proxy)")
+_MODEL = typer.Option(
+    "zoo:digits-mlp", "--model", "-m",
+    help="model to serve: zoo:NAME (veil.models.zoo: the batched layout and, when its "
+    "single-sample plan is packed, the single layout too; clients choose per request), "
+    "zoo:NAME:batched or zoo:NAME:single (that layout only; single: one row per request, "
+    "usually packed: Galois keys for just its rotations), linear:digits, or "
+    "PATH[:single]: your own model saved with veil.models.save(net, PATH, "
+    "input_shape=..., domain=...)",
+)
+_LAYOUTS = typer.Option(
+    "", "--layouts",
+    help="layouts to offer for a model without a :batched/:single suffix, e.g. batched or "
+    "batched,single (default: both for zoo models with a packed single plan; the first is the "
+    "default of requests that name none)")
 _HOST = typer.Option(
     "127.0.0.1", "--host",
     help="interface to listen on (default loopback; others need --tls-cert/--tls-key or "
@@ -46,13 +64,8 @@ def register(app: typer.Typer) -> None:
 
 def _serve(
     ctx: typer.Context,
-    model: str = typer.Option(
-        "zoo:digits-mlp", "--model", "-m",
-        help="model to serve: zoo:NAME (veil.models.zoo, batched layout), zoo:NAME:single "
-        "(one row per request in the layout the plan chooses, usually packed: Galois keys for "
-        "just its rotations; GET /model: layout_choice), linear:digits, or PATH[:single]: your "
-        "own model saved with veil.models.save(net, PATH, input_shape=..., domain=...)",
-    ),
+    model: str = _MODEL,
+    layouts: str = _LAYOUTS,
     input_shape: str = typer.Option(
         "", "--input-shape",
         help="model files only: the input shape per row, e.g. 64 or 1,8,8 (must match "
@@ -100,20 +113,16 @@ def _serve(
     """Serve a model on encrypted inputs: clients upload a public CKKS context, then predict."""
     from veil.serve.auth import load_secret
     from veil.serve.config import MiB, ServerConfig
-    from veil.serve.evaluator import load_evaluator
     from veil.serve.runner import check_store_dir, check_transport
     from veil.serve.runner import serve as run
 
     if ctx.invoked_subcommand is not None:
         return
     check_transport(host, tls_cert, tls_key, insecure_plain_http)
+    wanted = _parse_layouts(layouts)
     if store:
         check_store_dir(store, "--store")
     secret = load_secret(token_secret) if token_secret is not None else None
-    shape = _parse_shape(input_shape) if input_shape else None
-    dom = _parse_domain(domain) if domain else None
-    spec_or_model = model if shape is None and dom is None else \
-        load_evaluator(model, input_shape=shape, domain=dom)
     kwargs = {} if workers == 0 else {"workers": workers}
     cfg = ServerConfig(
         queue_size=queue, request_deadline_s=deadline, body_timeout_s=body_timeout,
@@ -121,8 +130,33 @@ def _serve(
         max_context_bytes=max_context_mb * MiB, token_secret=secret,
         store_dir=Path(store) if store else None, **kwargs,
     )
-    run(spec_or_model, host=host, port=port, config=cfg, tls_cert=tls_cert, tls_key=tls_key,
-        insecure_plain_http=insecure_plain_http)
+    # run() binds host:port before it loads the model: a bad address fails at once, one line
+    run(_model_source(model, input_shape, domain, wanted), host=host, port=port, config=cfg,
+        log_level=_uvicorn_log_level(), tls_cert=tls_cert, tls_key=tls_key,
+        insecure_plain_http=insecure_plain_http, layouts=wanted)
+
+
+def _model_source(model: str, input_shape: str, domain: str,
+                  layouts: tuple[str, ...] | None = None) -> str | Callable[[], Any]:
+    """The spec, or (with --input-shape/--domain) a loader that run() calls after binding."""
+    shape = _parse_shape(input_shape) if input_shape else None
+    dom = _parse_domain(domain) if domain else None
+    if shape is None and dom is None:
+        return model
+    from veil.serve.layouts import load_model
+
+    return functools.partial(load_model, model, layouts, input_shape=shape, domain=dom)
+
+
+def _parse_layouts(text: str) -> tuple[str, ...] | None:
+    from veil.serve.layouts import parse_layouts
+
+    return parse_layouts(text)
+
+
+def _uvicorn_log_level() -> str:
+    """uvicorn's own lines (startup, shutdown, access log) only with ``veil -v serve``."""
+    return "info" if logging.getLogger("veil").isEnabledFor(logging.INFO) else "warning"
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -5,7 +5,11 @@ uploads only its *public* part once (content-addressed by SHA-256), then sends c
 decrypts the encrypted predictions. The server never sees a secret key or a plaintext. Models
 served in the packed single-sample layout (``zoo:NAME:single``, usually) take a
 ``veil.he.lattice.slots.SlotContext`` with Galois keys for exactly the plan's rotations instead;
-``Client`` makes the right kind (``GET /model``: ``layout_choice``).
+``Client`` makes the right kind (``GET /model``: ``layout_choice``). ``zoo:NAME`` serves both
+layouts when its single-sample plan is packed (:func:`load_model`, :class:`ServedModel`;
+``GET /model``: ``layouts``, with cost hints); ``Client`` then picks per ``predict`` call (one
+row: single, a large batch: batched; ``layout=`` overrides) and uploads one context per layout
+it uses.
 
 >>> from veil.serve import Client                    # doctest: +SKIP
 >>> Client("http://127.0.0.1:8000").predict(x)       # `veil serve --model zoo:digits-mlp`
@@ -34,6 +38,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "runner": ("serve",),
     "auth": ("new_token", "load_secret"),
     "config": ("ServerConfig",),
+    "layouts": ("ServedModel", "load_model"),
     "evaluator": ("Evaluator", "LinearEvaluator", "CompiledEvaluator", "ModelInfo",
                   "load_evaluator"),
 }

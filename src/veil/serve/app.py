@@ -4,9 +4,17 @@ Endpoints::
 
     GET  /health                 liveness and load; answered by the event loop, never queued
     GET  /model                  public model description: shapes, layout, CKKS parameters, limits
-    POST /contexts               body: ctx.public().serialize()  -> {"context_id": sha256 hex}
-    GET  /contexts/{context_id}  200 if stored (skip the upload), 404 otherwise
-    POST /predict                header X-Veil-Context: id; body: models.encrypted -> same kind
+    POST /contexts?layout=L      body: ctx.public().serialize()  -> {"context_id": sha256 hex}
+    GET  /contexts/{context_id}  200 if stored (skip the upload; says its layout), 404 otherwise
+    POST /predict                headers X-Veil-Context: id, X-Veil-Layout: L;
+                                 body: models.encrypted -> same kind
+
+A model may be served in both CKKS layouts (:mod:`veil.serve.layouts`): ``GET /model`` lists
+them under ``layouts`` (plan, context kind and keys, limits, cost hint each) and describes the
+default one (the first) at its top level, as before. A context is uploaded for one layout
+(``?layout=``, default: the default layout) and a prediction runs in its context's layout;
+``X-Veil-Layout``, when sent, must name it. An unoffered layout, or a context of the other
+layout, is answered 422 (``ConfigurationError``) before the body is read.
 
 What the server sees: the client's *public* context (encryption, relinearization and possibly
 Galois keys), ciphertexts, the batch's row count and sizes and timing. It never sees a secret key
@@ -48,7 +56,8 @@ from veil.errors import VeilError
 from veil.serve import worker
 from veil.serve.auth import verify_token
 from veil.serve.config import ServerConfig
-from veil.serve.evaluator import Evaluator, load_evaluator
+from veil.serve.evaluator import Evaluator
+from veil.serve.layouts import ServedModel, as_served, layout_json, load_model
 from veil.serve.limits import Admission, Fail, Pool, Readers, error_response, from_exception
 from veil.serve.store import ContextStore, Upload, check_context_header, context_size_limit
 
@@ -56,6 +65,7 @@ __all__ = ["create_app", "docs_page"]
 
 OCTET = "application/octet-stream"
 CONTEXT_HEADER = "X-Veil-Context"
+LAYOUT_HEADER = "X-Veil-Layout"
 
 
 _OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json"})
@@ -95,11 +105,16 @@ def _authenticator(secret: bytes) -> Callable[[Request], None]:
 class _Server:
     """The app's state: model, limits, admission, readers, context store and worker pool."""
 
-    def __init__(self, evaluator: Evaluator, spec: str | None, cfg: ServerConfig) -> None:
-        self.evaluator, self.spec, self.cfg = evaluator, spec, cfg
-        self.info = evaluator.info
-        self.request_limit = cfg.request_limit(self.info.plan)
-        self.context_limit = min(cfg.max_context_bytes, context_size_limit(self.info.plan))
+    def __init__(self, model: ServedModel, source: Any, cfg: ServerConfig) -> None:
+        self.model, self.source, self.cfg = model, source, cfg
+        self.evaluator = model.get(None)
+        self.info = model.info
+        plans = {lay: ev.info.plan for lay, ev in model.evaluators.items()}
+        self.request_limits = {lay: cfg.request_limit(p) for lay, p in plans.items()}
+        self.context_limits = {lay: min(cfg.max_context_bytes, context_size_limit(p))
+                               for lay, p in plans.items()}
+        self.request_limit = self.request_limits[model.default]
+        self.context_limit = self.context_limits[model.default]
         self.admission = Admission(cfg.max_in_flight)
         self.readers = Readers(cfg.bodies_per_client, 4 * cfg.max_in_flight)
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -115,7 +130,7 @@ class _Server:
                                   per_client=self.cfg.contexts_per_client,
                                   idle_s=self.cfg.context_idle_s)
         # workers rebuild a named model themselves (no pickled torch modules); others are pickled
-        self.pool = Pool(self.spec or self.evaluator, store_dir, self.cfg)
+        self.pool = Pool(self.source, store_dir, self.cfg)
         self.pool.warm()
 
     def stop(self) -> None:
@@ -199,23 +214,49 @@ class _Server:
         return Fail(507, "ContextStoreFull", f"context not stored: {reason}",
                     {"Retry-After": str(self.cfg.retry_after_s)})
 
+    def limits(self, layout: str) -> dict[str, Any]:
+        return {"max_request_bytes": self.request_limits[layout],
+                "max_context_bytes": self.context_limits[layout],
+                "max_ciphertexts": self.cfg.max_ciphertexts,
+                "request_deadline_s": self.cfg.request_deadline_s}
+
     def model_json(self, version: str) -> dict[str, Any]:
-        """The ``GET /model`` answer: the public model description and the server's limits."""
+        """The ``GET /model`` answer: the default layout's description and limits at the top
+        level (as for one-layout servers), every offered layout under ``layouts``."""
         return {
             **self.info.to_json(),
-            "limits": {"max_request_bytes": self.request_limit,
-                       "max_context_bytes": self.context_limit,
-                       "max_ciphertexts": self.cfg.max_ciphertexts,
-                       "request_deadline_s": self.cfg.request_deadline_s},
+            "limits": self.limits(self.model.default),
+            "default_layout": self.model.default,
+            "layouts": [layout_json(ev, self.limits(lay))
+                        for lay, ev in self.model.evaluators.items()],
             "veil_version": version,
         }
+
+    def layout(self, value: str | None) -> str:
+        """A layout a request names (None: the default), 422 unless this model offers it."""
+        try:
+            return self.model.get(value).info.layout
+        except VeilError as exc:
+            raise from_exception(exc, "layout") from exc
+
+    def layout_of_request(self, stored: str, named: str | None) -> str:
+        """The layout a prediction runs in: its context's; 422 if the request names another."""
+        layout = self.layout(stored or named)
+        if named is not None and self.layout(named.strip()) != layout:
+            raise Fail(422, "ConfigurationError",
+                       f"the request names the {named.strip()!r} layout but its context was "
+                       f"uploaded for the {layout!r} layout; encrypt under a context of the "
+                       f"{named.strip()!r} layout (POST /contexts?layout={named.strip()}) and "
+                       "send its id")
+        return layout
 
     # -- the two body-carrying requests ---------------------------------------------------------
 
     async def upload_context(self, request: Request) -> Response:
         """``POST /contexts``: stream, check the header, validate in a worker, commit."""
         assert self.store is not None
-        cfg, limit = self.cfg, self.context_limit
+        layout = self.layout(request.query_params.get("layout"))
+        cfg, limit = self.cfg, self.context_limits[layout]
         self.check_length(request, limit)
         client = _client(request)
         reason = self.store.room_for(client)
@@ -226,43 +267,56 @@ class _Server:
             with self.readers.slot(client, cfg.retry_after_s):
                 await self.stream(request, limit, cfg.body_timeout_s, upload.write)
             cid = upload.finish()
-            if self.store.contains(cid):  # validated before: this client becomes an owner
-                if not self.store.commit(cid, None, client):
+            stored = self.store.layout_of(cid)
+            if stored == layout:  # validated before: this client becomes an owner
+                if not self.store.commit(cid, None, client, layout):
                     raise self.no_room(self.store.room_for(client, cid) or "retry")
-                return JSONResponse({"context_id": cid, "created": False}, status_code=200)
+                return JSONResponse({"context_id": cid, "created": False, "layout": layout},
+                                    status_code=200)
+            if stored:
+                raise Fail(422, "ConfigurationError",
+                           f"this context is stored for the {stored!r} layout, not {layout!r}; "
+                           f"generate a context for the {layout!r} plan of GET /model")
             with upload.path.open("rb") as f:
                 prefix = f.read(96 * 1024)
             try:
-                check_context_header(prefix, self.info.plan)
+                check_context_header(prefix, self.model.get(layout).info.plan)
             except VeilError as exc:
                 raise from_exception(exc, "context check") from exc
             if not self.admission.try_enter():  # only a complete, plausible body queues
                 raise self.busy()
             deadline = time.monotonic() + cfg.context_deadline_s
-            await self.run(worker.check_context, (cid, str(upload.path), limit, deadline),
+            await self.run(worker.check_context, (cid, str(upload.path), limit, deadline, layout),
                            deadline, "context check", self.admission.leave)
-            if not self.store.commit(cid, upload, client):
+            if not self.store.commit(cid, upload, client, layout):
                 raise self.no_room(self.store.room_for(client, cid) or "retry")
-            return JSONResponse({"context_id": cid, "created": True}, status_code=201)
+            return JSONResponse({"context_id": cid, "created": True, "layout": layout},
+                                status_code=201)
         finally:
             upload.discard()  # after a commit the file was renamed away: nothing to delete
 
     async def predict(self, request: Request) -> Response:
         """``POST /predict``: stream to disk, admit, pin the context, evaluate in a worker."""
         assert self.store is not None
-        store, cfg, limit = self.store, self.cfg, self.request_limit
+        store, cfg = self.store, self.cfg
         raw_id = request.headers.get(CONTEXT_HEADER)
         if raw_id is None:
             raise Fail(400, "SerializationError",
                        f"missing {CONTEXT_HEADER} header; upload the public context with POST "
                        "/contexts and send its id")
         cid = _parse_id(raw_id)
-        self.check_length(request, limit)
+        named = request.headers.get(LAYOUT_HEADER)
+        self.check_length(request, max(self.request_limits.values()) if named is None
+                          else self.request_limits[self.layout(named.strip())])
         client = _client(request)
         unknown = Fail(404, "UnknownContext", f"context {cid[:16]}… is not stored for this "
                        "client; upload it with POST /contexts, then retry")
-        if not store.contains(cid, client):
+        stored = store.layout_of(cid, client)
+        if stored is None:
             raise unknown
+        layout = self.layout_of_request(stored, named)
+        limit = self.request_limits[layout]
+        self.check_length(request, limit)  # its own layout's limit (headers only: no body yet)
         pinned = submitted = admitted = False
         upload = store.new_upload(digest=False)  # queued bodies wait on disk
         try:
@@ -284,9 +338,9 @@ class _Server:
 
             submitted = True
             out = await self.run(worker.evaluate, (cid, str(upload.path), limit,
-                                                   cfg.max_ciphertexts, deadline),
+                                                   cfg.max_ciphertexts, deadline, layout),
                                  deadline, "prediction", done)
-            return Response(out, media_type=OCTET)
+            return Response(out, media_type=OCTET, headers={LAYOUT_HEADER: layout})
         finally:
             if not submitted:
                 upload.discard()
@@ -307,9 +361,15 @@ _PREDICT_API = {
                                                          "format": "binary"}}}}}}
 
 
-def create_app(model: str | Evaluator = "linear:digits", *,
-               config: ServerConfig | None = None) -> FastAPI:
-    """Build the ASGI app serving ``model`` (a spec such as ``"zoo:digits-mlp"`` or an Evaluator).
+def create_app(model: str | Evaluator | ServedModel = "linear:digits", *,
+               config: ServerConfig | None = None,
+               layouts: str | list[str] | tuple[str, ...] | None = None) -> FastAPI:
+    """Build the ASGI app serving ``model`` (a spec such as ``"zoo:digits-mlp"``, an Evaluator
+    or a :class:`veil.serve.layouts.ServedModel`).
+
+    A spec is resolved by :func:`veil.serve.layouts.load_model`: ``zoo:NAME`` offers the
+    batched and (packed plans) the single layout, ``zoo:NAME:batched`` / ``:single`` one;
+    ``layouts`` (e.g. ``"batched,single"``) chooses for a spec without a suffix.
 
     Worker processes start with the app (lifespan) and stop with it. Run it with uvicorn, or with
     :func:`veil.serve.serve` / ``veil serve``. Workers are *spawned* processes: a script that
@@ -319,11 +379,13 @@ def create_app(model: str | Evaluator = "linear:digits", *,
     from veil import __version__
 
     cfg = config if config is not None else ServerConfig()
-    evaluator = load_evaluator(model) if isinstance(model, str) else model
+    served = load_model(model, layouts) if isinstance(model, str) else as_served(model)
     # zoo models (torch modules) are rebuilt by name in each worker (from the weight cache
     # written by the first load); other evaluators are pickled to the workers as they are
-    spec = model if isinstance(model, str) and model.startswith("zoo:") else None
-    state = _Server(evaluator, spec, cfg)
+    source: Any = served
+    if isinstance(model, str) and model.startswith("zoo:"):
+        source = (model, served.layouts)
+    state = _Server(served, source, cfg)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -385,7 +447,8 @@ def _add_read_routes(app: FastAPI, state: _Server, model_json: dict[str, Any]) -
         if size is None:
             raise Fail(404, "UnknownContext", f"context {cid[:16]}… is not stored for this "
                        "client; upload it with POST /contexts")
-        return {"context_id": cid, "bytes": size}
+        return {"context_id": cid, "bytes": size,
+                "layout": state.store.layout_of(cid) or state.model.default}
 
 
 def _add_body_routes(app: FastAPI, state: _Server) -> None:

@@ -13,6 +13,14 @@ KeyMismatchError, ...), an unreachable, failing (5xx) or persistently overloaded
 :class:`~veil.errors.RemoteServiceError` with ``phase`` naming the step (and ``status``, the HTTP
 status). 503 answers are retried after ``Retry-After`` (at most ``retries`` times), and an
 evicted context (404) is uploaded again.
+
+Layouts: a server may offer a model in the batched layout (up to ``slots`` rows per request)
+and the single-sample one (one row per request, much faster for a few rows); ``GET /model``
+lists them with cost hints. With ``layout="auto"`` (the default) each ``predict`` takes the
+cheaper for its row count (:func:`veil.serve.layouts.choose_layout`); ``layout="batched"`` or
+``"single"`` (constructor or ``predict``) insists. A context is generated and uploaded per
+layout, only when that layout is first used; :attr:`Client.stats` counts uploads and requests
+per layout and the bytes sent and received (bodies).
 """
 
 from __future__ import annotations
@@ -35,13 +43,10 @@ from veil.errors import (
     VeilError,
 )
 from veil.serve.auth import client_tls_context, is_loopback
-from veil.serve.evaluator import ModelInfo, check_domain, check_rows
-from veil.serve.plans import (
-    check_context_kind,
-    context_kind,
-    params_from_description,
-    public_plan_from_json,
-)
+from veil.serve.evaluator import check_rows
+from veil.serve.layouts import LAYOUTS, choose_layout
+from veil.serve.plans import context_kind
+from veil.serve.remote import RemoteLayout, fitting_layout, read_layouts
 
 __all__ = ["Client"]
 
@@ -73,13 +78,19 @@ class Client:
     unless ``allow_plain_http=True``. ``token`` (from ``veil serve token new``) is sent as
     ``Authorization: Bearer``; a server refusing it raises
     :class:`~veil.errors.AuthenticationError`.
+
+    ``layout`` (``"auto"``, ``"batched"`` or ``"single"``) is the layout of predictions (see the
+    module docstring); ``batch_threshold`` replaces the cost hints of ``"auto"`` by a rule:
+    batched from that many rows. A layout the server does not offer is a ConfigurationError.
+    A given ``context`` is used for the layout it fits (and pins ``"auto"`` to it).
     """
 
     def __init__(self, url: str, *, timeout: float = 60.0, upload_timeout: float = 300.0,
                  retries: int = 3, max_response_bytes: int = 256 * 1024 * 1024,
                  context: Any | None = None, allow_insecure: bool = False,
                  token: str | None = None, ca: str | Path | None = None,
-                 allow_plain_http: bool = False) -> None:
+                 allow_plain_http: bool = False, layout: str = "auto",
+                 batch_threshold: int | None = None) -> None:
         import httpx
 
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -103,6 +114,11 @@ class Client:
                 max_response_bytes < 1024:
             raise ConfigurationError(
                 f"max_response_bytes must be an integer >= 1024, got {max_response_bytes!r}")
+        _check_layout(layout, "Client(layout=...)")
+        if batch_threshold is not None and (isinstance(batch_threshold, bool) or not isinstance(
+                batch_threshold, int) or batch_threshold < 1):
+            raise ConfigurationError(
+                f"batch_threshold must be a positive number of rows, got {batch_threshold!r}")
         if context is not None and not getattr(context, "has_secret_key", False):
             raise ConfigurationError(
                 "Client(context=...) needs the client's own context with its secret key (to "
@@ -118,12 +134,16 @@ class Client:
         self._http = httpx.Client(base_url=self.url, timeout=self.timeout, follow_redirects=False,
                                   headers=auth, verify=verify)
         self._lock = threading.RLock()
-        self._context = context
-        self._context_id: str | None = None
-        self._public: bytes | None = None
+        self._stats_lock = threading.Lock()  # never held across a request
+        self.layout, self.batch_threshold = layout, batch_threshold
+        self._given = context
         self._model: dict[str, Any] | None = None
-        self._info: ModelInfo | None = None
-        self._params: Any = None
+        self._layouts: dict[str, RemoteLayout] = {}
+        self._default = ""
+        self.last_layout: str | None = None  # the layout of the latest predict
+        # context uploads and predict requests per layout; bytes sent and received in all
+        self.stats: dict[str, dict[str, int]] = {"uploads": {}, "requests": {},
+                                                 "bytes": {"sent": 0, "received": 0}}
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -176,6 +196,8 @@ class Client:
                         phase=what) from exc
                 raise RemoteServiceError(f"could not reach server {self.url} for {what}: "
                                    f"{type(exc).__name__}: {exc}", phase=what) from exc
+            self._count("bytes", "sent", len(content or b""))
+            self._count("bytes", "received", len(body))
             if status in ok or status == 404:
                 return status, bytes(body)
             if status == 503 and attempt < self.retries:
@@ -184,6 +206,11 @@ class Client:
                 continue
             raise self._translate(status, bytes(body), what)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count(self, group: str, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            counts = self.stats[group]
+            counts[key] = counts.get(key, 0) + n
 
     def _translate(self, status: int, body: bytes, what: str) -> VeilError:
         from veil.he.serialize import load_json
@@ -225,106 +252,110 @@ class Client:
         return self._json("/health", "health")
 
     def model(self) -> dict[str, Any]:
-        """``GET /model`` (cached): the public model description (name, plan, limits)."""
+        """``GET /model`` (cached): the public model description (name, plan, limits and the
+        offered ``layouts``)."""
         with self._lock:
             if self._model is None:
                 data = self._json("/model", "model description")
-                info, params = self._parse_model(data)
-                if self._context is not None:
-                    _check_given_context(self._context, info, params)
-                self._model, self._info, self._params = data, info, params
+                layouts, default = read_layouts(data, self.url, self.allow_insecure)
+                if self._given is not None:
+                    pick = self.layout if self.layout in layouts else default
+                    layouts[fitting_layout(self._given, layouts, pick)].context = self._given
+                self._model, self._layouts, self._default = data, layouts, default
             return self._model
 
-    def _parse_model(self, data: dict[str, Any]) -> tuple[ModelInfo, Any]:
-        """The ModelInfo and context parameters of a ``GET /model`` answer (strictly checked)."""
-        try:
-            domain = data.get("input_domain")
-            choice = data.get("layout_choice") or {}
-            error = choice.get("predicted_max_error")
-            info = ModelInfo(str(data["name"]), public_plan_from_json(data["plan"]),
-                             str(data.get("description", "")),
-                             None if domain is None else check_domain(domain),
-                             str(choice.get("note", "")), None if error is None else float(error))
-            params = params_from_description(info.plan.params,
-                                             allow_insecure=self.allow_insecure)
-            int(data["limits"]["max_request_bytes"])
-            int(data["limits"]["max_context_bytes"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, VeilError):
-                raise
-            raise SerializationError(
-                f"server's model description is malformed ({exc!r}); is {self.url} a "
-                "Veil server of the same version?") from exc
-        return info, params
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The layouts the server offers for its model (its default first)."""
+        self.model()
+        return tuple(self._layouts)
+
+    def _resolve(self, layout: str | None, rows: int | None = None) -> RemoteLayout:
+        """The layout of a call: ``layout``, else the client's; ``"auto"`` chooses for ``rows``
+        (None: a given context's layout, the latest predict's, else the server's default)."""
+        self.model()
+        want = self.layout if layout is None else layout
+        if want == "auto" and self._given is not None:
+            want = next(k for k, v in self._layouts.items() if v.context is self._given)
+        if want == "auto":
+            if rows is None:
+                want = self.last_layout or self._default
+            else:
+                want = choose_layout(rows, {k: v.entry() for k, v in self._layouts.items()},
+                                     threshold=self.batch_threshold)
+        if want not in self._layouts:
+            name = self._layouts[self._default].info.name
+            raise ConfigurationError(
+                f"server's model {name!r} is not offered in the {want!r} layout; it offers "
+                f"{list(self._layouts)}. Use layout='auto' or one of those, or ask the operator "
+                f"to serve it with --layouts including {want!r}")
+        return self._layouts[want]
 
     @property
     def context(self) -> Any:
-        """The client's secret context, generated on first use from the server's plan: a
-        ``CKKSContext``, or for the packed layout a ``SlotContext`` with Galois keys for
-        exactly the plan's rotations."""
+        """The client's secret context for its layout (the fixed ``layout``, else the latest
+        predict's, else the server's default), generated on first use from the server's plan:
+        a ``CKKSContext``, or for the packed layout a ``SlotContext`` with Galois keys for
+        exactly the plan's rotations. :meth:`context_for` names the layout."""
+        return self.context_for(None)
+
+    def context_for(self, layout: str | None) -> Any:
+        """The client's secret context for ``layout`` (generated on first use)."""
         with self._lock:
-            if self._context is None:
-                self.model()
-                assert self._info is not None
-                if self._info.packed:
-                    from veil.he.lattice.slots import SlotContext
+            lay = self._resolve(layout)
+            if lay.context is None:
+                lay.context = lay.make_context()
+            return lay.context
 
-                    self._context = SlotContext.generate(self._params, self._info.rotations)
-                else:
-                    from veil.he import CKKSContext
-
-                    self._context = CKKSContext.generate(self._params,
-                                                         galois_keys=self._info.galois_keys)
-            return self._context
-
-    def upload_context(self) -> str:
-        """Upload the public part of :attr:`context` unless the server already has it.
+    def upload_context(self, layout: str | None = None) -> str:
+        """Upload the public part of the context for ``layout`` (as :attr:`context` when
+        None) unless the server already has it.
 
         Returns the context id (SHA-256 hex of the serialized public context). A ``Client`` is
-        thread-safe: share one between threads so the context is serialized and uploaded once.
+        thread-safe: share one between threads so each context is serialized and uploaded once.
         """
         with self._lock:
-            if self._context_id is not None:
-                return self._context_id
-            return self._upload(force_check=True)
+            lay = self._resolve(layout)
+            if lay.context_id is not None:
+                return lay.context_id
+            return self._upload(lay, force_check=True)
 
-    def _upload(self, *, force_check: bool) -> str:
-        if self._public is None:  # serialized once: the id must stay stable for this client
-            self._public = self.context.public().serialize()
-        public = self._public
+    def _upload(self, lay: RemoteLayout, *, force_check: bool) -> str:
+        from veil.he.serialize import load_json
+
+        if lay.public is None:  # serialized once: the id must stay stable for this client
+            lay.public = self.context_for(lay.layout).public().serialize()
+        public, limit = lay.public, lay.limits["max_context_bytes"]
         cid = hashlib.sha256(public).hexdigest()
-        limit = int(self.model()["limits"]["max_context_bytes"])
         if force_check:
-            status, _ = self._send("GET", f"/contexts/{cid}", "context lookup")
-            if status == 200:
-                self._context_id = cid
+            status, body = self._send("GET", f"/contexts/{cid}", "context lookup")
+            if status == 200 and _json_field(body, "layout", lay.layout) == lay.layout:
+                lay.context_id = cid
                 return cid
         if len(public) > limit:
-            assert self._info is not None
             how = ("generate it with Galois keys for exactly the plan's rotations "
                    "(GET /model: plan.input_encoding.rotations), or ask the operator to raise "
-                   "--max-context-mb" if self._info.packed else
+                   "--max-context-mb" if lay.info.packed else
                    "generate it with galois_keys=False when the model needs no rotations "
                    "(GET /model: plan.galois_keys)")
             raise SerializationError(
-                f"public context ({context_kind(self._info.plan)}) of {len(public)} bytes "
+                f"public context ({context_kind(lay.info.plan)}) of {len(public)} bytes "
                 f"exceeds the server's limit of {limit}; {how}")
-        status, body = self._send("POST", "/contexts", "context upload", content=public,
-                                  headers={"content-type": _OCTET},
+        status, body = self._send("POST", f"/contexts?layout={lay.layout}", "context upload",
+                                  content=public, headers={"content-type": _OCTET},
                                   timeout=self.upload_timeout, ok=(200, 201))
         if status == 404:
             raise self._translate(status, body, "context upload")
-        from veil.he.serialize import load_json
-
         answer = load_json(body, what="server's context upload answer", max_bytes=len(body))
         got = answer.get("context_id") if isinstance(answer, dict) else None
         if got != cid:
             raise RemoteServiceError(f"server stored the context as {got!r}, expected {cid}; the "
                                "upload was altered in transit", phase="context upload")
-        self._context_id = cid
+        self._count("uploads", lay.layout)
+        lay.context_id = cid
         return cid
 
-    def predict(self, x: Any, *, clip: bool = False) -> Any:
+    def predict(self, x: Any, *, clip: bool = False, layout: str | None = None) -> Any:
         """Encrypt ``x`` (rows of the model's input shape, or one row), have the server
         evaluate it, decrypt. Returns a float64 array of shape ``(rows, outputs)``.
 
@@ -332,101 +363,77 @@ class Client:
         outputs meaningless, so they are refused with a ConfigurationError by default; with
         ``clip=True`` they are clipped to the domain, with a warning. This check is local: the
         values never leave the client unencrypted.
-        Batched models get one request per ``slots`` rows; single-sample models one per row.
+        ``layout`` overrides the client's (``"auto"``: the cheaper for this many rows); the one
+        used is then :attr:`last_layout`. Batched: one request per ``slots`` rows; single: one
+        per row.
         """
         import numpy as np
 
-        from veil import models
-
+        if layout is not None:
+            _check_layout(layout, "predict(layout=...)")
         self.model()
-        assert self._info is not None
-        info = self._info
-        rows = _in_domain(check_rows(x, info), info.domain, clip)
-        step = self._params.slots if info.layout == "batched" else 1
-        ctx = self.context
-        cid = self.upload_context()
+        rows = check_rows(x, self._layouts[self._default].info)
+        with self._lock:
+            lay = self._resolve(layout, rows.shape[0])
+        rows = _in_domain(rows, lay.info.domain, clip)
+        ctx = self.context_for(lay.layout)
+        cid = self.upload_context(lay.layout)
         parts = []
-        for start in range(0, rows.shape[0], step):
-            chunk = rows[start : start + step]
-            frames, header = self._encrypt(ctx, chunk)
-            outs = self._predict_frames(cid, frames, header)
-            if info.layout == "batched" and len(outs) != info.output_size:
-                raise SerializationError(
-                    f"server answered {len(outs)} output ciphertexts, expected "
-                    f"{info.output_size}")
-            n = header["n_samples"]
-            if info.layout == "batched" and any(t.shape != (n,) for t in outs):
-                raise SerializationError("server's answer holds the wrong number of rows")
-            if info.layout == "single" and sum(t.size for t in outs) < info.output_size:
-                raise SerializationError(
-                    f"server's answer holds {sum(t.size for t in outs)} values, expected at "
-                    f"least {info.output_size}")
-            # the single layout's answer may carry padding (taps layout): keep output_size values
-            enc = models.EncryptedValues(info.layout, n, outs, 0,
-                                         info.output_size if info.layout == "single" else 0)
-            parts.append(models.decrypt_output(ctx, enc))
+        for start in range(0, rows.shape[0], lay.rows_per_request):
+            frames, header = lay.encrypt(ctx, rows[start : start + lay.rows_per_request])
+            outs = self._predict_frames(cid, frames, header, lay)
+            parts.append(lay.decrypt(ctx, outs, header["n_samples"]))
+        self.last_layout = lay.layout
         return np.concatenate(parts, axis=0)
 
-    def _encrypt(self, ctx: Any, chunk: Any) -> tuple[list[bytes], dict[str, Any]]:
-        """Encrypt rows in the model's layout (the ``models.encrypted`` frames and header)."""
-        import numpy as np
-
-        assert self._info is not None
-        info = self._info
-        if info.layout == "batched":
-            frames = [ctx.encrypt(np.ascontiguousarray(chunk[:, i])).serialize()
-                      for i in range(chunk.shape[1])]
-            return frames, {"layout": "batched", "n_samples": chunk.shape[0], "windows": 0,
-                            "count": len(frames)}
-        from veil import models  # the single layout may need im2col encoding
-
-        enc = models.encrypt_input(ctx, chunk.reshape(1, *info.input_shape), info.plan)
-        frames = [t.serialize() for t in enc.tensors]
-        return frames, {"layout": "single", "n_samples": 1, "windows": enc.windows,
-                        "count": len(frames)}
-
-    def _predict_frames(self, cid: str, frames: list[bytes],
-                        header: dict[str, Any]) -> list[Any]:
+    def _predict_frames(self, cid: str, frames: list[bytes], header: dict[str, Any],
+                        lay: RemoteLayout | None = None) -> list[Any]:
         from veil.protocols.inference import KIND_ENCRYPTED, pack_frames, unpack_frames
 
-        limits = self.model()["limits"]
+        lay = self._resolve(None) if lay is None else lay
+
         payload = pack_frames(KIND_ENCRYPTED, header, frames)
-        if len(payload) > int(limits["max_request_bytes"]):
+        if len(payload) > lay.limits["max_request_bytes"]:
             raise SerializationError(
                 f"request of {len(payload)} bytes exceeds the server's limit of "
-                f"{limits['max_request_bytes']}; send fewer rows per call")
+                f"{lay.limits['max_request_bytes']}; send fewer rows per call")
         for _ in range(2):  # a second try after re-uploading an evicted context
-            headers = {"content-type": _OCTET, "X-Veil-Context": cid}
+            headers = {"content-type": _OCTET, "X-Veil-Context": cid,
+                       "X-Veil-Layout": lay.layout}
             status, body = self._send("POST", "/predict", "prediction", content=payload,
                                       headers=headers, limit=self.max_response_bytes)
             if status != 404:
+                self._count("requests", lay.layout)
                 out_header, out_frames = unpack_frames(
                     body, KIND_ENCRYPTED, max_bytes=self.max_response_bytes, max_frames=1 << 16)
                 if out_header.get("count") != len(out_frames) or \
                         out_header.get("n_samples") != header["n_samples"]:
                     raise SerializationError(
                         f"server's answer header {out_header!r:.200} does not match the request")
-                return [self.context.load_tensor(f, max_bytes=self.max_response_bytes)
+                ctx = self.context_for(lay.layout)
+                return [ctx.load_tensor(f, max_bytes=self.max_response_bytes)
                         for f in out_frames]
             with self._lock:
-                self._context_id = None
-                cid = self._upload(force_check=False)
+                lay.context_id = None
+                cid = self._upload(lay, force_check=False)
         raise self._translate(status, body, "prediction")
 
 
-def _check_given_context(ctx: Any, info: ModelInfo, params: Any) -> None:
-    """A user's ``Client(context=...)`` against the server's plan: kind, parameters, keys."""
-    check_context_kind(ctx, info.plan, info.name)
-    if ctx.params.describe() != params.describe():
-        raise KeyMismatchError(
-            f"the given context has parameters {ctx.params.describe()}, the server's model "
-            f"needs {params.describe()}; create the context with the server's parameters (or "
-            "let the Client generate it)")
-    if info.packed and tuple(ctx.rotations) != info.rotations:
-        raise KeyMismatchError(
-            f"the given context has Galois keys for rotations {list(ctx.rotations)[:12]}, the "
-            f"server's model needs exactly {list(info.rotations)}; generate it with "
-            "SlotContext.generate(params, rotations) from GET /model (or let the Client do it)")
+def _check_layout(layout: Any, where: str) -> None:
+    if layout != "auto" and layout not in LAYOUTS:
+        raise ConfigurationError(
+            f"{where} must be 'auto', 'batched' or 'single', got {layout!r:.40}")
+
+
+def _json_field(body: bytes, key: str, default: Any) -> Any:
+    """``key`` of a small JSON object answer (``default`` if absent or not JSON)."""
+    from veil.he.serialize import load_json
+
+    try:
+        data = load_json(body, what="server's answer", max_bytes=len(body))
+    except ValueError:
+        return default
+    return data.get(key, default) if isinstance(data, dict) else default
 
 
 def _bad_certificate(exc: BaseException) -> str | None:

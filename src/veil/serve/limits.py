@@ -124,8 +124,10 @@ class Readers:
 class Pool:
     """A spawn-based process pool, rebuilt if a worker dies."""
 
-    def __init__(self, evaluator: Evaluator | str, store_dir: Path, cfg: ServerConfig) -> None:
-        self._args = (evaluator, str(store_dir), cfg.contexts_per_worker)
+    def __init__(self, model: Evaluator | str | tuple | Any, store_dir: Path,
+                 cfg: ServerConfig) -> None:
+        # model: whatever worker.init_worker takes (ServedModel, Evaluator, spec, (spec, layouts))
+        self._args = (model, str(store_dir), cfg.contexts_per_worker)
         self._workers = cfg.workers
         self._lock = threading.Lock()
         self._pool = self._new()

@@ -12,6 +12,11 @@ that its own least recently used one is dropped), and can never evict another cl
 when ``max_contexts`` are stored, a new upload takes the place of a context nobody owns or nobody
 used for ``idle_s`` seconds, and is refused otherwise. Pinned contexts (in use by a request) are
 never deleted.
+
+Every stored context also has a *layout*: the one of the served model's layouts
+(:mod:`veil.serve.layouts`) it was checked and uploaded for, so a client of a model served in
+both layouts holds one context per layout it uses, each under the same per-client quota; a
+request names the layout and is refused when its context belongs to the other one.
 """
 
 from __future__ import annotations
@@ -165,6 +170,7 @@ class Upload:
 class _Entry:
     owners: dict[str, float] = field(default_factory=dict)  # client -> its last use
     used: float = 0.0  # last use by anyone
+    layout: str = ""  # the layout it was checked for ("": from an earlier run, unchecked)
 
 
 class ContextStore:
@@ -236,6 +242,22 @@ class ContextStore:
         with self._lock:
             return sum(client in e.owners for e in self._entries.values())
 
+    def layout_of(self, context_id: str, client: str | None = None) -> str | None:
+        """The layout a stored context was uploaded for ("" if unchecked; None: not stored,
+        or with ``client``, not owned by that client)."""
+        with self._lock:
+            entry = self._visible(context_id, client)
+            return None if entry is None else entry.layout
+
+    def layouts_of(self, client: str) -> dict[str, int]:
+        """How many contexts ``client`` owns per layout."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for e in self._entries.values():
+                if client in e.owners:
+                    counts[e.layout] = counts.get(e.layout, 0) + 1
+            return counts
+
     def size_of(self, context_id: str, client: str | None = None) -> int | None:
         with self._lock:
             if self._visible(context_id, client) is None:
@@ -282,10 +304,11 @@ class ContextStore:
                     "recent use by other clients; retry later")
         return (drop, min(spare)[1])
 
-    def commit(self, context_id: str, upload: Upload | None, client: str = "") -> bool:
-        """Store a validated ``upload`` (None: the context is already stored) as owned by
-        ``client``, making room only as :meth:`_plan` allows; False (nothing changed, the
-        caller discards the upload) when there is no room."""
+    def commit(self, context_id: str, upload: Upload | None, client: str = "",
+               layout: str = "") -> bool:
+        """Store a validated ``upload`` (None: the context is already stored) for ``layout`` as
+        owned by ``client``, making room only as :meth:`_plan` allows; False (nothing changed,
+        the caller discards the upload) when there is no room."""
         with self._lock:
             plan = self._plan(client, context_id)
             if isinstance(plan, str) or (upload is None and context_id not in self._entries):
@@ -304,6 +327,8 @@ class ContextStore:
                 os.replace(upload.path, self.path(context_id))
                 entry = self._entries[context_id] = _Entry()
             entry = self._entries[context_id]
+            if upload is not None or not entry.layout:
+                entry.layout = layout
             now = time.time()
             entry.owners[client] = entry.used = now
         for cid in victims:

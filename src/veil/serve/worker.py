@@ -1,8 +1,10 @@
 """Code that runs inside the server's worker processes (TenSEAL holds the GIL, so processes).
 
-Each worker receives the :class:`~veil.serve.evaluator.Evaluator` once (initializer), then loads
-uploaded public contexts from the content-addressed store on first use and keeps the
-``cache_size`` most recently used ones, with the model compiled for each. Only VeilErrors and
+Each worker receives the model once (initializer): a :class:`~veil.serve.layouts.ServedModel`
+with one :class:`~veil.serve.evaluator.Evaluator` per layout it offers. It loads uploaded public
+contexts from the content-addressed store on first use and keeps the ``cache_size`` most
+recently used ones, with the model compiled for each (keyed by layout and context id: a context
+is loaded and compiled only for the layout it was uploaded for). Only VeilErrors and
 TimeoutError leave these functions; any other failure is translated, so the parent can map every
 outcome to an HTTP status without parsing tracebacks.
 """
@@ -21,13 +23,12 @@ __all__ = ["init_worker", "check_context", "evaluate", "ping"]
 _state: dict[str, Any] = {}
 
 
-def init_worker(evaluator: Any, store_dir: str, cache_size: int) -> None:
-    """Process initializer: the model (an Evaluator, or a spec string loaded here), the store."""
-    if isinstance(evaluator, str):
-        from veil.serve.evaluator import load_evaluator
+def init_worker(model: Any, store_dir: str, cache_size: int) -> None:
+    """Process initializer: the model (a ServedModel, an Evaluator, a spec or ``(spec,
+    layouts)`` loaded here) and the store."""
+    from veil.serve.layouts import as_served
 
-        evaluator = load_evaluator(evaluator)
-    _state["evaluator"] = evaluator
+    _state["model"] = as_served(model)
     _state["store"] = Path(store_dir)
     _state["cache"] = OrderedDict()
     _state["cache_size"] = cache_size
@@ -44,14 +45,17 @@ def ping(seconds: float = 0.0) -> int:
     return os.getpid()
 
 
-def _load_context(data: bytes, max_bytes: int) -> Any:
+def _evaluator(layout: str | None) -> Any:
+    return _state["model"].get(layout)
+
+
+def _load_context(data: bytes, max_bytes: int, plan: Any) -> Any:
     """The uploaded public context, of the kind the model's plan runs on (packed layout: a
     ``SlotContext``, else a ``CKKSContext``), loaded under ``max_bytes``."""
     from veil.he import CKKSContext
     from veil.he.lattice.slots import SlotContext
     from veil.serve.plans import context_kind, is_packed
 
-    plan = _state["evaluator"].info.plan
     kind = SlotContext if is_packed(plan) else CKKSContext
     try:
         ctx = kind.load(data, max_bytes=max_bytes)
@@ -70,11 +74,14 @@ def _load_context(data: bytes, max_bytes: int) -> Any:
     return ctx
 
 
-def _bound(context_id: str, path: Path | None, max_bytes: int) -> tuple[Any, Any]:
+def _bound(context_id: str, path: Path | None, max_bytes: int,
+           layout: str | None = None) -> tuple[Any, Any]:
     cache: OrderedDict = _state["cache"]
-    if context_id in cache:
-        cache.move_to_end(context_id)
-        return cache[context_id]
+    evaluator = _evaluator(layout)
+    key = (evaluator.info.layout, context_id)
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
     if path is None:
         path = _state["store"] / f"{context_id}.ctx"
     try:
@@ -83,30 +90,33 @@ def _bound(context_id: str, path: Path | None, max_bytes: int) -> tuple[Any, Any
         raise SerializationError(
             f"context {context_id[:16]}… is no longer stored on the server; upload it again"
         ) from exc
-    ctx = _load_context(data, max_bytes)
+    ctx = _load_context(data, max_bytes, evaluator.info.plan)
     del data
-    model = _state["evaluator"].bind(ctx)
-    cache[context_id] = (ctx, model)
+    model = evaluator.bind(ctx)
+    cache[key] = (ctx, model)
     while len(cache) > _state["cache_size"]:
         cache.popitem(last=False)
     return ctx, model
 
 
-def check_context(context_id: str, tmp_path: str, max_bytes: int, deadline: float) -> dict:
-    """Validate an uploaded context (public, right parameters, model compiles) and cache it.
+def check_context(context_id: str, tmp_path: str, max_bytes: int, deadline: float,
+                  layout: str | None = None) -> dict:
+    """Validate an uploaded context for ``layout`` (None: the default; public, right
+    parameters, model compiles) and cache it.
 
     Nothing is cached if any check fails; the parent deletes the file then.
     """
     if time.monotonic() > deadline:
         raise TimeoutError("context check started after its deadline")
-    _state["cache"].pop(context_id, None)
-    _bound(context_id, Path(tmp_path), max_bytes)
+    _state["cache"].pop((_evaluator(layout).info.layout, context_id), None)
+    _bound(context_id, Path(tmp_path), max_bytes, layout)
     return {"context_id": context_id}
 
 
 def evaluate(context_id: str, body_path: str, max_bytes: int, max_ciphertexts: int,
-             deadline: float) -> bytes:
-    """Open a ``models.encrypted`` request, run the model for its context, return the result.
+             deadline: float, layout: str | None = None) -> bytes:
+    """Open a ``models.encrypted`` request, run the model's ``layout`` (None: the default) for
+    its context, return the result.
 
     Checks, in order: envelope (size, kind, length, digest) and frame count (one pass), header
     (layout of this model, sample count, windows, count), then each ciphertext under the
@@ -123,13 +133,14 @@ def evaluate(context_id: str, body_path: str, max_bytes: int, max_ciphertexts: i
     header, frames = unpack_frames(payload, KIND_ENCRYPTED, max_bytes=max_bytes,
                                    max_frames=max_ciphertexts)
     del payload
-    evaluator = _state["evaluator"]
-    info = evaluator.info
-    layout, n, windows = header.get("layout"), header.get("n_samples"), header.get("windows", 0)
+    info = _evaluator(layout).info
+    wanted, layout = layout, header.get("layout")
+    n, windows = header.get("n_samples"), header.get("windows", 0)
     if layout != info.layout:
         raise ConfigurationError(
-            f"request uses layout {layout!r:.40} but model {info.name!r} takes {info.layout!r}; "
-            "encrypt with the plan of GET /model"
+            f"request body is encrypted in layout {layout!r:.40} but its context was uploaded "
+            f"for layout {info.layout!r} of model {info.name!r}; send it with a context of its "
+            "own layout (POST /contexts?layout=...) and X-Veil-Layout, as GET /model describes"
         )
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or isinstance(windows, bool) or \
             not isinstance(windows, int) or windows < 0 or header.get("count") != len(frames) \
@@ -144,7 +155,7 @@ def evaluate(context_id: str, body_path: str, max_bytes: int, max_ciphertexts: i
     # plan's context bound, never under the much smaller prediction-request limit
     from veil.serve.store import context_size_limit
 
-    ctx, model = _bound(context_id, None, context_size_limit(info.plan))
+    ctx, model = _bound(context_id, None, context_size_limit(info.plan), wanted)
     tensors = [ctx.load_tensor(f, max_bytes=max_bytes) for f in frames]
     del frames
     for t in tensors:

@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Cost", "packed_cost", "lanes_cost", "generic_cost", "key_bytes", "ct_bytes"]
+__all__ = ["Cost", "packed_cost", "lanes_cost", "generic_cost", "batched_cost", "key_bytes",
+           "ct_bytes", "latency_ms"]
 
 _MS = {"rotate": 7.5, "square": 10.0, "rescale": 2.0, "mul_plain": 0.5, "encrypt": 3.0}
 _TENSEAL_GALOIS = 2  # TenSEAL keys every power-of-two step in both directions
@@ -48,6 +49,31 @@ def _scale(params: Any) -> tuple[float, float]:
 def _latency(ops: dict[str, int], params: Any) -> float:
     lin, sq = _scale(params)
     return sum(_MS[k] * v * (sq if k in ("rotate", "square") else lin) for k, v in ops.items())
+
+
+def latency_ms(ops: dict[str, int], params: Any) -> float:
+    """Estimated milliseconds of ``ops`` (``rotate``, ``square``, ``rescale``, ``mul_plain``,
+    ``encrypt`` counts) under ``params``: per-operation times measured at N=8192 with 7 primes,
+    scaled by ring ``N log N`` and the prime count (squared for key switches)."""
+    return _latency(ops, params)
+
+
+def batched_cost(stages: Any, params: Any, features: int, galois_keys: bool) -> Cost:
+    """The batched layout (one ciphertext per input feature, a row per slot) of a plan whose
+    public ``stages`` are ``(kind, layers, size_in, size_out, depth)``: one plaintext product
+    per weight, squarings for polynomial activations."""
+    ops = {"mul_plain": 0, "rescale": 0, "square": 0, "encrypt": features}
+    for kind, _layers, size_in, size_out, depth in stages:
+        if kind == "poly":
+            ops["square"] += size_out * max(1, depth)
+            ops["mul_plain"] += size_out * (max(1, depth) + 1)
+            ops["rescale"] += size_out * max(1, depth)
+        else:  # affine (and im2col windows): one plaintext product per weight
+            ops["mul_plain"] += size_in * size_out
+            ops["rescale"] += size_out
+    galois = 2 * int(math.log2(params.slots)) if galois_keys else 0
+    return Cost("batched", ops, _latency(ops, params), features * ct_bytes(params, False),
+                (2 + galois) * key_bytes(params, False))
 
 
 def _packing(bits: Any) -> float:

@@ -35,6 +35,7 @@ import numpy as np
 
 from veil.errors import ConfigurationError, SerializationError
 from veil.protocols.triples import iknp
+from veil.protocols.triples.steps import check_step
 
 __all__ = ["MAX_WORDS", "BinaryTriples", "TripleParty", "pack_bits", "local_pair"]
 
@@ -86,14 +87,7 @@ class TripleParty:
         self._recv_out: iknp.ROTReceiverOutput | None = None
 
     def _expect(self, step: str) -> None:
-        """Refuse a step called out of order; the step counter moves only on success, so a
-        rejected message can be retried with the right bytes."""
-        if self._step == len(_STEPS):
-            raise ConfigurationError(f"TripleParty.{step}(): this party has finished; create a "
-                                     "new TripleParty for more triples")
-        if _STEPS[self._step] != step:
-            raise ConfigurationError(f"TripleParty.{step}() called out of order; the next step "
-                                     f"is {_STEPS[self._step]}() (use a fresh party to restart)")
+        check_step(_STEPS, self._step, step)
 
     def _frame(self, step: int, body: bytes) -> bytes:
         return _MAGIC + bytes([self.party, step]) + body
