@@ -178,3 +178,9 @@ def test_choose_layout_rule() -> None:
     assert choose_layout(BATCH_THRESHOLD - 1, blind) == "single"
     assert choose_layout(BATCH_THRESHOLD, blind) == "batched"
     assert choose_layout(10_000, {"single": offered["single"]}) == "single"
+    # request bytes count: a 30 MB batched request costs about 3 s more than its compute
+    heavy = {"batched": {"cost": {"predicted_s": 3.0, "request_bytes": 30_000_000},
+                         "rows_per_request": 4096},
+             "single": {"cost": {"predicted_s": 0.1, "request_bytes": 200_000},
+                        "rows_per_request": 1}}
+    assert choose_layout(40, heavy) == "single" and choose_layout(60, heavy) == "batched"

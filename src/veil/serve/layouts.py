@@ -16,8 +16,11 @@ product per weight, one ciphertext product per activation level and neuron). The
 layouts, they are not measurements.
 
 :func:`choose_layout` is the client's rule: ``rows`` rows cost ``rows`` single requests or
-``ceil(rows / slots)`` batched ones, each its predicted seconds plus :data:`REQUEST_OVERHEAD_S`;
-the cheaper wins (ties: single). Without both hints, batched from :data:`BATCH_THRESHOLD` rows.
+``ceil(rows / slots)`` batched ones, each its predicted seconds plus :data:`REQUEST_OVERHEAD_S`
+plus its request bytes at :data:`TRANSFER_S_PER_BYTE` (encrypting, serializing, sending and
+parsing: on a 2-core machine this is most of a batched request's time, 3.1 of 5.8 s for
+``zoo:digits-mlp``); the cheaper wins (ties: single). Without both hints, batched from
+:data:`BATCH_THRESHOLD` rows.
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ from veil.serve.evaluator import Evaluator, ModelInfo, load_evaluator, zoo_evalu
 from veil.serve.plans import is_packed, params_from_description
 
 __all__ = ["LAYOUTS", "ServedModel", "load_model", "as_served", "parse_layouts", "cost_hint",
-           "layout_json", "choose_layout", "BATCH_THRESHOLD", "REQUEST_OVERHEAD_S"]
+           "layout_json", "choose_layout", "BATCH_THRESHOLD", "REQUEST_OVERHEAD_S",
+           "TRANSFER_S_PER_BYTE"]
 
 LAYOUTS = ("batched", "single")
 BATCH_THRESHOLD = 32  # rows from which a client without cost hints sends one batched request
 REQUEST_OVERHEAD_S = 0.02  # serialization, HTTP and hand-off per request (loopback, measured)
+# seconds per request byte beyond the compute (5.76 s measured - 2.68 s predicted - overhead,
+# over 30.2 MB of one batched zoo:digits-mlp request; 2-core machine, loopback)
+TRANSFER_S_PER_BYTE = 1.0e-7
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,12 @@ def layout_json(evaluator: Evaluator, limits: dict[str, Any]) -> dict[str, Any]:
             "context": context, "limits": limits, "cost": cost_hint(evaluator)}
 
 
+def _request_s(cost: Mapping[str, Any]) -> float:
+    """Predicted seconds of one request from its cost hint (compute, overhead, transfer)."""
+    return (float(cost["predicted_s"]) + REQUEST_OVERHEAD_S
+            + float(cost.get("request_bytes") or 0) * TRANSFER_S_PER_BYTE)
+
+
 def choose_layout(rows: int, offered: Mapping[str, Mapping[str, Any]], *,
                   threshold: int | None = None) -> str:
     """The layout for a ``predict`` of ``rows`` rows among ``offered`` (``layouts`` entries).
@@ -203,8 +216,7 @@ def choose_layout(rows: int, offered: Mapping[str, Mapping[str, Any]], *,
         return next(iter(offered))
     if threshold is None:
         try:
-            single = float(offered["single"]["cost"]["predicted_s"]) + REQUEST_OVERHEAD_S
-            batched = float(offered["batched"]["cost"]["predicted_s"]) + REQUEST_OVERHEAD_S
+            single, batched = (_request_s(offered[k]["cost"]) for k in ("single", "batched"))
             per = max(1, int(offered["batched"]["rows_per_request"]))
         except (KeyError, TypeError, ValueError):
             threshold = BATCH_THRESHOLD
