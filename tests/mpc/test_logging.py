@@ -267,3 +267,27 @@ def test_a_phase_costs_nothing_while_its_logger_is_off(caplog) -> None:
     (record,) = caplog.records
     assert phase_event(record).event == "failed"
     assert "(KeyError)" in record.getMessage() and str(SECRET_NUMBER) not in record.getMessage()
+
+
+def test_phase_listener_hears_every_phase_event_and_changes_no_logging(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="veil")
+    heard: list[tuple[PhaseEvent, float]] = []
+
+    def failing(event: PhaseEvent, created: float) -> None:
+        raise RuntimeError("a broken listener must not break the session")
+
+    frame = json.dumps({"name": "veil.mpc.party1", "level": logging.DEBUG, "msg": "started",
+                        "created": 12.5, "phase": {
+                            "event": "start", "name": "p", "member": "party1", "depth": 1,
+                            "seconds": 0, "bytes_sent": 0, "bytes_received": 0,
+                            "rounds": 0}}).encode()
+    assert logs.child_levels() is None
+    with logs.phase_listener(failing), logs.phase_listener(lambda e, t: heard.append((e, t))):
+        assert logs.child_levels()["veil.mpc"] == logging.DEBUG  # the parties send phases
+        logs.reemit(frame, process="p1")
+        logs.reemit(b'{"name": "veil.mpc.party1", "level": 10, "msg": "x", "created": 1}',
+                    process="p1")  # no phase fields: nothing to hear
+    logs.reemit(frame, process="p1")  # after the block: nobody listens
+    assert logs.child_levels() is None
+    assert [(e.event, e.name, e.member, t) for e, t in heard] == [("start", "p", "party1", 12.5)]
+    assert not [r for r in caplog.records if r.name.startswith("veil")]  # nothing was logged

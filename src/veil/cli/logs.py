@@ -7,10 +7,8 @@ process), ``veil.mpc.dealer`` the dealer.
 
 :func:`phase_progress` shows, on an interactive stderr, one spinner line with the phase each
 party of a local MPC session is in (``party0: stats linear (3.2 s)``). It listens to the
-parties' phase records (:func:`veil.mpc.logs.phase_event`) even without ``-v``: for its
-duration the ``veil.mpc`` logger is set to DEBUG and stops propagating, and the spinner's
-handler passes on to the ancestors' handlers only the records they would have seen without it,
-so nothing new is printed. Everything is restored on exit.
+parties' phase events with :func:`veil.mpc.logs.phase_listener` (they are sent even without
+``-v``), which leaves the logging configuration as it is: nothing new is printed.
 """
 
 from __future__ import annotations
@@ -118,72 +116,6 @@ def _members(members: list[str]) -> str:
     return " and the ".join(named + others) if named else ", ".join(others)
 
 
-def _pass_on(record: logging.LogRecord, handlers: list[logging.Handler],
-             parent: logging.Logger | None) -> None:
-    """Hand ``record`` to ``handlers``, then to those of ``parent`` and its ancestors, as
-    propagation would (Python's last-resort handler included, when there are none)."""
-    found = 0
-    logger: logging.Logger | None = None
-    while True:
-        for handler in handlers:
-            found += 1
-            if record.levelno >= handler.level:
-                handler.handle(record)
-        logger = parent if logger is None else (logger.parent if logger.propagate else None)
-        if logger is None:
-            break
-        handlers = logger.handlers
-    last = logging.lastResort
-    if not found and last is not None and record.levelno >= last.level:
-        last.handle(record)
-
-
-class _BoardHandler(logging.Handler):
-    """On the ``veil.mpc`` logger while the spinner runs: feeds the board and, when the spinner
-    raised the level, passes on the records at ``threshold`` and above to the handlers that
-    would have received them without the spinner (``others``: the logger's own, then its
-    ancestors' if it propagated), so that they see no more than before."""
-
-    def __init__(self, board: PhaseBoard, threshold: int,
-                 route: tuple[list[logging.Handler], logging.Logger | None] | None) -> None:
-        super().__init__()
-        self.board, self.threshold, self.route = board, threshold, route
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from veil.mpc.logs import phase_event
-
-        event = phase_event(record)
-        if event is not None:
-            self.board.update(event, record.created)
-        if self.route is not None and record.levelno >= self.threshold:
-            _pass_on(record, *self.route)
-
-
-@contextlib.contextmanager
-def _listening(board: PhaseBoard) -> Iterator[None]:
-    """Feed ``board`` from the ``veil.mpc`` records (phase starts included) without showing
-    more of them than the logging configuration already does."""
-    logger = logging.getLogger(MPC_LOGGER)
-    level, propagate, handlers = logger.level, logger.propagate, list(logger.handlers)
-    threshold = logger.getEffectiveLevel()
-    quiet = threshold > logging.DEBUG  # raising the level would show new records: stop them
-    route = (handlers, logger.parent if propagate else None) if quiet else None
-    handler = _BoardHandler(board, threshold, route)
-    if quiet:  # the board's handler alone, and it passes on what the others would have seen
-        logger.setLevel(logging.DEBUG)  # local parties follow (veil.mpc.logs.child_levels)
-        logger.propagate = False
-        logger.handlers = []
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        if quiet:
-            logger.handlers = handlers + [h for h in logger.handlers if h not in handlers]
-        logger.setLevel(level)
-        logger.propagate = propagate
-
-
 class _ConsoleLines(io.TextIOBase):
     """A text stream that prints each complete line through a rich console (above its live
     display), unwrapped and without markup."""
@@ -240,6 +172,8 @@ def phase_progress(console: Console, title: str, enabled: bool = True
     from rich.spinner import Spinner
     from rich.text import Text
 
+    from veil.mpc.logs import phase_listener
+
     board = PhaseBoard(title)
     spinner = Spinner("dots", style="cyan")
 
@@ -250,7 +184,7 @@ def phase_progress(console: Console, title: str, enabled: bool = True
             line.no_wrap, line.overflow = True, "ellipsis"
         return line
 
-    with _listening(board), Live(get_renderable=render, console=console, transient=True,
+    with phase_listener(board.update), Live(get_renderable=render, console=console, transient=True,
                                  refresh_per_second=10, redirect_stdout=False,
                                  redirect_stderr=False):
         swapped = _route_through(console)

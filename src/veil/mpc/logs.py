@@ -40,7 +40,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -49,7 +49,7 @@ from veil.mpc import accounting
 
 __all__ = ["ROOT", "DRIVER", "PHASE_FIELD", "logger_name", "log_to_stderr", "PhaseEvent",
            "phase_event", "PhaseTimer", "start_phase", "end_phase", "traffic", "milestone",
-           "child_levels", "forward_records", "is_record_frame", "reemit"]
+           "child_levels", "forward_records", "is_record_frame", "reemit", "phase_listener"]
 
 ROOT = "veil"
 DRIVER = "veil.mpc.driver"
@@ -57,6 +57,7 @@ PHASE_FIELD = "veil_phase"  # LogRecord attribute of phase records: a dict of pl
 DEFAULT_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 _NAME = re.compile(r"veil(\.[A-Za-z0-9_-]+)*")
 _MAX_MESSAGE = 32_000
+_LISTENERS: list[Callable[[PhaseEvent, float], None]] = []  # see phase_listener
 
 
 def logger_name(rank: int, world_size: int, topic: str | None = None) -> str:
@@ -117,7 +118,11 @@ class PhaseEvent:
 
 def phase_event(record: logging.LogRecord) -> PhaseEvent | None:
     """The :class:`PhaseEvent` of a phase record (local or forwarded), ``None`` for others."""
-    info = getattr(record, PHASE_FIELD, None)
+    return _event(getattr(record, PHASE_FIELD, None))
+
+
+def _event(info: Any) -> PhaseEvent | None:
+    """The :class:`PhaseEvent` of a record's phase fields, ``None`` if they are malformed."""
     if not isinstance(info, dict):
         return None
     try:
@@ -205,6 +210,9 @@ def child_levels() -> dict[str, int] | None:
     ``{"veil": effective level of the veil logger, <veil.* logger>: its own level, ...}``;
     ``None`` unless one of them is INFO or lower. Levels that :func:`logging.disable` turns
     off here are raised above it (the parties would send records the driver then drops).
+    While a :func:`phase_listener` is active, ``veil.mpc`` is DEBUG in the parties whatever
+    this process's levels: they send every phase record, and :func:`reemit` hands them to the
+    listeners (and logs only those this process's loggers are enabled for).
     """
     levels = {ROOT: logging.getLogger(ROOT).getEffectiveLevel()}
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
@@ -212,10 +220,24 @@ def child_levels() -> dict[str, int] | None:
                 and logger.level != logging.NOTSET):
             levels[name] = logger.level
     disabled = logging.root.manager.disable
+    listening = {"veil.mpc": logging.DEBUG} if _LISTENERS else {}
     if disabled >= logging.INFO or min(levels.values()) > logging.INFO:
-        return None
+        return {**levels, **listening} if listening else None
     return {name: max(level, disabled + 1) if disabled else level
-            for name, level in levels.items()}
+            for name, level in levels.items()} | listening
+
+
+@contextlib.contextmanager
+def phase_listener(callback: Callable[[PhaseEvent, float], None]) -> Iterator[None]:
+    """While the block runs, ``callback(event, created)`` gets every phase event that local
+    parties of :func:`veil.mpc.run` report (starts included; ``created`` is the record's
+    :func:`time.time` stamp), independently of the logging configuration, which it leaves
+    as it is (nothing more is printed). Callbacks run on the driver's session thread."""
+    _LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(callback)
 
 
 class _Forwarder(logging.Handler):
@@ -272,10 +294,14 @@ def reemit(data: bytes, *, process: str, pid: int | None = None) -> None:
         return
     if len(name) > 200 or not _NAME.fullmatch(name):
         return
+    info = frame.get("phase")
+    event = _event(info) if _LISTENERS else None
+    for listener in list(_LISTENERS) if event is not None else ():
+        with contextlib.suppress(Exception):  # a failing listener must not break the session
+            listener(event, created)
     logger = logging.getLogger(name)
     if not logger.isEnabledFor(level):
         return
-    info = frame.get("phase")
     extra = {PHASE_FIELD: info} if isinstance(info, dict) else None
     record = logger.makeRecord(name, level, "(party process)", 0, message, None, None,
                                extra=extra)

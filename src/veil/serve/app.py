@@ -107,14 +107,10 @@ class _Server:
 
     def __init__(self, model: ServedModel, source: Any, cfg: ServerConfig) -> None:
         self.model, self.source, self.cfg = model, source, cfg
-        self.evaluator = model.get(None)
-        self.info = model.info
         plans = {lay: ev.info.plan for lay, ev in model.evaluators.items()}
         self.request_limits = {lay: cfg.request_limit(p) for lay, p in plans.items()}
         self.context_limits = {lay: min(cfg.max_context_bytes, context_size_limit(p))
                                for lay, p in plans.items()}
-        self.request_limit = self.request_limits[model.default]
-        self.context_limit = self.context_limits[model.default]
         self.admission = Admission(cfg.max_in_flight)
         self.readers = Readers(cfg.bodies_per_client, 4 * cfg.max_in_flight)
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -224,7 +220,7 @@ class _Server:
         """The ``GET /model`` answer: the default layout's description and limits at the top
         level (as for one-layout servers), every offered layout under ``layouts``."""
         return {
-            **self.info.to_json(),
+            **self.model.info.to_json(),
             "limits": self.limits(self.model.default),
             "default_layout": self.model.default,
             "layouts": [layout_json(ev, self.limits(lay))

@@ -74,8 +74,11 @@ class JointResult:
 
     def to_arrow(self) -> Any:
         """The long form as a :class:`pyarrow.Table` (for polars: ``polars.from_arrow``)."""
-        import pyarrow as pa
-
+        try:
+            import pyarrow as pa
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError("to_arrow() needs pyarrow: pip install 'veil[stats]'"
+                                     ) from exc
         return pa.Table.from_pandas(self.to_pandas("long"), preserve_index=False)
 
     def to_dict(self) -> dict[str, Any]:
