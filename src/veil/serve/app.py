@@ -210,6 +210,11 @@ class _Server:
         return Fail(507, "ContextStoreFull", f"context not stored: {reason}",
                     {"Retry-After": str(self.cfg.retry_after_s)})
 
+    @property
+    def context_limit(self) -> int:
+        """The default layout's context size limit."""
+        return self.context_limits[self.model.default]
+
     def limits(self, layout: str) -> dict[str, Any]:
         return {"max_request_bytes": self.request_limits[layout],
                 "max_context_bytes": self.context_limits[layout],
